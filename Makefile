@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of torch lies on this machine's disk; installing it first stops a later
+# `torch` requirement from pulling a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[lightning,flower]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/runwatch demo
+
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check collector trainer
+
+typecheck: $(VENV)/.installed-dev
+	$(PY) -m mypy
+
+test: lint typecheck
+	$(PY) -m pytest
+
+unit: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not integration"
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m pip install -q -e '.[bench]'
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

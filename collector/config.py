@@ -1,0 +1,158 @@
+"""Settings, read once from the environment (and a git-ignored ``.env``) into a frozen object.
+
+Variables (the InfluxDB ones use influxdb-client's own names):
+
+- ``RUNWATCH_HOME``: spool files and the default SQLite database (default ``~/.runwatch``)
+- ``RUNWATCH_DB_URL``: any SQLAlchemy URL (default ``sqlite:///<RUNWATCH_HOME>/runs.db``)
+- ``INFLUXDB_V2_URL``, ``INFLUXDB_V2_ORG``, ``INFLUXDB_V2_TOKEN``, ``INFLUXDB_V2_BUCKET``
+  (bucket default ``training``); no URL means spool only, ship later with ``runwatch sync``
+- ``RUNWATCH_PROMETHEUS_ADDR`` (default ``127.0.0.1``), ``RUNWATCH_PROMETHEUS_PORT``
+  (default 9464; 0 disables the exporter)
+
+Secrets (the token, passwords inside URLs) never appear in ``repr`` or in ``describe()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from collector.errors import ConfigError
+
+DEFAULT_BUCKET = "training"
+DEFAULT_PROMETHEUS_PORT = 9464
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    db_url: str
+    influx_url: str | None = None
+    influx_org: str | None = None
+    influx_token: str | None = field(default=None, repr=False)
+    influx_bucket: str = DEFAULT_BUCKET
+    prometheus_addr: str = "127.0.0.1"
+    prometheus_port: int = DEFAULT_PROMETHEUS_PORT
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def influx_enabled(self) -> bool:
+        return bool(self.influx_url)
+
+    @property
+    def prometheus_enabled(self) -> bool:
+        return self.prometheus_port != 0
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (CLI flags override the environment)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as text for humans, secrets masked."""
+        return {
+            "RUNWATCH_HOME": str(self.home),
+            "RUNWATCH_DB_URL": mask_url(self.db_url),
+            "INFLUXDB_V2_URL": mask_url(self.influx_url) if self.influx_url else "(not set: spool only)",
+            "INFLUXDB_V2_ORG": self.influx_org or "(not set)",
+            "INFLUXDB_V2_TOKEN": mask_secret(self.influx_token),
+            "INFLUXDB_V2_BUCKET": self.influx_bucket,
+            "RUNWATCH_PROMETHEUS_ADDR": self.prometheus_addr,
+            "RUNWATCH_PROMETHEUS_PORT": str(self.prometheus_port) + ("" if self.prometheus_port else " (disabled)"),
+        }
+
+
+def mask_secret(secret: str | None) -> str:
+    if not secret:
+        return "(not set)"
+    return f"****** ({len(secret)} chars)"
+
+
+def mask_url(url: str) -> str:
+    """Replace a password inside a URL with ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` lines (optional ``export``, quotes, ``#`` comments)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build settings from the environment; the environment wins over ``.env``."""
+    env: dict[str, str] = dict(read_dotenv(dotenv)) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+
+    home = Path(env.get("RUNWATCH_HOME") or Path.home() / ".runwatch").expanduser()
+    db_url = env.get("RUNWATCH_DB_URL") or f"sqlite:///{home / 'runs.db'}"
+    _validate_db_url(db_url)
+    influx_url = env.get("INFLUXDB_V2_URL") or None
+    if influx_url is not None:
+        _validate_http_url("INFLUXDB_V2_URL", influx_url)
+    return Settings(
+        home=home,
+        db_url=db_url,
+        influx_url=influx_url,
+        influx_org=env.get("INFLUXDB_V2_ORG") or None,
+        influx_token=env.get("INFLUXDB_V2_TOKEN") or None,
+        influx_bucket=env.get("INFLUXDB_V2_BUCKET") or DEFAULT_BUCKET,
+        prometheus_addr=env.get("RUNWATCH_PROMETHEUS_ADDR") or "127.0.0.1",
+        prometheus_port=_parse_port(env.get("RUNWATCH_PROMETHEUS_PORT")),
+    )
+
+
+def _validate_db_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(
+            f"RUNWATCH_DB_URL is not a valid SQLAlchemy URL ({mask_url(url)}): {exc}"
+        ) from None
+
+
+def _validate_http_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL with a host, got {mask_url(url)!r}")
+
+
+def _parse_port(text: str | None) -> int:
+    if text is None or text == "":
+        return DEFAULT_PROMETHEUS_PORT
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"RUNWATCH_PROMETHEUS_PORT must be an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"RUNWATCH_PROMETHEUS_PORT must be 0..65535, got {port}")
+    return port

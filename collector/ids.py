@@ -1,0 +1,26 @@
+"""Globally unique, human-sortable run identifiers.
+
+A run_id is ``YYYYMMDDTHHMMSSZ-<10 base32 chars>``: the UTC start time, then 50 random bits.
+Sorting run_ids sorts runs by start time; two machines with their own SQLite files cannot
+collide in a shared InfluxDB (a collision needs the same second and the same 50 random bits).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_RUN_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-hjkmnp-tv-z]{10}$")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    bits = secrets.randbits(50)
+    suffix = "".join(_ALPHABET[(bits >> shift) & 31] for shift in range(45, -1, -5))
+    return f"{moment:%Y%m%dT%H%M%SZ}-{suffix}"
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_RUN_ID_RE.match(text))

@@ -1,0 +1,1 @@
+"""Fixture for influxd (see tests/servers/__init__.py)."""

@@ -1,0 +1,1 @@
+"""Fixture for postgres (see tests/servers/__init__.py)."""

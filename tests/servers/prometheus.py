@@ -1,0 +1,1 @@
+"""Fixture for prometheus (see tests/servers/__init__.py)."""

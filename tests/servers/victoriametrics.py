@@ -1,0 +1,1 @@
+"""Fixture for victoriametrics (see tests/servers/__init__.py)."""
