@@ -30,13 +30,16 @@ DEFAULT_PROMETHEUS_PORT = 9464
 @dataclass(frozen=True)
 class Settings:
     home: Path
-    db_url: str
-    influx_url: str | None = None
+    db_url: str = field(repr=False)
+    influx_url: str | None = field(default=None, repr=False)
     influx_org: str | None = None
     influx_token: str | None = field(default=None, repr=False)
     influx_bucket: str = DEFAULT_BUCKET
     prometheus_addr: str = "127.0.0.1"
     prometheus_port: int = DEFAULT_PROMETHEUS_PORT
+
+    def __repr__(self) -> str:
+        return f"Settings({self.describe()!r})"
 
     @property
     def spool_dir(self) -> Path:
@@ -59,12 +62,15 @@ class Settings:
         return {
             "RUNWATCH_HOME": str(self.home),
             "RUNWATCH_DB_URL": mask_url(self.db_url),
-            "INFLUXDB_V2_URL": mask_url(self.influx_url) if self.influx_url else "(not set: spool only)",
+            "INFLUXDB_V2_URL": mask_url(self.influx_url)
+            if self.influx_url
+            else "(not set: spool only)",
             "INFLUXDB_V2_ORG": self.influx_org or "(not set)",
             "INFLUXDB_V2_TOKEN": mask_secret(self.influx_token),
             "INFLUXDB_V2_BUCKET": self.influx_bucket,
             "RUNWATCH_PROMETHEUS_ADDR": self.prometheus_addr,
-            "RUNWATCH_PROMETHEUS_PORT": str(self.prometheus_port) + ("" if self.prometheus_port else " (disabled)"),
+            "RUNWATCH_PROMETHEUS_PORT": str(self.prometheus_port)
+            + ("" if self.prometheus_port else " (disabled)"),
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -97,14 +98,14 @@ class ServerProcess:
                 last = exc
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.argv[0]} not ready at {url} after {timeout}s ({last}):\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.argv[0]} not ready at {url} after {timeout}s ({last}):\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.config import Settings, load_settings, mask_url, read_dotenv
+from collector.errors import ConfigError
+
+
+def test_defaults_point_into_runwatch_home(tmp_path: Path) -> None:
+    settings = load_settings({"RUNWATCH_HOME": str(tmp_path)}, dotenv=None)
+    assert settings.home == tmp_path
+    assert settings.db_url == f"sqlite:///{tmp_path / 'runs.db'}"
+    assert settings.spool_dir == tmp_path / "spool"
+    assert settings.influx_bucket == "training"
+    assert not settings.influx_enabled
+    assert settings.prometheus_addr == "127.0.0.1"
+    assert settings.prometheus_enabled
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# comment\nexport INFLUXDB_V2_BUCKET='from-file'\nINFLUXDB_V2_ORG=\"org-file\"\n"
+        "RUNWATCH_PROMETHEUS_PORT=0\n"
+    )
+    settings = load_settings({"INFLUXDB_V2_BUCKET": "from-env"}, dotenv=dotenv)
+    assert settings.influx_bucket == "from-env"
+    assert settings.influx_org == "org-file"
+    assert not settings.prometheus_enabled
+
+
+def test_read_dotenv_missing_file_is_empty(tmp_path: Path) -> None:
+    assert read_dotenv(tmp_path / "absent") == {}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"RUNWATCH_DB_URL": "not a url"}, "RUNWATCH_DB_URL"),
+        ({"RUNWATCH_DB_URL": "://nohost"}, "RUNWATCH_DB_URL"),
+        ({"INFLUXDB_V2_URL": "localhost:8086"}, "INFLUXDB_V2_URL"),
+        ({"RUNWATCH_PROMETHEUS_PORT": "abc"}, "RUNWATCH_PROMETHEUS_PORT"),
+        ({"RUNWATCH_PROMETHEUS_PORT": "70000"}, "RUNWATCH_PROMETHEUS_PORT"),
+    ],
+)
+def test_malformed_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable) as info:
+        load_settings(env, dotenv=None)
+    assert "\n" not in str(info.value)
+
+
+def test_secrets_are_masked_everywhere(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "RUNWATCH_HOME": str(tmp_path),
+            "RUNWATCH_DB_URL": "postgresql://user:hunter2@db:5432/runs",
+            "INFLUXDB_V2_URL": "http://influx:8086",
+            "INFLUXDB_V2_TOKEN": "s3cr3t-token",
+        },
+        dotenv=None,
+    )
+    shown = repr(settings) + str(settings.describe())
+    assert "hunter2" not in shown
+    assert "s3cr3t-token" not in shown
+    assert "postgresql://user:***@db:5432/runs" in settings.describe()["RUNWATCH_DB_URL"]
+
+
+def test_mask_url_leaves_urls_without_password() -> None:
+    assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_with_overrides_ignores_none(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, db_url="sqlite://")
+    assert settings.with_overrides(influx_bucket=None).influx_bucket == "training"
+    assert settings.with_overrides(influx_bucket="b").influx_bucket == "b"
