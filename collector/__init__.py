@@ -7,11 +7,16 @@ The core never imports torch, lightning or flwr; adapters live in ``collector.li
 from collector.config import Settings, load_settings
 from collector.errors import ConfigError, RunwatchError, UnknownRunError
 from collector.ids import new_run_id
+from collector.recorder import PointObserver, Recorder, RecorderStats, RecorderTuning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "PointObserver",
+    "Recorder",
+    "RecorderStats",
+    "RecorderTuning",
     "RunwatchError",
     "Settings",
     "UnknownRunError",

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.servers.victoriametrics",
     "tests.servers.influxd",
     "tests.servers.prometheus",
+    "tests.servers.flux",
 ]
 
 

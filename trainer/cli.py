@@ -1,9 +1,168 @@
-"""``runwatch train`` and ``runwatch demo`` (registered through the runwatch.commands entry point)."""
+"""``runwatch train centralized`` and ``runwatch demo`` (registered through the
+``runwatch.commands`` entry point; collector never imports this module)."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from collector.config import Settings, mask_url
+from trainer.centralized import (
+    DEFAULT_EXPERIMENT,
+    CentralizedConfig,
+    CentralizedResult,
+    run_centralized,
+)
+from trainer.data import DEFAULT_SEED
+
+DEMO_EPOCHS = 5
+
+#: ``runwatch train <mode>`` registrars; other training modes append theirs.
+TRAIN_MODES: list[Callable[[Any], None]] = []
 
 
 def register(sub: Any) -> None:
-    """Placeholder until the trainer lands; adds no commands."""
+    train = sub.add_parser("train", help="run a reference training app with telemetry")
+    modes = train.add_subparsers(dest="train_mode", metavar="MODE", required=True)
+    for add_mode in TRAIN_MODES:
+        add_mode(modes)
+    demo = sub.add_parser(
+        "demo", help="a short centralized run, then a summary of what was recorded and where"
+    )
+    demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS)
+    demo.add_argument("--experiment", default="demo")
+    demo.set_defaults(handler=run_demo)
+
+
+def _register_centralized(modes: Any) -> None:
+    parser = modes.add_parser(
+        "centralized",
+        help="train the MLP on the bundled breast-cancer data (or your own module)",
+        description="Train with Lightning; telemetry goes to the configured backends.",
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=10)
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--lr", type=_positive_float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--hidden", type=_positive_int, default=64, help="MLP hidden width")
+    parser.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
+    parser.add_argument(
+        "--model", metavar="MODULE:CLASS", help="your LightningModule (built with no arguments)"
+    )
+    parser.add_argument(
+        "--datamodule",
+        metavar="MODULE:CLASS",
+        help="your LightningDataModule (built with no arguments)",
+    )
+    parser.add_argument("--no-test", action="store_true", help="skip the test-set evaluation")
+    parser.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu…)")
+    parser.set_defaults(handler=run_train_centralized)
+
+
+TRAIN_MODES.append(_register_centralized)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def run_train_centralized(args: argparse.Namespace, settings: Settings) -> int:
+    config = CentralizedConfig(
+        epochs=args.epochs,
+        experiment=args.experiment,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        hidden=args.hidden,
+        patience=args.patience,
+        model=args.model,
+        datamodule=args.datamodule,
+        test=not args.no_test,
+        progress_bar=args.progress,
+        accelerator=args.accelerator,
+    )
+    result = run_centralized(config, settings)
+    print(f"run {result.run_id}: {result.status}, {result.epochs_run} epochs")
+    _print_metrics(result)
+    return 0 if result.status == "completed" else 1
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    config = CentralizedConfig(epochs=args.epochs, experiment=args.experiment)
+    print(f"runwatch demo: centralized MLP on the breast-cancer data, {config.epochs} epochs…")
+    result = run_centralized(config, settings)
+    print()
+    print(summary(result, settings))
+    return 0 if result.status == "completed" else 1
+
+
+def summary(result: CentralizedResult, settings: Settings) -> str:
+    """What was recorded and where, for people."""
+    from collector.spool import list_streams
+
+    streams = list_streams(settings.spool_dir, result.run_id)
+    points = sum(_count_lines(s.path) for s in streams)
+    lines = [
+        f"run id        {result.run_id} ({result.status}, {result.epochs_run} epochs, "
+        f"{result.global_step} optimizer steps)",
+        f"run metadata  {mask_url(settings.db_url)}",
+        f"points        {points} in {', '.join(str(s.path) for s in streams) or '(no spool file)'}",
+        "influxdb      "
+        + (
+            f"shipping to {mask_url(settings.influx_url)} bucket {settings.influx_bucket}"
+            if settings.influx_url
+            else "not configured: points stay in the spool; `runwatch sync` ships them later"
+        ),
+        "prometheus    "
+        + (
+            f"served on http://{settings.prometheus_addr}:{settings.prometheus_port}/metrics "
+            "while training"
+            if settings.prometheus_enabled
+            else "disabled (RUNWATCH_PROMETHEUS_PORT=0)"
+        ),
+    ]
+    if result.exported_files:
+        lines.append(f"files         {', '.join(str(p) for p in result.exported_files)}")
+    if result.best_checkpoint:
+        lines.append(f"checkpoint    {result.best_checkpoint}")
+    lines.append(_metrics_line("final val", result.final_metrics, "val_"))
+    if result.test_metrics:
+        lines.append(_metrics_line("test", result.test_metrics, "test_"))
+    if result.telemetry_errors:
+        lines.append(f"warnings      {result.telemetry_errors} telemetry errors (see log)")
+    lines.append(f"next          runwatch runs show {result.run_id}")
+    return "\n".join(lines)
+
+
+def _metrics_line(label: str, metrics: dict[str, float], prefix: str) -> str:
+    keys = ("loss", "acc", "precision", "recall", "f1", "auroc")
+    shown = [f"{k}={metrics[prefix + k]:.4f}" for k in keys if prefix + k in metrics]
+    return f"{label:<14}{' '.join(shown) or '(none)'}"
+
+
+def _print_metrics(result: CentralizedResult) -> None:
+    print(_metrics_line("final val", result.final_metrics, "val_"))
+    if result.test_metrics:
+        print(_metrics_line("test", result.test_metrics, "test_"))
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return 0

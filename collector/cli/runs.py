@@ -1,9 +1,246 @@
-"""`runwatch runs` (placeholder, filled in by its issue)."""
+"""``runwatch runs list|show|export``: what the relational store holds about runs."""
 
 from __future__ import annotations
 
+import argparse
+import csv
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from collector.config import Settings
+from collector.errors import RunwatchError
+from collector.store import RunSummary, Store
+
+LIST_COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "STATUS", "STARTED (UTC)", "DURATION", "HOST")
+CSV_COLUMNS = (
+    "run_id",
+    "experiment",
+    "metric_name",
+    "value",
+    "step",
+    "dataset_type",
+    "context",
+    "client_id",
+    "round",
+    "recorded_at",
+)
+MAX_STEM = 120
 
 
 def register(sub: Any) -> None:
-    """Adds no command yet."""
+    parser = sub.add_parser("runs", help="list, show and export recorded runs")
+    runs = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+
+    list_parser = runs.add_parser("list", help="list runs, newest first")
+    list_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    list_parser.add_argument("--limit", type=_positive_int, help="show at most N runs")
+    list_parser.set_defaults(handler=list_runs)
+
+    show = runs.add_parser("show", help="one run: settings, final stats, last metrics")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=show_run)
+
+    export = runs.add_parser("export", help="write a run's metrics to a CSV or JSON file")
+    export.add_argument("run_id", metavar="RUN_ID")
+    export.add_argument("--format", choices=("csv", "json"), required=True)
+    export.add_argument("--out", type=Path, default=Path("."), help="directory (default: current)")
+    export.set_defaults(handler=export_run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def list_runs(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.from_settings(settings)
+    try:
+        summaries = store.list_runs(limit=args.limit)
+    finally:
+        store.dispose()
+    if args.json:
+        print(json.dumps([s.to_dict(with_metrics=False) for s in summaries], indent=2))
+    elif not summaries:
+        print("no runs recorded yet")
+    else:
+        print_table(LIST_COLUMNS, [_list_row(s) for s in summaries])
+    return 0
+
+
+def show_run(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.from_settings(settings)
+    try:
+        summary = store.get_run(args.run_id)
+        latest = store.latest_metrics(args.run_id)
+    finally:
+        store.dispose()
+    if args.json:
+        print(
+            json.dumps({**summary.to_dict(with_metrics=False), "latest_metrics": latest}, indent=2)
+        )
+    else:
+        print_summary(summary, latest)
+    return 0
+
+
+def export_run(args: argparse.Namespace, settings: Settings) -> int:
+    store = Store.from_settings(settings)
+    try:
+        summary = store.get_run(args.run_id, with_metrics=True)
+        evaluations = store.server_evaluations(args.run_id)
+    finally:
+        store.dispose()
+    target = export_path(args.out, f"{summary.experiment}_{summary.run_id}", args.format)
+    if args.format == "json":
+        document = {
+            **summary.to_dict(),
+            "server_evaluations": [e.to_dict() for e in evaluations],
+        }
+        target.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    else:
+        write_metrics_csv(target, summary)
+    print(target)
+    return 0
+
+
+def safe_stem(name: str) -> str:
+    """A file name stem made only of ``A-Za-z0-9._-``, never empty, never starting with a dot."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:MAX_STEM]
+    return stem or "run"
+
+
+def export_path(out_dir: Path, name: str, suffix: str) -> Path:
+    """A path inside ``out_dir`` whatever ``name`` holds (``../../x``, ``/etc/x``, NUL...)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunwatchError(
+            f"cannot create output directory {out_dir}: {exc.strerror or exc}"
+        ) from None
+    root = out_dir.resolve()
+    target = (root / f"{safe_stem(name)}.{suffix}").resolve()
+    if target.parent != root:
+        raise RunwatchError(f"refusing to write outside {root}: {target}")
+    return target
+
+
+def write_metrics_csv(target: Path, summary: RunSummary) -> None:
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for m in summary.metrics:
+            writer.writerow(
+                (
+                    summary.run_id,
+                    summary.experiment,
+                    m.name,
+                    repr(m.value),
+                    m.step,
+                    m.dataset_type,
+                    m.context,
+                    m.client_id or "",
+                    "" if m.round_number is None else m.round_number,
+                    m.recorded_at.isoformat(),
+                )
+            )
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    for row in (headers, *rows):
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
+    fields = [
+        ("run_id", summary.run_id),
+        ("experiment", summary.experiment),
+        ("mode", summary.mode),
+        ("status", summary.status),
+        ("started", _when(summary.start_time)),
+        ("ended", _when(summary.end_time)),
+        ("last heartbeat", _when(summary.heartbeat_at)),
+        ("duration", _duration(summary.duration_s)),
+        ("host", summary.host or "-"),
+        ("source", summary.source_path or "-"),
+    ]
+    if summary.clients:
+        fields.append(("clients", ", ".join(summary.clients)))
+    if summary.rounds:
+        fields.append(("rounds", str(len(summary.rounds))))
+    print_table(("FIELD", "VALUE"), fields)
+    _section("Hyperparameters", [(k, json.dumps(v)) for k, v in summary.hyperparams.items()])
+    _section("Final stats", [(k, _number(v)) for k, v in summary.final_stats.items()])
+    _section("Last epoch metrics", [(k, _number(v)) for k, v in latest.items()])
+    _section(
+        "Artifacts",
+        [
+            (a.kind, a.path, _artifact_detail(a.epoch, a.metric_name, a.metric_value))
+            for a in summary.artifacts
+        ],
+    )
+
+
+def _section(title: str, rows: Sequence[Sequence[str]]) -> None:
+    if not rows:
+        return
+    print(f"\n{title}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  "
+            + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _list_row(summary: RunSummary) -> list[str]:
+    return [
+        summary.run_id,
+        summary.experiment,
+        summary.mode,
+        summary.status,
+        _when(summary.start_time),
+        _duration(summary.duration_s),
+        summary.host or "-",
+    ]
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _artifact_detail(epoch: int | None, metric: str | None, value: float | None) -> str:
+    parts = [] if epoch is None else [f"epoch {epoch}"]
+    if metric is not None:
+        parts.append(f"{metric}={'-' if value is None else _number(value)}")
+    return ", ".join(parts)

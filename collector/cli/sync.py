@@ -1,9 +1,248 @@
-"""`runwatch sync` (placeholder, filled in by its issue)."""
+"""``runwatch sync [RUN_ID] [--timeout S]``: ship every point the spool holds and InfluxDB has
+not acknowledged (of every run, or of one run).
+
+Re-shipping is harmless (InfluxDB overwrites a point with the same series and timestamp).
+Streams a live recorder is still writing are left to that recorder's own shipper. A progress
+bar is drawn when stdout is a terminal; otherwise one summary line is printed.
+Exit 0 when nothing is left to ship, 1 (one error line) when InfluxDB is not configured, the
+run is unknown, or points remain because InfluxDB failed or the time ran out.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from collector.config import Settings, mask_url
+from collector.errors import ConfigError, RunwatchError, UnknownRunError
+from collector.shipper import (
+    ShipTuning,
+    StreamShipper,
+    WriteTarget,
+    ship_until_caught_up,
+    target_for,
+)
+from collector.spool import (
+    complete_end,
+    is_live,
+    list_streams,
+    locked_for_reading,
+    stream_backlog,
+)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes acknowledged so far, bytes to ship in all)."""
+
+
+@dataclass
+class RunSync:
+    run_id: str
+    lines_shipped: int = 0
+    bytes_shipped: int = 0
+    lines_rejected: int = 0
+    remaining_bytes: int = 0
+    live_streams: int = 0
+
+
+@dataclass
+class SyncResult:
+    runs: list[RunSync] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def lines_shipped(self) -> int:
+        return sum(r.lines_shipped for r in self.runs)
+
+    @property
+    def bytes_shipped(self) -> int:
+        return sum(r.bytes_shipped for r in self.runs)
+
+    @property
+    def lines_rejected(self) -> int:
+        return sum(r.lines_rejected for r in self.runs)
+
+    @property
+    def remaining_bytes(self) -> int:
+        return sum(r.remaining_bytes for r in self.runs)
+
+    @property
+    def live_streams(self) -> int:
+        return sum(r.live_streams for r in self.runs)
+
+
+def ship_backlog(
+    settings: Settings,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    *,
+    timeout_s: float | None = None,
+    tuning: ShipTuning | None = None,
+    target: WriteTarget | None = None,
+) -> SyncResult:
+    """Ship the unacknowledged points of every run (or of ``run_id``); see module doc.
+
+    Raises ``ConfigError`` without ``INFLUXDB_V2_URL`` and ``UnknownRunError`` when the spool
+    holds nothing of ``run_id``. Failures to ship end up in ``SyncResult.error``.
+    """
+    if not settings.influx_url:
+        raise ConfigError(
+            f"INFLUXDB_V2_URL is not set: nothing to ship to (points stay in {settings.spool_dir})"
+        )
+    streams = list_streams(settings.spool_dir, run_id)
+    if run_id is not None and not streams:
+        raise UnknownRunError(run_id)
+    tuning = tuning or ShipTuning()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    total = sum(stream_backlog(s).unshipped_bytes for s in streams if not is_live(s))
+    done = 0
+    result = SyncResult()
+    runs: dict[str, RunSync] = {}
+    own_target = target is None
+    write_target = target if target is not None else target_for(settings)
+    if progress is not None:
+        progress(0, total)
+    try:
+        for stream in streams:
+            run = runs.get(stream.run_id)
+            if run is None:
+                run = runs[stream.run_id] = RunSync(stream.run_id)
+                result.runs.append(run)
+            with locked_for_reading(stream) as fd:
+                if fd is None:
+                    run.live_streams += 1
+                    continue
+                end = complete_end(fd, _size(fd))
+                if result.error is not None:
+                    run.remaining_bytes += max(0, end - stream_backlog(stream).acked)
+                    continue
+                shipper = StreamShipper(stream, fd, write_target, tuning)
+                start_ack = min(shipper.acked, end)
+
+                def report(s: StreamShipper, base: int = done, first: int = start_ack) -> None:
+                    if progress is not None:
+                        progress(min(total, base + s.acked - first), total)
+
+                outcome = ship_until_caught_up(
+                    shipper,
+                    _constant(end),
+                    tuning=tuning,
+                    deadline=lambda: deadline,
+                    max_attempts=tuning.retry.max_attempts,
+                    on_batch=report,
+                )
+                done += max(0, shipper.acked - start_ack)
+                run.lines_shipped += shipper.lines_shipped
+                run.bytes_shipped += shipper.bytes_shipped
+                run.lines_rejected += shipper.lines_rejected
+                run.remaining_bytes += max(0, end - shipper.acked)
+                if not outcome.caught_up:
+                    result.error = (
+                        str(outcome.error) if outcome.error is not None else "time ran out"
+                    )
+    finally:
+        if own_target:
+            write_target.close()
+    return result
+
+
+def _size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
+def _constant(value: int) -> Callable[[], int]:
+    return lambda: value
+
+
+# --- command line ----------------------------------------------------------------------------
 
 
 def register(sub: Any) -> None:
-    """Adds no command yet."""
+    parser = sub.add_parser(
+        "sync", help="ship spooled points InfluxDB has not acknowledged (all runs or one)"
+    )
+    parser.add_argument("run_id", nargs="?", metavar="RUN_ID", help="only this run")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up after S seconds (what is left stays in the spool)",
+    )
+    parser.set_defaults(handler=run_sync)
+
+
+def run_sync(args: argparse.Namespace, settings: Settings) -> int:
+    out = sys.stdout
+    bar = ProgressBar(out) if out.isatty() else None
+    result = ship_backlog(settings, args.run_id, bar, timeout_s=args.timeout)
+    if bar is not None:
+        bar.finish()
+    print(summary(result, settings), file=out)
+    if result.error is not None:
+        raise RunwatchError(
+            f"could not ship everything to {mask_url(settings.influx_url or '')}: {result.error}; "
+            f"{result.remaining_bytes} bytes stay in the spool (run `runwatch sync` again)"
+        )
+    return 0
+
+
+def summary(result: SyncResult, settings: Settings) -> str:
+    runs = len(result.runs)
+    text = (
+        f"shipped {result.lines_shipped} points ({_human(result.bytes_shipped)}) of {runs} "
+        f"run{'s' if runs != 1 else ''} to {mask_url(settings.influx_url or '')}"
+    )
+    if result.lines_rejected:
+        text += f"; {result.lines_rejected} malformed lines moved to .rejected files"
+    if result.live_streams:
+        text += f"; {result.live_streams} live streams left to their running recorder"
+    if result.remaining_bytes:
+        text += f"; {_human(result.remaining_bytes)} not shipped"
+    return text
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def render_bar(done: int, total: int, width: int = 30) -> str:
+    """``[#####.....]  50%  1.0 MiB / 2.0 MiB``."""
+    fraction = 1.0 if total <= 0 else min(1.0, max(0.0, done / total))
+    filled = round(fraction * width)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%  "
+        f"{_human(done)} / {_human(total)}"
+    )
+
+
+class ProgressBar:
+    """A one-line bar redrawn in place (at most 10 times a second)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        self._out.write("\r" + render_bar(done, total))
+        self._out.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._out.write("\n")
+            self._out.flush()

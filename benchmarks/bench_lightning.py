@@ -1,0 +1,249 @@
+"""Training-step overhead of runwatch's Lightning telemetry against no logger and Lightning's
+CSVLogger, TensorBoardLogger and MLFlowLogger (local file store), on a small MLP.
+
+Every configuration trains the same module, which calls ``self.log`` for the same metrics
+(loss, accuracy) each step; the trainer's ``log_every_n_steps`` sets the rate for every
+logger alike. Two rates:
+
+- default: ``log_every_n_steps=50`` and runwatch's default sampling (batch points every 10
+  batches, gradient norms every 20 optimizer steps, step timing for Prometheus every step);
+- every step: ``log_every_n_steps=1`` and runwatch sampling batches and gradient norms
+  (total, max, min, per layer) at every step.
+
+Configurations run interleaved in one process (order rotated each round); each one's step
+time is divided by the bare step time of the same round, and the medians of these paired
+ratios are reported (whole-run timings drift by ±30% on a shared machine).
+
+Targets: runwatch <= 1.03x at default sampling, <= 1.15x at every step, and less overhead than
+TensorBoardLogger and MLFlowLogger. Needs the ``bench`` extra (tensorboard, mlflow-skinny).
+
+    python benchmarks/bench_lightning.py [--rounds 7] [--steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+warnings.filterwarnings("ignore")
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from collector.config import load_settings  # noqa: E402
+from collector.lightning import runwatch_telemetry  # noqa: E402
+
+WARMUP_STEPS = 50
+BATCH = 64
+FEATURES = 64
+
+
+class BenchMLP(pl.LightningModule):
+    """64 -> 256 -> 256 -> 2, Adam; logs loss and accuracy every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(FEATURES, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2)
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        features, labels = batch
+        logits = self.net(features)
+        loss = nn.functional.cross_entropy(logits, labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        self.log("train_loss", loss)
+        self.log("train_acc", acc)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class StepClock(pl.Callback):
+    """Time per step after warm-up (setup, teardown and epoch ends excluded): wall clock, and
+    CPU time of the whole process (every thread, so runwatch's background threads count),
+    which other processes on a shared machine barely disturb."""
+
+    def __init__(self) -> None:
+        self.wall = (0.0, 0.0)
+        self.cpu = (0.0, 0.0)
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        now = (time.perf_counter(), time.process_time())
+        if trainer.global_step == WARMUP_STEPS:
+            self.wall, self.cpu = (now[0], now[0]), (now[1], now[1])
+        self.wall = (self.wall[0], now[0])
+        self.cpu = (self.cpu[0], now[1])
+        self.steps = trainer.global_step
+
+    def per_step(self) -> tuple[float, float]:
+        timed_steps = self.steps - WARMUP_STEPS
+        return (
+            (self.wall[1] - self.wall[0]) / timed_steps,
+            (self.cpu[1] - self.cpu[0]) / timed_steps,
+        )
+
+
+def dataset(steps: int) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(steps * BATCH, FEATURES, generator=generator)
+    labels = (features[:, 0] > 0).long()
+    return DataLoader(TensorDataset(features, labels), batch_size=BATCH, shuffle=False)
+
+
+Factory = Callable[[Path, int], tuple[Logger | bool, list[pl.Callback]]]
+
+
+def bare(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+    return False, []
+
+
+def runwatch(sample_every: int | None) -> Factory:
+    def build(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+        settings = load_settings(
+            {"RUNWATCH_HOME": str(workdir / "runwatch"), "RUNWATCH_PROMETHEUS_PORT": "0"},
+            dotenv=None,
+        )
+        port = free_port()
+        settings = settings.with_overrides(prometheus_port=port)
+        options: dict[str, Any] = {}
+        if sample_every is not None:
+            options = {"batch_every_n": sample_every, "gradient_every_n": sample_every}
+        telemetry = runwatch_telemetry("bench", settings=settings, **options)
+        return telemetry.logger, list(telemetry.callbacks)
+
+    return build
+
+
+def csv_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+    return CSVLogger(save_dir=str(workdir / "csv")), []
+
+
+def tensorboard_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+    return TensorBoardLogger(save_dir=str(workdir / "tb")), []
+
+
+def mlflow_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+    uri = f"file:{workdir / 'mlruns'}"
+    return MLFlowLogger(experiment_name="bench", tracking_uri=uri), []
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_once(factory: Factory, every: int, steps: int, workdir: Path) -> tuple[float, float]:
+    torch.manual_seed(0)
+    logger, callbacks = factory(workdir, every)
+    clock = StepClock()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[*callbacks, clock],
+        log_every_n_steps=every,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(BenchMLP(), train_dataloaders=dataset(steps))
+    return clock.per_step()
+
+
+GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
+    "default rate (log_every_n_steps=50, runwatch default sampling)": (
+        50,
+        {
+            "runwatch": runwatch(None),
+            "CSVLogger": csv_logger,
+            "TensorBoardLogger": tensorboard_logger,
+            "MLFlowLogger": mlflow_logger,
+        },
+    ),
+    "every step (log_every_n_steps=1, runwatch batch + gradient norms every step)": (
+        1,
+        {
+            "runwatch": runwatch(1),
+            "CSVLogger": csv_logger,
+            "TensorBoardLogger": tensorboard_logger,
+            "MLFlowLogger": mlflow_logger,
+        },
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    configs: list[tuple[str, str, int, Factory]] = []
+    for group, (every, factories) in GROUPS.items():
+        for label, factory in factories.items():
+            configs.append((group, label, every, factory))
+
+    wall: dict[tuple[str, str], list[float]] = {(g, c): [] for g, c, _, _ in configs}
+    cpu: dict[tuple[str, str], list[float]] = {(g, c): [] for g, c, _, _ in configs}
+    bare_wall: list[float] = []
+    bare_cpu: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-lightning-") as tmp:
+        workdir = Path(tmp)
+        run_once(bare, 50, args.steps, workdir)  # warm caches and imports
+        for round_index in range(args.rounds):
+            shift = round_index % len(configs)
+            order = configs[shift:] + configs[:shift]
+            for group, label, every, factory in order:
+                base = run_once(bare, every, args.steps, workdir)
+                timed = run_once(factory, every, args.steps, workdir)
+                bare_wall.append(base[0])
+                bare_cpu.append(base[1])
+                wall[(group, label)].append(timed[0] / base[0])
+                cpu[(group, label)].append(timed[1] / base[1])
+            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(
+        f"bare step (median): {statistics.median(bare_wall) * 1e3:.3f} ms wall, "
+        f"{statistics.median(bare_cpu) * 1e3:.3f} ms CPU "
+        f"({args.steps - WARMUP_STEPS} timed steps x {args.rounds} rounds per configuration, "
+        f"torch threads={args.threads}); paired ratios to the bare step of the same round"
+    )
+    for group, (_, factories) in GROUPS.items():
+        print(f"\n{group}")
+        print(f"  {'':<18} {'CPU time':>10} {'(range)':<14} {'wall time':>10} (range)")
+        for label in factories:
+            c, w = cpu[(group, label)], wall[(group, label)]
+            print(
+                f"  {label:<18} {statistics.median(c):9.3f}x ({min(c):.2f}..{max(c):.2f})  "
+                f"{statistics.median(w):9.3f}x ({min(w):.2f}..{max(w):.2f})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

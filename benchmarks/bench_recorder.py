@@ -1,0 +1,108 @@
+"""Cost of ``Recorder.record()`` on the calling (training) thread.
+
+Prints, per point shape, the median per-call time (``perf_counter_ns`` around each call,
+timer overhead subtracted) and the amortised mean (a block of calls timed as a whole, so the
+spool append every ``flush_lines`` points is included). Target: median <= 5 µs per point.
+Spool only (no InfluxDB): the shipper runs on its own thread and is measured by
+bench_pipeline_throughput.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from collector import Recorder, new_run_id
+from collector.config import Settings
+
+SHAPES: dict[str, Callable[[Recorder, int], None]] = {
+    "batch (5 fields)": lambda rec, i: rec.record(
+        "batch", {"loss": 0.5 + i * 1e-6, "acc": 0.75, "step": i, "epoch": 3, "batch_idx": i}
+    ),
+    "gradient_layer (2 fields, layer tag)": lambda rec, i: rec.record(
+        "gradient_layer", {"norm": 0.01 * (i % 100), "step": i}, tags={"layer": "encoder.l1.weight"}
+    ),
+    "epoch (12 user metrics, names normalised)": lambda rec, i: rec.record(
+        "epoch",
+        {
+            "train/loss": 0.5,
+            "val/loss": 0.6,
+            "val/acc": 0.8,
+            "val/precision": 0.7,
+            "val/recall": 0.9,
+            "val/f1": 0.8,
+            "val/auroc": 0.85,
+            "val/cm_tp": 10,
+            "val/cm_tn": 20,
+            "val/cm_fp": 3,
+            "val/cm_fn": 4,
+            "lr": 1e-3,
+        },
+    ),
+    "event (string field)": lambda rec, i: rec.event("checkpoint", text="epoch=3-step=1200.ckpt"),
+}
+
+
+def timer_overhead_ns(samples: int = 100_000) -> float:
+    clock = time.perf_counter_ns
+    gaps = []
+    for _ in range(samples):
+        start = clock()
+        gaps.append(clock() - start)
+    return statistics.median(gaps)
+
+
+def per_call_ns(rec: Recorder, shape: Callable[[Recorder, int], None], calls: int) -> list[int]:
+    clock = time.perf_counter_ns
+    durations = []
+    for i in range(calls):
+        start = clock()
+        shape(rec, i)
+        durations.append(clock() - start)
+    return durations
+
+
+def block_mean_ns(rec: Recorder, shape: Callable[[Recorder, int], None], calls: int) -> float:
+    start = time.perf_counter_ns()
+    for i in range(calls):
+        shape(rec, i)
+    return (time.perf_counter_ns() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    overhead = timer_overhead_ns()
+    with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
+        settings = Settings(home=Path(tmp), db_url="sqlite://", prometheus_port=0)
+        print(
+            f"record() on the calling thread, {args.calls:,} calls x {args.repeats} repeats, "
+            f"interleaved; timer overhead {overhead:.0f} ns subtracted"
+        )
+        results: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SHAPES}
+        with Recorder(new_run_id(), experiment="bench", settings=settings) as rec:
+            for shape in SHAPES.values():  # warm-up: caches filled
+                block_mean_ns(rec, shape, 2_000)
+            for _ in range(args.repeats):
+                for name, shape in SHAPES.items():
+                    medians, means = results[name]
+                    medians.append(
+                        statistics.median(per_call_ns(rec, shape, args.calls)) - overhead
+                    )
+                    means.append(block_mean_ns(rec, shape, args.calls))
+        for name, (medians, means) in results.items():
+            print(
+                f"  {name:<44} median {statistics.median(medians) / 1000:5.2f} µs/point   "
+                f"amortised mean {statistics.median(means) / 1000:5.2f} µs/point"
+            )
+    print("  target: median <= 5 µs/point")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""What runwatch adds to Flower messages, and how each side reads it.
+
+The server's wrapper adds one ``ConfigRecord`` named ``runwatch`` to every instruction it
+sends (run id, experiment, round); a ClientApp that uses runwatch adds one ``ConfigRecord``
+of the same name to its reply (client id, its epoch history as JSON, its wall time).
+Strategies ignore it: FedAvg's consistency checks count only ArrayRecords and MetricRecords,
+so the reply still holds exactly one of each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+log = logging.getLogger("collector.flower")
+
+RECORD_NAME = "runwatch"
+KEY_RUN_ID = "run-id"
+KEY_EXPERIMENT = "experiment"
+KEY_ROUND = "round"
+KEY_CLIENT_ID = "client-id"
+KEY_EPOCHS = "epochs"
+KEY_DURATION_S = "duration-s"
+
+EpochHistory = list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class RunNote:
+    """The run a server instruction belongs to, as the client sees it."""
+
+    run_id: str
+    experiment: str
+    round_number: int
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                KEY_RUN_ID: self.run_id,
+                KEY_EXPERIMENT: self.experiment,
+                KEY_ROUND: self.round_number,
+            }
+        )
+
+
+def attach_run_note(message: Message, note: RunNote) -> None:
+    """Add the run note to an outgoing instruction (shared contents get it once)."""
+    content = message.content
+    if RECORD_NAME not in content:
+        content[RECORD_NAME] = note.to_record()
+
+
+def read_run_note(message: Message) -> RunNote | None:
+    """The run note of an instruction, or None when the server runs without runwatch."""
+    record = message.content.config_records.get(RECORD_NAME)
+    if record is None:
+        return None
+    run_id = record.get(KEY_RUN_ID)
+    experiment = record.get(KEY_EXPERIMENT)
+    round_number = record.get(KEY_ROUND)
+    if not isinstance(run_id, str) or not isinstance(experiment, str):
+        return None
+    if not isinstance(round_number, int) or isinstance(round_number, bool):
+        return None
+    return RunNote(run_id, experiment, round_number)
+
+
+def client_id_of(context: Context) -> str:
+    """A client's id: its Flower node id, the same number the server sees as the sender."""
+    return str(context.node_id)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """What a runwatch ClientApp reports besides its metrics."""
+
+    client_id: str
+    epochs: EpochHistory = field(default_factory=list)
+    duration_s: float | None = None
+
+    def to_record(self) -> ConfigRecord:
+        values: dict[str, str | float] = {
+            KEY_CLIENT_ID: self.client_id,
+            KEY_EPOCHS: json.dumps([_finite_only(e) for e in self.epochs]),
+        }
+        if self.duration_s is not None:
+            values[KEY_DURATION_S] = float(self.duration_s)
+        return ConfigRecord(values)  # type: ignore[arg-type]
+
+
+def attach_client_report(content: RecordDict, report: ClientReport) -> None:
+    content[RECORD_NAME] = report.to_record()
+
+
+def read_client_report(reply: Message) -> ClientReport | None:
+    """The report inside a reply; None when there is none or it cannot be read."""
+    if reply.has_error():
+        return None
+    record = reply.content.config_records.get(RECORD_NAME)
+    if record is None:
+        return None
+    client_id = record.get(KEY_CLIENT_ID)
+    if not isinstance(client_id, str):
+        client_id = str(reply.metadata.src_node_id)
+    duration = record.get(KEY_DURATION_S)
+    return ClientReport(
+        client_id=client_id,
+        epochs=_decode_epochs(record.get(KEY_EPOCHS)),
+        duration_s=float(duration) if isinstance(duration, int | float) else None,
+    )
+
+
+def _finite_only(epoch: Mapping[str, object]) -> dict[str, float]:
+    """JSON has no NaN: a non-finite value travels as its ``<name>_nonfinite`` flag."""
+    out: dict[str, float] = {}
+    for name, raw in epoch.items():
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            out[name] = value
+        else:
+            out[f"{name}_nonfinite"] = 1.0
+    return out
+
+
+def _decode_epochs(raw: object) -> EpochHistory:
+    if not isinstance(raw, str):
+        return []
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        log.warning("runwatch: a client's epoch history is not valid JSON; ignored")
+        return []
+    if not isinstance(decoded, list):
+        return []
+    return [_numeric_items(e) for e in decoded if isinstance(e, dict)]
+
+
+def _numeric_items(epoch: Mapping[str, object]) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in epoch.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def sent_node_ids(messages: Sequence[Message]) -> list[int]:
+    return [m.metadata.dst_node_id for m in messages]

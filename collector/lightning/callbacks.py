@@ -1,0 +1,794 @@
+"""Lightning callbacks matching the seeds' chain, writing through a shared :class:`RunSession`.
+
+Each callback works alone (it finds the session of a ``RunwatchLogger`` among the trainer's
+loggers, or opens its own run); :class:`RunwatchCallback` bundles several into one Lightning
+callback, because Lightning pays a few microseconds per callback per hook per step.
+
+Rules every hook follows: rank zero only; exceptions are logged once and counted, never
+raised (``guarded``); ``.item()``/``.tolist()`` only on the steps a callback samples, so on a
+GPU no unsampled step waits for the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import socket
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from collector.lightning._guard import guarded
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_norms
+from collector.lightning.logger import RunwatchLogger, split_level
+from collector.lightning.session import (
+    PHASE_EPOCH_END,
+    PHASE_EVAL_STEP,
+    PHASE_TRAIN_STEP,
+    RunSession,
+)
+
+DEFAULT_BATCH_EVERY_N = 10
+DEFAULT_GRADIENT_EVERY_N = 20
+DEFAULT_SYSTEM_INTERVAL_S = 10.0
+DEFAULT_MONITOR = "val_recall"
+DEFAULT_MONITOR_MODE = "max"
+
+# Sessions opened by callbacks used without a RunwatchLogger, one per trainer.
+_OWNED_SESSIONS: weakref.WeakKeyDictionary[pl.Trainer, RunSession] = weakref.WeakKeyDictionary()
+
+
+def session_for(trainer: pl.Trainer) -> tuple[RunSession, bool]:
+    """The session of the trainer's RunwatchLogger, else one opened for it: (session, owned)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, RunwatchLogger):
+            return logger.session, False
+    session = _OWNED_SESSIONS.get(trainer)
+    if session is None:
+        session = _OWNED_SESSIONS[trainer] = RunSession()
+    return session, True
+
+
+class SessionCallback(Callback):
+    """Base: resolves the session at ``setup`` and acts only on global rank zero."""
+
+    def __init__(self, session: RunSession | None = None) -> None:
+        self._session = session
+        self._owns_session = False
+        self._session_started = False
+        self.enabled = False
+
+    @property
+    def session(self) -> RunSession:
+        if self._session is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a trainer yet")
+        return self._session
+
+    @property
+    def error_ledger(self) -> Any:
+        return self._session.error_ledger if self._session is not None else None
+
+    @property
+    def error_sink(self) -> Any:
+        return self._session.error_sink if self._session is not None else None
+
+    @guarded
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._session is None:
+            self._session, self._owns_session = session_for(trainer)
+        started = self.session.start()
+        # A finished run still takes later stages' metrics (trainer.test after fit).
+        self.enabled = trainer.is_global_zero and (started or self.session.finished)
+        if started and not self._session_started:
+            self._session_started = True
+            self.on_session_start(trainer, pl_module)
+
+    def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called once on rank zero after the session started (override)."""
+
+    @guarded
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._owns_session and self._session is not None:
+            self._session.finish("completed")
+
+    @guarded
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self._owns_session and self._session is not None:
+            self._session.finish("failed")
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def scalar_metrics(metrics: Mapping[str, Any], keep: Callable[[str], bool]) -> dict[str, float]:
+    """Floats of the selected tensor/number metrics (one host transfer per metric)."""
+    values: dict[str, float] = {}
+    for name, value in metrics.items():
+        if not keep(name):
+            continue
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            values[name] = float(value.detach().reshape(()).item())
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values[name] = float(value)
+    return values
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch, read from tensor shapes (never a device sync)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else 1
+    if isinstance(batch, list | tuple) and batch:
+        return batch_size_of(batch[0])
+    if isinstance(batch, Mapping) and batch:
+        return batch_size_of(next(iter(batch.values())))
+    return 0
+
+
+def best_epoch(
+    history: Sequence[Mapping[str, float]], monitor: str, mode: str = "max"
+) -> tuple[int, float] | None:
+    """(epoch, value) of the best finite ``monitor`` value in the history."""
+    candidates = [
+        (int(row["epoch"]), row[monitor])
+        for row in history
+        if monitor in row and math.isfinite(row[monitor])
+    ]
+    if not candidates:
+        return None
+    pick = max if mode == "max" else min
+    return pick(candidates, key=lambda item: item[1])
+
+
+def _epoch_level_name(name: str) -> bool:
+    return split_level(name)[1] != "step"
+
+
+# -- epoch metrics -----------------------------------------------------------------------
+
+
+class EpochMetricsCallback(SessionCallback):
+    """Train and validation metrics merged into one ``epoch`` point per epoch; best-metric
+    tracking; bulk persistence of the epoch history at fit end (``persist_epoch_metrics``), so
+    the store can compute final confusion-matrix stats when the run completes."""
+
+    def __init__(
+        self,
+        session: RunSession | None = None,
+        *,
+        monitor: str = DEFAULT_MONITOR,
+        mode: str = DEFAULT_MONITOR_MODE,
+        persist: bool = True,
+    ) -> None:
+        super().__init__(session)
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.persist = persist
+        self.best_metrics: dict[str, float] = {}
+        self._persisted = False
+
+    def _collect(self, trainer: pl.Trainer, keep: Callable[[str], bool]) -> None:
+        metrics = scalar_metrics(trainer.callback_metrics, keep)
+        merged = {split_level(name)[0]: value for name, value in metrics.items()}
+        if merged:
+            self.session.epochs.add(trainer.current_epoch, merged)
+            self.session.last_epoch = trainer.current_epoch
+
+    # on_validation_end / on_test_end run after the module's own *_epoch_end hooks, so what
+    # those log (torchmetrics' compute()) is in callback_metrics by then.
+    @guarded
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and not trainer.sanity_checking:
+            self._collect(trainer, lambda n: n.startswith("val") and _epoch_level_name(n))
+
+    @guarded
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        self._collect(trainer, lambda n: not n.startswith("test") and _epoch_level_name(n))
+        self.session.epochs.flush()
+        self._update_best()
+
+    def _update_best(self) -> None:
+        history = self.session.epochs.history
+        for name, mode in ((self.monitor, self.mode), ("val_loss", "min")):
+            found = best_epoch(history, name, mode)
+            if found is not None:
+                self.best_metrics[name] = found[1]
+                if name == self.monitor:
+                    self.best_metrics["best_epoch"] = float(found[0])
+
+    @guarded
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self._persist()
+
+    @guarded
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        test = scalar_metrics(trainer.callback_metrics, lambda n: n.startswith("test"))
+        if not test:
+            return
+        # Test results belong to the last trained epoch (current_epoch is one past it).
+        epoch = self.session.last_epoch
+        self.session.epochs.add(epoch, test)
+        self.session.epochs.flush()
+        store = self.session.store
+        if store is not None and self.persist:
+            store.persist_epoch_metrics(self.session.run_id, [{"epoch": epoch, **test}])
+
+    @guarded
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self.enabled:
+            self._persist()
+        super().on_exception(trainer, pl_module, exception)
+
+    def _persist(self) -> None:
+        self.session.epochs.flush()
+        self._update_best()
+        store = self.session.store
+        if self._persisted or store is None or not self.persist:
+            return
+        self._persisted = True
+        history = self.session.epochs.history
+        if history:
+            store.persist_epoch_metrics(self.session.run_id, history)
+
+
+# -- batch metrics -----------------------------------------------------------------------
+
+
+class BatchMetricsCallback(SessionCallback):
+    """Every N training batches: ``batch`` point with loss, acc, recall, f1 (whatever the
+    module logs as ``train_*``), samples_per_s, step, epoch, batch_idx."""
+
+    def __init__(
+        self, session: RunSession | None = None, *, every_n_batches: int = DEFAULT_BATCH_EVERY_N
+    ) -> None:
+        super().__init__(session)
+        if every_n_batches < 1:
+            raise ValueError("every_n_batches must be >= 1")
+        self.every_n_batches = every_n_batches
+        self._window_start = time.perf_counter()
+        self._batches_in_window = 0
+
+    @guarded
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._window_start = time.perf_counter()
+        self._batches_in_window = 0
+
+    @guarded
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self.enabled:
+            return
+        self._batches_in_window += 1
+        if batch_idx % self.every_n_batches:
+            return
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        samples = batch_size_of(batch) * self._batches_in_window
+        self._window_start, self._batches_in_window = now, 0
+        fields = self._metric_fields(trainer, outputs)
+        if elapsed > 0 and samples:
+            fields["samples_per_s"] = samples / elapsed
+        fields["step"] = float(trainer.global_step)
+        fields["epoch"] = float(trainer.current_epoch)
+        fields["batch_idx"] = float(batch_idx)
+        self.session.last_step = trainer.global_step
+        self.session.record("batch", fields)
+
+    @staticmethod
+    def _metric_fields(trainer: pl.Trainer, outputs: Any) -> dict[str, float]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, value in trainer.callback_metrics.items():
+            base, level = split_level(name)
+            if level == "epoch" or not base.startswith("train_"):
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                tensors[base.removeprefix("train_")] = value.detach().reshape(())
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            tensors["loss"] = loss.detach().reshape(())
+        if not tensors:
+            return {}
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack([t.to(device, torch.float32) for t in tensors.values()])
+        return dict(zip(tensors, stacked.tolist(), strict=True))  # one sync per sample
+
+
+# -- gradients ---------------------------------------------------------------------------
+
+
+class GradientMonitorCallback(SessionCallback):
+    """Every N optimizer steps: ``gradient`` (total/max/min norm) and ``gradient_layer``
+    points (the first ``max_layers`` parameters), from fused foreach norms."""
+
+    def __init__(
+        self,
+        session: RunSession | None = None,
+        *,
+        every_n_steps: int = DEFAULT_GRADIENT_EVERY_N,
+        max_layers: int = DEFAULT_MAX_LAYERS,
+    ) -> None:
+        super().__init__(session)
+        if every_n_steps < 1:
+            raise ValueError("every_n_steps must be >= 1")
+        self.every_n_steps = every_n_steps
+        self.max_layers = max_layers
+
+    @guarded
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if not self.enabled or trainer.global_step % self.every_n_steps:
+            return
+        norms = gradient_norms(pl_module.named_parameters(), max_layers=self.max_layers)
+        if norms is None:
+            return
+        step = float(trainer.global_step)
+        self.session.record(
+            "gradient",
+            {"total_norm": norms.total, "max_norm": norms.max, "min_norm": norms.min, "step": step},
+        )
+        for layer, norm in norms.layers.items():
+            self.session.record("gradient_layer", {"norm": norm, "step": step}, {"layer": layer})
+
+
+# -- learning rate -------------------------------------------------------------------------
+
+
+class LearningRateCallback(SessionCallback):
+    """The learning rate at each epoch start: ``lr`` in the epoch point and the live gauge
+    (``lr_<optimizer>_<group>`` for further optimizers and parameter groups)."""
+
+    @guarded
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        rates: dict[str, float] = {}
+        for opt_index, optimizer in enumerate(trainer.optimizers):
+            for group_index, group in enumerate(optimizer.param_groups):
+                name = "lr" if opt_index == group_index == 0 else f"lr_{opt_index}_{group_index}"
+                rates[name] = float(group["lr"])
+        if not rates:
+            return
+        self.session.epochs.add(trainer.current_epoch, rates)
+        exporter = self.session.exporter
+        if exporter is not None and "lr" in rates:
+            exporter.learning_rate.set(rates["lr"])
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+class TrainingEventsCallback(SessionCallback):
+    """``training_start``, ``early_stopping`` and ``training_end`` events (Grafana annotations)."""
+
+    def __init__(
+        self,
+        session: RunSession | None = None,
+        *,
+        monitor: str = DEFAULT_MONITOR,
+        mode: str = DEFAULT_MONITOR_MODE,
+    ) -> None:
+        super().__init__(session)
+        self.monitor = monitor
+        self.mode = mode
+        self._early_stop_reported = False
+        self._ended = False
+        self._started_at = time.time()
+
+    @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.enabled:
+            return
+        self._started_at = time.time()
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        text = (
+            f"{self.session.experiment} ({self.session.mode}) run {self.session.run_id}: "
+            f"max_epochs={max_epochs}"
+        )
+        self.session.event("training_start", text=text, value=float(max_epochs))
+
+    @guarded
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self._report_early_stopping(trainer)
+
+    @guarded
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self._report_early_stopping(trainer)
+
+    def _report_early_stopping(self, trainer: pl.Trainer) -> None:
+        if self._early_stop_reported:
+            return
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+                self._early_stop_reported = True
+                best = callback.best_score
+                value = float(best) if best is not None else math.nan
+                text = (
+                    f"stopped at epoch {callback.stopped_epoch}: {callback.monitor} did not improve "
+                    f"for {callback.patience} checks (best {value:.4g})"
+                )
+                self.session.event("early_stopping", text=text, value=value)
+                return
+
+    @guarded
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self._end("completed")
+
+    @guarded
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if self.enabled:
+            self._end("failed", f"{type(exception).__name__}: {exception}")
+        super().on_exception(trainer, pl_module, exception)
+
+    def _end(self, status: str, reason: str = "") -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.session.epochs.flush()
+        duration = time.time() - self._started_at
+        parts = [f"{status} after {duration:.1f} s"]
+        found = best_epoch(self.session.epochs.history, self.monitor, self.mode)
+        if found is not None:
+            parts.append(f"best {self.monitor} {found[1]:.4g} at epoch {found[0]}")
+        if reason:
+            parts.append(reason)
+        self.session.event("training_end", text="; ".join(parts), value=duration)
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+class MetricsFileExporter(SessionCallback):
+    """At fit end, the epoch history as CSV and a JSON document with run metadata (the seeds'
+    file persister). Default directory: ``<RUNWATCH_HOME>/exports/<run_id>/``."""
+
+    def __init__(
+        self,
+        session: RunSession | None = None,
+        *,
+        directory: Path | str | None = None,
+        monitor: str = DEFAULT_MONITOR,
+        mode: str = DEFAULT_MONITOR_MODE,
+    ) -> None:
+        super().__init__(session)
+        self.directory = Path(directory) if directory is not None else None
+        self.monitor = monitor
+        self.mode = mode
+        self.written: list[Path] = []
+        self._started_at = time.time()
+
+    @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started_at = time.time()
+
+    @guarded
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self.export(trainer)
+
+    def export(self, trainer: pl.Trainer) -> list[Path]:
+        session = self.session
+        session.epochs.flush()
+        history = session.epochs.history
+        directory = self.directory or session.settings.home / "exports" / session.run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        csv_path = directory / "metrics.csv"
+        json_path = directory / "metrics.json"
+        _write_csv(csv_path, history)
+        best = best_epoch(history, self.monitor, self.mode)
+        document = {
+            "run_id": session.run_id,
+            "experiment": session.experiment,
+            "mode": session.mode,
+            "total_epochs": len(history),
+            "stopped_epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "monitor": self.monitor,
+            "best_epoch": best[0] if best else None,
+            f"best_{self.monitor}": best[1] if best else None,
+            "training_time_seconds": round(time.time() - self._started_at, 3),
+            "metrics_history": [_json_row(row) for row in history],
+        }
+        json_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
+        self.written = [csv_path, json_path]
+        return self.written
+
+
+def _write_csv(path: Path, history: Sequence[Mapping[str, float]]) -> None:
+    columns = ["epoch", *sorted({k for row in history for k in row} - {"epoch"})]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
+
+
+def _json_row(row: Mapping[str, float]) -> dict[str, float | int | None]:
+    return {
+        k: (int(v) if k == "epoch" else (v if math.isfinite(v) else None)) for k, v in row.items()
+    }
+
+
+# -- system --------------------------------------------------------------------------------
+
+
+class SystemMetricsCallback(SessionCallback):
+    """Every ``interval_s`` (checked at batch ends): ``system`` point with cpu_percent,
+    rss_bytes and, on CUDA, gpu_mem_bytes and gpu_util (when NVML is available)."""
+
+    def __init__(
+        self, session: RunSession | None = None, *, interval_s: float = DEFAULT_SYSTEM_INTERVAL_S
+    ) -> None:
+        super().__init__(session)
+        self.interval_s = interval_s
+        self._next_at = 0.0
+        self._process: Any = None
+        self._tags: dict[str, str] = {}
+        self._cuda_device: torch.device | None = None
+        self._gpu_util_ok = True
+
+    def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first reading only primes the counter
+        self._tags = {"host": socket.gethostname(), "rank": str(trainer.global_rank)}
+        self._next_at = time.monotonic() + min(self.interval_s, 1.0)
+
+    @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = pl_module.device
+        self._cuda_device = device if device.type == "cuda" else None
+
+    @guarded
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.enabled and time.monotonic() >= self._next_at:
+            self.sample()
+
+    @guarded
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled and time.monotonic() >= self._next_at:
+            self.sample()
+
+    def sample(self) -> None:
+        self._next_at = time.monotonic() + self.interval_s
+        process = self._process
+        if process is None:
+            return
+        fields = {
+            "cpu_percent": float(process.cpu_percent(None)),
+            "rss_bytes": float(process.memory_info().rss),
+        }
+        device = self._cuda_device
+        if device is not None:
+            fields["gpu_mem_bytes"] = float(torch.cuda.memory_allocated(device))
+            if self._gpu_util_ok:
+                try:
+                    fields["gpu_util"] = float(torch.cuda.utilization(device))
+                except Exception:  # no NVML: utilisation is simply not reported
+                    self._gpu_util_ok = False
+        self.session.record("system", fields, self._tags)
+
+
+# -- live step gauges ------------------------------------------------------------------------
+
+
+class StepTimerCallback(SessionCallback):
+    """Every step, for the Prometheus exporter only: step duration histogram, optimizer steps,
+    samples and last-step timestamp (a few microseconds; nothing when there is no exporter)."""
+
+    def __init__(self, session: RunSession | None = None) -> None:
+        super().__init__(session)
+        self._step_started = 0.0
+        self._exporter: Any = None
+
+    def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._exporter = self.session.exporter
+
+    @guarded
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step_started = time.perf_counter()
+
+    @guarded
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        exporter = self._exporter
+        if exporter is None or not self.enabled:
+            return
+        exporter.step_completed(
+            trainer.global_step,
+            duration_s=time.perf_counter() - self._step_started,
+            samples=batch_size_of(batch),
+        )
+
+    @guarded
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        exporter = self._exporter
+        if exporter is not None and self.enabled:
+            exporter.epoch.set(trainer.current_epoch)
+
+
+# -- the bundle ------------------------------------------------------------------------------
+
+_STEP_HOOKS = ("on_train_batch_end", "on_validation_batch_end", "on_test_batch_end")
+_HOOK_NAMES = (
+    "setup",
+    "teardown",
+    "on_fit_start",
+    "on_fit_end",
+    "on_sanity_check_start",
+    "on_sanity_check_end",
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_train_epoch_start",
+    "on_train_epoch_end",
+    "on_validation_epoch_start",
+    "on_validation_epoch_end",
+    "on_test_epoch_start",
+    "on_test_epoch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_train_start",
+    "on_train_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_test_start",
+    "on_test_end",
+    "on_exception",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
+_PHASE_OF_HOOK = {
+    "on_train_batch_end": PHASE_TRAIN_STEP,
+    "on_validation_batch_end": PHASE_EVAL_STEP,
+    "on_test_batch_end": PHASE_EVAL_STEP,
+    "on_validation_epoch_end": PHASE_EPOCH_END,
+    "on_train_epoch_end": PHASE_EPOCH_END,
+    "on_test_epoch_end": PHASE_EPOCH_END,
+}
+
+
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook, None)
+
+
+class RunwatchCallback(Callback):
+    """Several session callbacks as one Lightning callback, dispatching each hook only to the
+    parts that implement it. It also tells the logger which phase the trainer is in (so
+    ``log_metrics`` calls are filed as ``batch`` or ``epoch`` points without guessing) and
+    writes the pending epoch point when the next epoch starts."""
+
+    def __init__(self, session: RunSession, parts: Sequence[SessionCallback]) -> None:
+        self.session = session
+        self.parts = list(parts)
+        self._finish_session = False
+        for part in self.parts:
+            if part._session is None:
+                part._session = session
+        for hook in _HOOK_NAMES:
+            dispatch = self._dispatcher(hook)
+            if dispatch is not None:
+                setattr(self, hook, dispatch)
+
+    def _dispatcher(self, hook: str) -> Callable[..., None] | None:
+        targets: list[Callable[..., None]] = [
+            getattr(part, hook) for part in self.parts if _overrides(part, hook)
+        ]
+        phase = _PHASE_OF_HOOK.get(hook)
+        session = self.session
+        if hook == "on_train_epoch_start":
+            targets.insert(0, self._flush_epochs)
+        elif hook == "setup":
+            targets.insert(0, self._check_logger)
+        elif hook == "on_fit_start":
+            targets.insert(0, self._fit_started)
+        elif hook == "teardown":
+            targets.append(self._finish_completed)
+        elif hook == "on_exception":
+            targets.append(self._finish_failed)
+        if phase is None:
+            if not targets:
+                return None
+            if len(targets) == 1:
+                return targets[0]
+
+            def dispatch(*args: Any, **kwargs: Any) -> None:
+                for target in targets:
+                    target(*args, **kwargs)
+
+            return dispatch
+
+        def dispatch_with_phase(*args: Any, **kwargs: Any) -> None:
+            session.phase = phase
+            for target in targets:
+                target(*args, **kwargs)
+
+        return dispatch_with_phase
+
+    @guarded
+    def _check_logger(self, trainer: pl.Trainer, *_: Any, **__: Any) -> None:
+        self.session.stages_tracked = True
+        # Without the session's RunwatchLogger nobody else finishes the run.
+        self._finish_session = not any(
+            isinstance(logger, RunwatchLogger) and logger.session is self.session
+            for logger in trainer.loggers
+        )
+
+    @guarded
+    def _fit_started(self, *_: Any, **__: Any) -> None:
+        self.session.fit_started = True
+
+    @guarded
+    def _flush_epochs(self, *_: Any, **__: Any) -> None:
+        self.session.epochs.flush()
+
+    @guarded
+    def _finish_completed(self, *_: Any, **__: Any) -> None:
+        if self._finish_session:
+            self.session.finish("completed")
+
+    @guarded
+    def _finish_failed(self, *_: Any, **__: Any) -> None:
+        if self._finish_session:
+            self.session.finish("failed")
+
+    @property
+    def error_ledger(self) -> Any:
+        return self.session.error_ledger
+
+    @property
+    def error_sink(self) -> Any:
+        return self.session.error_sink
+
+    def part(self, kind: type[SessionCallback]) -> SessionCallback | None:
+        """The first part of the given class, if any."""
+        return next((p for p in self.parts if isinstance(p, kind)), None)

@@ -1,0 +1,76 @@
+"""Gradient norms with fused foreach kernels and one host transfer.
+
+``torch._foreach_norm`` computes every parameter's norm in a few fused launches; stacking them
+and calling ``.tolist()`` once means one device synchronisation per sample, where a loop of
+``p.grad.norm().item()`` synchronises once per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+DEFAULT_MAX_LAYERS = 16
+
+
+@dataclass(frozen=True)
+class GradientNorms:
+    """L2 norms: over all gradients (``total``), the largest and smallest per-parameter norm,
+    and per-parameter norms of the first ``max_layers`` parameters in module order."""
+
+    total: float
+    max: float
+    min: float
+    layers: dict[str, float] = field(default_factory=dict)
+
+
+def gradient_norms(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    *,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+) -> GradientNorms | None:
+    """Norms of the gradients present (None when no parameter has one)."""
+    names: list[str] = []
+    grads: list[torch.Tensor] = []
+    for name, parameter in named_parameters:
+        grad = parameter.grad
+        if grad is not None and not grad.is_sparse:
+            names.append(name)
+            grads.append(grad)
+    if not grads:
+        return None
+    with torch.no_grad():
+        norms = list(torch._foreach_norm(grads))
+        first = norms[0]
+        if any(n.dtype != first.dtype or n.device != first.device for n in norms):
+            norms = [n.to(first.device, torch.float32) for n in norms]
+        values: list[float] = torch.stack(norms).tolist()  # the one sync
+    return _summary(names, values, max_layers)
+
+
+def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:
+    nan = any(math.isnan(v) for v in values)  # max()/min() would depend on the order
+    return GradientNorms(
+        total=math.sqrt(math.fsum(v * v for v in values)),
+        max=math.nan if nan else max(values),
+        min=math.nan if nan else min(values),
+        layers=dict(zip(names[:max_layers], values[:max_layers], strict=False)),
+    )
+
+
+def gradient_norms_per_parameter_loop(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    *,
+    max_layers: int = DEFAULT_MAX_LAYERS,
+) -> GradientNorms | None:
+    """The naive reference (one ``.item()`` per parameter), kept for tests and the benchmark."""
+    names: list[str] = []
+    values: list[float] = []
+    for name, parameter in named_parameters:
+        if parameter.grad is not None and not parameter.grad.is_sparse:
+            names.append(name)
+            values.append(parameter.grad.norm().item())
+    return _summary(names, values, max_layers) if values else None

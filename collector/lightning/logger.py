@@ -1,0 +1,228 @@
+"""``RunwatchLogger``: a Lightning ``Logger`` writing what ``self.log()`` produces to runwatch.
+
+- step-level calls become ``batch`` points, epoch-level calls are merged per epoch into one
+  ``epoch`` point (train and validation together); Lightning's ``_step``/``_epoch`` suffixes
+  (added when a metric is logged both ways) are dropped, the measurement says which it was;
+- ``log_hyperparams`` -> the run configuration; ``finalize`` -> the run status;
+  ``after_save_checkpoint`` -> a run artifact and a ``checkpoint`` event.
+
+Only global rank zero writes. ``save()`` is a no-op: Lightning calls it after every
+``log_metrics``, and the recorder already owns buffering and durability.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from collector import schema
+from collector.config import Settings
+from collector.lightning._guard import guarded
+from collector.lightning.session import (
+    PHASE_EPOCH_END,
+    PHASE_EVAL_STEP,
+    PHASE_TRAIN_STEP,
+    RunSession,
+)
+from collector.points import normalise_name
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from collector.store import Store
+
+log = logging.getLogger("collector.lightning")
+
+_BATCH = schema.MEASUREMENTS[schema.M_BATCH]
+# Filled by the logger itself, never from a metric name.
+_BATCH_OWN_FIELDS = frozenset((schema.STEP, schema.EPOCH))
+_EVAL_PREFIXES = ("val", "valid", "test")
+_LIGHTNING_STATUS = {"success": "completed", "failed": "failed", "finished": "completed"}
+
+
+def split_level(name: str) -> tuple[str, str | None]:
+    """``train_loss_step`` -> (``train_loss``, ``step``); a name without suffix -> (name, None)."""
+    if name.endswith("_step"):
+        return name[:-5], "step"
+    if name.endswith("_epoch"):
+        return name[:-6], "epoch"
+    return name, None
+
+
+class RunwatchLogger(Logger):
+    """Lightning logger for one runwatch run (``version`` is the run_id)."""
+
+    def __init__(
+        self,
+        experiment: str = "default",
+        *,
+        settings: Settings | None = None,
+        session: RunSession | None = None,
+        run_id: str | None = None,
+        store: Store | None = None,
+        source_path: str | None = None,
+        prometheus: bool = True,
+    ) -> None:
+        super().__init__()
+        self._batch_field_names: dict[str, str] = {}
+        self._unfiled: set[str] = set()
+        self.session = session or RunSession(
+            experiment,
+            settings=settings,
+            run_id=run_id,
+            store=store,
+            source_path=source_path,
+            prometheus=prometheus,
+        )
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.session.experiment
+
+    @property
+    def version(self) -> str:
+        return self.session.run_id
+
+    @property
+    def save_dir(self) -> str | None:
+        return None
+
+    @property
+    def experiment(self) -> RunSession:
+        """The run session (started on first access on rank zero, as Lightning does at setup)."""
+        self._start()
+        return self.session
+
+    @property
+    def error_ledger(self) -> Any:
+        return self.session.error_ledger
+
+    @property
+    def error_sink(self) -> Any:
+        return self.session.error_sink
+
+    @guarded
+    def _start(self) -> None:
+        self.session.start()
+
+    # -- Logger API --------------------------------------------------------------------
+
+    @rank_zero_only
+    @guarded
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        session = self.session
+        values = dict(metrics)
+        epoch_value = values.pop("epoch", None)
+        epoch = int(epoch_value) if _finite(epoch_value) else session.last_epoch
+        if step is not None:
+            session.last_step = max(session.last_step, int(step))
+        if not values:
+            return
+        if self._is_epoch_level(values):
+            if all(name.startswith("test") for name in values):
+                epoch = session.last_epoch  # after fit, current_epoch is one past the last
+            else:
+                session.last_epoch = epoch
+            session.epochs.add(epoch, {split_level(k)[0]: float(v) for k, v in values.items()})
+            return
+        fields = self._batch_fields(values)
+        if not fields:
+            return
+        fields["epoch"] = float(epoch)
+        if step is not None:
+            fields["step"] = float(step)
+        session.record("batch", fields)
+
+    def _batch_fields(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Step-level metrics onto the ``batch`` schema: ``train_loss(_step)`` -> ``loss``."""
+        fields: dict[str, float] = {}
+        for name, value in values.items():
+            field = self._batch_field_names.get(name)
+            if field is None:
+                field = self._batch_field_names[name] = _batch_field(name)
+            if field:
+                fields[field] = float(value)
+            elif name not in self._unfiled:
+                self._unfiled.add(name)
+                log.warning(
+                    "runwatch: %r is logged per step but the batch measurement has no field "
+                    "for it (known: %s); log it with on_epoch=True to record it",
+                    name,
+                    ", ".join(_BATCH.fields),
+                )
+        return fields
+
+    def _is_epoch_level(self, metrics: Mapping[str, float]) -> bool:
+        phase = self.session.phase
+        if phase == PHASE_EPOCH_END:
+            return True
+        if phase in (PHASE_TRAIN_STEP, PHASE_EVAL_STEP):
+            return False
+        # No runwatch callback tells us where the trainer is: decide by name.
+        levels = {split_level(name)[1] for name in metrics}
+        if "epoch" in levels:
+            return True
+        if "step" in levels:
+            return False
+        return all(name.startswith(_EVAL_PREFIXES) for name in metrics)
+
+    @rank_zero_only
+    @guarded
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
+        mapping = vars(params) if isinstance(params, Namespace) else dict(params)
+        self.session.save_hyperparams(mapping)
+
+    def save(self) -> None:
+        """Nothing to do: Lightning calls this after every ``log_metrics``."""
+
+    @rank_zero_only
+    @guarded
+    def finalize(self, status: str) -> None:
+        session = self.session
+        if status == "success" and session.stages_tracked and not session.fit_started:
+            session.flush()  # a validate/test run before fit: the run goes on
+            return
+        session.finish(_LIGHTNING_STATUS.get(status, "completed"))
+
+    @rank_zero_only
+    @guarded
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        path = _saved_checkpoint_path(checkpoint_callback)
+        if not path:
+            return
+        score = checkpoint_callback.current_score
+        metric_value = float(score) if score is not None else None
+        monitor = checkpoint_callback.monitor
+        self.session.add_artifact(path, metric_name=monitor, metric_value=metric_value)
+        text = path if monitor is None else f"{path} ({monitor}={metric_value})"
+        value = metric_value if metric_value is not None and math.isfinite(metric_value) else 1.0
+        self.session.event(schema.EVENT_CHECKPOINT, text=text, value=value)
+
+
+def _batch_field(name: str) -> str:
+    """The batch field a step-level metric name maps to, or "" when there is none."""
+    base = normalise_name(split_level(name)[0]) or ""
+    for candidate in (base, base.removeprefix("train_")):
+        if candidate and candidate not in _BATCH_OWN_FIELDS and _BATCH.accepts_field(candidate):
+            return candidate
+    return ""
+
+
+def _saved_checkpoint_path(callback: ModelCheckpoint) -> str:
+    # The file written last; ModelCheckpoint keeps it in a private attribute since 1.x.
+    path = getattr(callback, "_last_checkpoint_saved", "") or ""
+    return str(path or callback.last_model_path or callback.best_model_path or "")
+
+
+def _finite(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and math.isfinite(value)

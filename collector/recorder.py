@@ -1,0 +1,413 @@
+"""The Recorder: the one object trainers and adapters write time-series points through.
+
+::
+
+    from collector import Recorder
+
+    with Recorder(run_id, experiment="pneumonia", mode="centralized") as rec:
+        rec.record("batch", {"loss": loss, "step": step})      # never raises
+        rec.event("checkpoint", text="epoch=3.ckpt")
+
+``record()`` builds the line of line protocol on the calling thread (a few µs) and queues it
+in memory; every ``flush_lines`` points, and every ``flush_interval_s`` from a background
+thread, the queue is appended to the run's spool file (``collector.spool``). A shipper
+thread (``collector.shipper``) posts the spool to InfluxDB; the training thread never waits
+on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
+ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
+
+Observers (the Prometheus exporter) see each point's finite, normalised fields synchronously
+on the recording thread; an observer that raises is logged once and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from collector import schema
+from collector.config import Settings, load_settings
+from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
+from collector.shipper import ShipperThread, ShipTuning, target_for
+from collector.spool import SpoolWriter
+
+log = logging.getLogger("collector.recorder")
+_time_ns = time.time_ns
+
+
+@runtime_checkable
+class PointObserver(Protocol):
+    """Sees every recorded point (normalised, finite fields) on the recording thread."""
+
+    def observe(
+        self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class RecorderTuning:
+    """Knobs with defaults that meet the design targets; tests shorten them."""
+
+    flush_lines: int = 1_000
+    """Queued points that make ``record()`` append them to the spool itself."""
+    flush_interval_s: float = 0.5
+    """How often the background flusher appends queued points (the SIGKILL loss bound)."""
+    exit_ship_timeout_s: float = 2.0
+    """Shipping time granted at interpreter exit to a recorder nobody closed."""
+    ship: ShipTuning = field(default_factory=ShipTuning)
+
+
+@dataclass(frozen=True)
+class RecorderStats:
+    points_recorded: int
+    """Points accepted into the pipeline (queued for the spool)."""
+    points_dropped: int
+    """Points dropped whole: invalid input, recorder closed, spool unwritable."""
+    fields_dropped: int
+    nonfinite_fields: int
+    points_spooled: int
+    """Points written to the spool file."""
+    points_shipped: int
+    """Lines InfluxDB acknowledged (a resumed stream counts its old backlog too)."""
+    points_rejected: int
+    """Lines InfluxDB refused as malformed (moved to ``<run>.rejected``)."""
+    spool_backlog_bytes: int
+    """Spooled bytes InfluxDB has not acknowledged yet."""
+    spool_path: str | None
+    last_error: str | None
+
+
+class Recorder:
+    """Records points for one run: spool first, InfluxDB when configured. See module doc."""
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        experiment: str,
+        mode: str = schema.MODE_CENTRALIZED,
+        settings: Settings | None = None,
+        tags: Mapping[str, str] | None = None,
+        observers: Sequence[PointObserver] = (),
+        tuning: RecorderTuning | None = None,
+    ) -> None:
+        if not run_id:
+            raise ValueError("run_id must be a non-empty string")
+        if not experiment:
+            raise ValueError("experiment must be a non-empty string")
+        if mode not in schema.MODES:
+            raise ValueError(f"mode must be one of {schema.MODES}, got {mode!r}")
+        self.run_id = run_id
+        self.experiment = experiment
+        self.mode = mode
+        self.settings = settings if settings is not None else load_settings()
+        self.tuning = tuning or RecorderTuning()
+        self._problems = ProblemLog()
+        base: dict[str, object] = {
+            schema.RUN_ID: run_id,
+            schema.EXPERIMENT: experiment,
+            schema.MODE: mode,
+        }
+        for key, value in (tags or {}).items():
+            if normalise_name(key) in schema.BASE_TAGS:
+                log.warning("runwatch: ignored extra tag %r: the Recorder sets it", key)
+            else:
+                base[key] = value
+        self._builder = PointBuilder(base, self._problems)
+        self._build = self._builder.build
+        self._flush_lines = self.tuning.flush_lines
+        self.base_tags: Mapping[str, str] = self._builder.base_tags
+        self._observers = list(observers)
+        self._observe = bool(self._observers)
+        self._broken_observers: set[int] = set()
+        self._pending: deque[str] = deque()
+        self._write_lock = threading.Lock()
+        self._last_ns = 0
+        self._recorded = 0
+        self._spooled = 0
+        self._lost = 0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.last_error: str | None = None
+
+        self._writer: SpoolWriter | None = None
+        self._shipper: ShipperThread | None = None
+        try:
+            self._writer = SpoolWriter.open(self.settings.spool_dir, run_id)
+        except OSError as exc:
+            self._fail(f"cannot open the spool in {self.settings.spool_dir}: {exc}")
+        if self._writer is not None and self.settings.influx_url:
+            self._shipper = ShipperThread(
+                self._writer.stream,
+                self._spooled_offset,
+                target_for(self.settings),
+                self.tuning.ship,
+            )
+        self._stop_flusher = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_periodically, name=f"runwatch-flusher-{run_id}", daemon=True
+        )
+        self._flusher.start()
+        _close_at_exit(self)
+
+    # --- recording (training thread) -------------------------------------------------------
+
+    def record(
+        self,
+        measurement: str,
+        fields: Mapping[str, object],
+        tags: Mapping[str, object] | None = None,
+        time: int | float | datetime | None = None,
+    ) -> None:
+        """Record one point. Never raises; bad input is dropped, counted and warned once."""
+        try:
+            if self._closed:
+                self._problems.dropped_points += 1
+                self._problems.warn_once(
+                    "closed", self.run_id, f"recorder of run {self.run_id} is closed"
+                )
+                return
+            if time is None:  # inlined _now_ns: this is the hot path
+                time_ns = _time_ns()
+                if time_ns <= self._last_ns:
+                    time_ns = self._last_ns + 1
+                self._last_ns = time_ns
+            else:
+                time_ns = self._explicit_ns(time)
+            line, observed, all_tags = self._build(
+                measurement, fields, tags, time_ns, self._observe
+            )
+            if line is None:
+                return
+            pending = self._pending
+            pending.append(line)
+            self._recorded += 1
+            if len(pending) >= self._flush_lines:
+                self._drain()
+            if observed is not None and all_tags is not None:
+                self._notify(measurement, observed, all_tags)
+        except Exception as exc:  # telemetry never raises into training
+            self._problems.dropped_points += 1
+            self._problems.warn_once(
+                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
+            )
+
+    def event(
+        self,
+        name: str,
+        text: str = "",
+        value: float = 1.0,
+        tags: Mapping[str, object] | None = None,
+    ) -> None:
+        """Record an ``event`` point (Grafana annotation); ``name`` is normalised."""
+        event_name = normalise_name(name)
+        if event_name is None:
+            self._problems.dropped_points += 1
+            self._problems.warn_once("event", str(name), f"dropped event with empty name {name!r}")
+            return
+        event_tags: dict[str, object] = {**(tags or {}), schema.EVENT: event_name}
+        self.record(schema.M_EVENT, {schema.TEXT: text, schema.VALUE: value}, event_tags)
+
+    def _now_ns(self) -> int:
+        # Strictly increasing, so two points of one series never share a timestamp
+        # (InfluxDB would keep only the last).
+        now = _time_ns()
+        if now <= self._last_ns:
+            now = self._last_ns + 1
+        self._last_ns = now
+        return now
+
+    def _explicit_ns(self, value: object) -> int:
+        converted = to_time_ns(value)
+        if converted is None:
+            self._problems.warn_once(
+                "time",
+                type(value).__name__,
+                f"unusable time={value!r} (int ns, float s or datetime expected); used now",
+            )
+            return self._now_ns()
+        return converted
+
+    def _notify(
+        self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+    ) -> None:
+        for observer in self._observers:
+            try:
+                observer.observe(measurement, fields, tags)
+            except Exception as exc:
+                if id(observer) not in self._broken_observers:
+                    self._broken_observers.add(id(observer))
+                    log.warning(
+                        "runwatch: observer %r failed (%s: %s); its errors are ignored from now on",
+                        observer,
+                        type(exc).__name__,
+                        exc,
+                    )
+
+    # --- spool -----------------------------------------------------------------------------
+
+    def _spooled_offset(self) -> int:
+        writer = self._writer
+        return writer.written if writer is not None else 0
+
+    def _drain(self) -> None:
+        with self._write_lock:
+            pending = self._pending
+            count = len(pending)
+            if not count:
+                return
+            lines = [pending.popleft() for _ in range(count)]
+            writer = self._writer
+            if writer is None:
+                self._lost += count
+                return
+            try:
+                writer.append("".join(lines).encode("utf-8", "replace"))
+            except OSError as exc:
+                self._lost += count
+                self._fail(f"spool write failed, {count} points lost: {exc}")
+                return
+            self._spooled += count
+
+    def _flush_periodically(self) -> None:
+        interval = self.tuning.flush_interval_s
+        while not self._stop_flusher.wait(interval):
+            self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:
+            self._fail(f"flush failed: {type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        self._problems.warn_once("spool", message.split(":")[0], message)
+
+    def flush(self) -> None:
+        """Append queued points to the spool (durable against a crash of this process) and
+        wake the shipper. Cheap; never raises."""
+        try:
+            self._drain()
+            if self._shipper is not None:
+                self._shipper.nudge()
+        except Exception as exc:
+            self._fail(f"flush failed: {type(exc).__name__}: {exc}")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, fsync, then ship for at most ``timeout`` seconds; what is left stays in the
+        spool for ``runwatch sync``. Idempotent; never raises."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._stop_flusher.set()
+            if self._flusher is not threading.current_thread():
+                self._flusher.join(timeout=5.0)
+            self._drain()
+            if self._writer is not None:
+                self._writer.sync()
+            if self._shipper is not None and not self._shipper.close(timeout):
+                remaining = self._spooled_offset() - self._shipper.acked
+                if remaining > 0:
+                    log.warning(
+                        "runwatch: %d bytes of run %s not shipped before close (%s); "
+                        "`runwatch sync` ships them",
+                        remaining,
+                        self.run_id,
+                        self._shipper.last_error or "timeout",
+                    )
+        except Exception as exc:
+            self._fail(f"close failed: {type(exc).__name__}: {exc}")
+        finally:
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except OSError as exc:
+                    self._fail(f"spool close failed: {exc}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def spool_path(self) -> str | None:
+        return str(self._writer.stream.path) if self._writer is not None else None
+
+    @property
+    def stats(self) -> RecorderStats:
+        shipper = self._shipper
+        spooled_offset = self._spooled_offset()
+        acked = shipper.acked if shipper is not None else 0
+        last_error = self.last_error
+        if shipper is not None and shipper.last_error and last_error is None:
+            last_error = shipper.last_error
+        problems = self._problems
+        return RecorderStats(
+            points_recorded=self._recorded,
+            points_dropped=problems.dropped_points + self._lost,
+            fields_dropped=problems.dropped_fields,
+            nonfinite_fields=problems.nonfinite_fields,
+            points_spooled=self._spooled,
+            points_shipped=shipper.lines_shipped if shipper is not None else 0,
+            points_rejected=shipper.lines_rejected if shipper is not None else 0,
+            spool_backlog_bytes=max(0, spooled_offset - acked),
+            spool_path=self.spool_path,
+            last_error=last_error,
+        )
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Recorder(run_id={self.run_id!r}, experiment={self.experiment!r}, mode={self.mode!r})"
+        )
+
+    def _forget_after_fork(self) -> None:
+        # A forked child (a DataLoader worker) shares the spool descriptor and lock; it must
+        # neither write nor close them.
+        self._closed = True
+        self._writer = None
+        self._shipper = None
+        self._pending = deque()
+
+
+_live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+
+def _close_at_exit(recorder: Recorder) -> None:
+    _live_recorders.add(recorder)
+
+
+def _close_all_at_exit() -> None:
+    for recorder in list(_live_recorders):
+        recorder.close(timeout=recorder.tuning.exit_ship_timeout_s)
+
+
+def _forget_all_after_fork() -> None:
+    for recorder in list(_live_recorders):
+        recorder._forget_after_fork()
+    _live_recorders.clear()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_forget_all_after_fork)

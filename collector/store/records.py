@@ -1,0 +1,127 @@
+"""Frozen snapshots the store returns: plain values, detached from any session."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    name: str
+    value: float
+    step: int
+    dataset_type: str
+    context: str
+    client_id: str | None
+    round_number: int | None
+    recorded_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round_number: int
+    status: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    num_clients: int | None
+    server_metrics: dict[str, Any] | None
+    aggregated_client_metrics: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class ServerEvaluationRecord:
+    round_number: int
+    loss: float | None
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    auroc: float | None
+    cm_tp: float | None
+    cm_tn: float | None
+    cm_fp: float | None
+    cm_fn: float | None
+    metrics: dict[str, Any] | None
+    recorded_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    kind: str
+    path: str
+    step: int | None
+    epoch: int | None
+    metric_name: str | None
+    metric_value: float | None
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as it was when read. ``metrics`` is empty unless asked for."""
+
+    run_id: str
+    experiment: str
+    mode: str
+    status: str
+    start_time: datetime
+    end_time: datetime | None
+    heartbeat_at: datetime
+    host: str | None
+    source_path: str | None
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    final_stats: dict[str, float] = field(default_factory=dict)
+    clients: tuple[str, ...] = ()
+    rounds: tuple[RoundRecord, ...] = ()
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    metrics: tuple[MetricRecord, ...] = ()
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+    def to_dict(self, *, with_metrics: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "experiment": self.experiment,
+            "mode": self.mode,
+            "status": self.status,
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
+            "heartbeat_at": _iso(self.heartbeat_at),
+            "duration_s": self.duration_s,
+            "host": self.host,
+            "source_path": self.source_path,
+            "hyperparams": dict(self.hyperparams),
+            "final_stats": dict(self.final_stats),
+            "clients": list(self.clients),
+            "rounds": [r.to_dict() for r in self.rounds],
+            "artifacts": [a.to_dict() for a in self.artifacts],
+        }
+        if with_metrics:
+            data["metrics"] = [m.to_dict() for m in self.metrics]
+        return data

@@ -1,0 +1,169 @@
+"""Write helpers that work inside an open session: lookups, get-or-create of clients and
+rounds (resolved within one run), hyperparameter upserts, aggregated rows, final stats."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from collector.errors import UnknownRunError
+from collector.store.bulk import insert_metric_rows
+from collector.store.metric_rows import (
+    ConfusionMatrix,
+    MetricTarget,
+    cm_metric_names,
+    latest_confusion_matrix,
+    named_rows,
+)
+from collector.store.models import (
+    RUN_CONFIGURATIONS,
+    Client,
+    Round,
+    Run,
+    RunConfiguration,
+    RunMetric,
+    ServerEvaluation,
+    utc_now,
+)
+
+
+def find_run(session: Session, run_id: str) -> Run:
+    run = session.scalar(select(Run).where(Run.run_id == run_id))
+    if run is None:
+        raise UnknownRunError(run_id)
+    return run
+
+
+def run_pk_of(session: Session, run_id: str) -> int:
+    run_pk = session.scalar(select(Run.id).where(Run.run_id == run_id))
+    if run_pk is None:
+        raise UnknownRunError(run_id)
+    return run_pk
+
+
+def client_pk_of(session: Session, run_pk: int, client_id: str) -> int:
+    """Get or create, resolved within the run; a concurrent creator wins without an error."""
+    client_id = str(client_id)  # Flower node ids arrive as ints despite the annotation
+    query = select(Client.id).where(Client.run_pk == run_pk, Client.client_identifier == client_id)
+    found = session.scalar(query)
+    if found is None:
+        try:
+            with session.begin_nested():
+                session.add(Client(run_pk=run_pk, client_identifier=client_id))
+        except IntegrityError:
+            pass
+        found = session.scalar(query)
+    assert found is not None
+    return found
+
+
+def round_of(session: Session, run_pk: int, round_number: int) -> Round:
+    query = select(Round).where(Round.run_pk == run_pk, Round.round_number == round_number)
+    found = session.scalar(query)
+    if found is None:
+        try:
+            with session.begin_nested():
+                session.add(Round(run_pk=run_pk, round_number=round_number, status="in_progress"))
+        except IntegrityError:
+            pass
+        found = session.scalar(query)
+    assert found is not None
+    return found
+
+
+def flatten(params: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def upsert_hyperparams(session: Session, run_pk: int, params: Mapping[str, object]) -> None:
+    flat = flatten(params)
+    if not flat:
+        return
+    session.execute(
+        delete(RunConfiguration).where(
+            RunConfiguration.run_pk == run_pk, RunConfiguration.key.in_(list(flat))
+        )
+    )
+    session.execute(
+        insert(RUN_CONFIGURATIONS),
+        [
+            {"run_pk": run_pk, "key": key, "value": json.dumps(value, default=str)}
+            for key, value in flat.items()
+        ],
+    )
+
+
+def replace_aggregated_rows(
+    session: Session, target: MetricTarget, round_number: int, finite: Mapping[str, float]
+) -> None:
+    session.execute(
+        delete(RunMetric).where(
+            RunMetric.run_pk == target.run_pk,
+            RunMetric.round_pk == target.round_pk,
+            RunMetric.context == "aggregated",
+        )
+    )
+    insert_metric_rows(session, named_rows(finite.items(), round_number, target), utc_now())
+
+
+def write_final_stats(session: Session, run_pk: int, now: datetime) -> None:
+    """Replace the run's final_epoch rows with stats from its newest confusion matrix."""
+    session.execute(
+        delete(RunMetric).where(RunMetric.run_pk == run_pk, RunMetric.context == "final_epoch")
+    )
+    found = _newest_confusion_matrix(session, run_pk)
+    if found is None:
+        return
+    step, matrix = found
+    target = MetricTarget(run_pk, "final_epoch")
+    insert_metric_rows(session, named_rows(matrix.stats().items(), step, target), now)
+
+
+def _newest_confusion_matrix(session: Session, run_pk: int) -> tuple[int, ConfusionMatrix] | None:
+    """Centralized epochs first, then the server's evaluations, then client aggregates."""
+    return (
+        _metric_confusion_matrix(session, run_pk, "epoch_end")
+        or _server_confusion_matrix(session, run_pk)
+        or _metric_confusion_matrix(session, run_pk, "aggregated")
+    )
+
+
+def _metric_confusion_matrix(
+    session: Session, run_pk: int, context: str
+) -> tuple[int, ConfusionMatrix] | None:
+    rows = session.execute(
+        select(RunMetric.step, RunMetric.metric_name, RunMetric.metric_value).where(
+            RunMetric.run_pk == run_pk,
+            RunMetric.context == context,
+            RunMetric.client_pk.is_(None),
+            RunMetric.metric_name.in_(cm_metric_names()),
+        )
+    )
+    return latest_confusion_matrix((r.step, r.metric_name, r.metric_value) for r in rows)
+
+
+def _server_confusion_matrix(session: Session, run_pk: int) -> tuple[int, ConfusionMatrix] | None:
+    evaluations = session.scalars(
+        select(ServerEvaluation)
+        .where(ServerEvaluation.run_pk == run_pk)
+        .order_by(ServerEvaluation.round_number.desc())
+    )
+    rows = (
+        (e.round_number, f"server_{name}", value)
+        for e in evaluations
+        for name in ("cm_tp", "cm_tn", "cm_fp", "cm_fn", "auroc")
+        if (value := getattr(e, name)) is not None
+    )
+    return latest_confusion_matrix(rows)

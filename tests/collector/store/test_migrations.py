@@ -1,0 +1,55 @@
+"""The shipped Alembic migrations build exactly the schema the models describe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from collector.store import Store
+from collector.store.migrate import alembic_config, head_revisions
+from collector.store.models import Base
+
+
+def test_first_use_upgrades_to_head_and_matches_the_models(new_db_url: Callable[[], str]) -> None:
+    store = Store(new_db_url())
+    store.list_runs()  # first use
+    try:
+        with store.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert set(context.get_current_heads()) == head_revisions()
+            diff = compare_metadata(context, Base.metadata)
+        assert diff == []
+        tables = set(inspect(store.engine).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+    finally:
+        store.dispose()
+
+
+def test_upgrade_is_idempotent_across_stores(new_db_url: Callable[[], str]) -> None:
+    url = new_db_url()
+    first = Store(url)
+    run_id = first.create_run("kept")
+    first.dispose()
+    second = Store(url)
+    second.upgrade()
+    assert second.get_run(run_id).experiment == "kept"
+    second.dispose()
+
+
+def test_downgrade_to_base_and_upgrade_again(new_db_url: Callable[[], str]) -> None:
+    url = new_db_url()
+    Store(url).upgrade()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

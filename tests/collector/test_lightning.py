@@ -1,0 +1,538 @@
+"""The Lightning adapter against real Lightning training, the real spool and a real SQLite store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities import rank_zero_only
+
+from collector import prometheus as prom
+from collector.config import Settings, load_settings
+from collector.lightning import (
+    BatchMetricsCallback,
+    GradientMonitorCallback,
+    RunwatchLogger,
+    runwatch_telemetry,
+)
+from collector.spool import list_streams
+from collector.store import Store
+from tests.servers._process import free_port
+from trainer.data import BreastCancerDataModule
+from trainer.model import MLPClassifier
+
+# -- reading the spool back -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpooledPoint:
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, Any]
+    time_ns: int
+
+
+_UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts, current, quoted, escaped = [], "", False, False
+    for char in text:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            current += char
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+            current += char
+        elif char == sep and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+def parse_line(line: str) -> SpooledPoint:
+    head, rest = _UNESCAPED_SPACE.split(line, maxsplit=1)
+    field_text, _, time_text = rest.rpartition(" ")
+    measurement, *tag_parts = head.split(",")
+    tags = dict(part.split("=", 1) for part in tag_parts)
+    fields: dict[str, Any] = {}
+    for part in _split_outside_quotes(field_text, ","):
+        key, raw = part.split("=", 1)
+        fields[key] = raw[1:-1] if raw.startswith('"') else float(raw)
+    return SpooledPoint(measurement, tags, fields, int(time_text))
+
+
+def read_points(settings: Settings, run_id: str) -> list[SpooledPoint]:
+    points: list[SpooledPoint] = []
+    for stream in list_streams(settings.spool_dir, run_id):
+        for line in stream.path.read_text(encoding="utf-8").splitlines():
+            if line:
+                points.append(parse_line(line))
+    return points
+
+
+def of(points: list[SpooledPoint], measurement: str) -> list[SpooledPoint]:
+    return [p for p in points if p.measurement == measurement]
+
+
+def events(points: list[SpooledPoint]) -> list[str]:
+    return [p.tags["event"] for p in of(points, "event")]
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+def make_settings(home: Path, prometheus_port: int = 0) -> Settings:
+    return load_settings(
+        {"RUNWATCH_HOME": str(home), "RUNWATCH_PROMETHEUS_PORT": str(prometheus_port)},
+        dotenv=None,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    store = Store.from_settings(settings)
+    yield store
+    store.dispose()
+
+
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 5,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+def mlp() -> tuple[MLPClassifier, BreastCancerDataModule]:
+    pl.seed_everything(7, verbose=False)
+    return MLPClassifier(num_features=30), BreastCancerDataModule(batch_size=32, seed=7)
+
+
+# -- the whole chain on the reference model ---------------------------------------------------
+
+
+def test_full_chain_on_the_reference_mlp(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", prometheus_port=free_port())
+    telemetry = runwatch_telemetry(
+        "chain", settings=settings, batch_every_n=5, gradient_every_n=5, system_interval_s=0.01
+    )
+    model, data = mlp()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_recall", mode="max")
+    trainer = quiet_trainer(
+        max_epochs=3,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, checkpoint],
+    )
+    trainer.fit(model, datamodule=data)
+    run_id = telemetry.run_id
+    assert telemetry.logger.version == run_id and telemetry.logger.name == "chain"
+    steps_per_epoch = math.ceil(len(data.splits.train) / 32)
+    assert trainer.global_step == 3 * steps_per_epoch
+
+    points = read_points(settings, run_id)
+    epochs = of(points, "epoch")
+    # one merged point per epoch: train and validation metrics and the learning rate together
+    assert [p.fields["epoch"] for p in epochs] == [0.0, 1.0, 2.0]
+    for point in epochs:
+        for name in (
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_recall",
+            "val_auroc",
+            "val_cm_tp",
+            "lr",
+        ):
+            assert name in point.fields, (name, point.fields)
+        assert not any(k.endswith(("_step", "_epoch")) for k in point.fields)
+    assert epochs[-1].fields["train_loss"] < epochs[0].fields["train_loss"]
+
+    sampled = [p for p in of(points, "batch") if "batch_idx" in p.fields]
+    expected_idx = [float(i) for i in range(0, steps_per_epoch, 5)] * 3
+    assert [p.fields["batch_idx"] for p in sampled] == expected_idx
+    for point in sampled:
+        assert {"loss", "acc", "recall", "f1", "step", "epoch"} <= point.fields.keys()
+    # step-level self.log() calls (every log_every_n_steps) are batch points as well
+    logged = [p for p in of(points, "batch") if "batch_idx" not in p.fields]
+    assert logged and all("loss" in p.fields for p in logged)
+
+    gradients = of(points, "gradient")
+    assert [p.fields["step"] for p in gradients] == [
+        float(s) for s in range(0, trainer.global_step, 5)
+    ]
+    for point in gradients:
+        assert point.fields["min_norm"] <= point.fields["max_norm"] <= point.fields["total_norm"]
+    layers = of(points, "gradient_layer")
+    assert len(layers) == len(gradients) * len(list(model.parameters()))
+    assert {p.tags["layer"] for p in layers} == {n for n, _ in model.named_parameters()}
+
+    system = of(points, "system")
+    assert system and system[0].fields["rss_bytes"] > 0 and system[0].tags["rank"] == "0"
+
+    names = events(points)
+    assert names[0] == "training_start" and names[-1] == "training_end"
+    assert "checkpoint" in names
+
+    # relational store: status, hyperparameters, bulk epoch metrics, final stats, artifacts
+    store = Store.from_settings(settings)
+    try:
+        run = store.get_run(run_id)
+        assert run.status == "completed" and run.experiment == "chain"
+        assert run.hyperparams["lr"] == pytest.approx(1e-3)
+        assert run.hyperparams["batch_size"] == 32
+        assert run.final_stats["final_cm_tp"] == epochs[-1].fields["val_cm_tp"]
+        assert run.artifacts and run.artifacts[0].path.endswith(".ckpt")
+        assert run.artifacts[0].metric_name == "val_recall"
+        stored = {(m.name, m.step) for m in store.metrics_by_context(run_id, "epoch_end")}
+        assert ("val_recall", 2) in stored and ("train_loss", 0) in stored
+    finally:
+        store.dispose()
+
+    # CSV + JSON export
+    export_dir = settings.home / "exports" / run_id
+    with (export_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    document = json.loads((export_dir / "metrics.json").read_text())
+    assert document["run_id"] == run_id and document["total_epochs"] == 3
+    assert document["best_epoch"] in (0, 1, 2)
+
+    # live gauges: the final state, status completed, server stopped
+    exporter = telemetry.session.exporter
+    assert exporter is not None and not exporter.serving
+    registry = exporter.registry
+    label = {"run_id": run_id}
+    assert registry.get_sample_value(prom.EPOCH, label) == 2.0
+    assert registry.get_sample_value(prom.OPTIMIZER_STEPS, label) == trainer.global_step
+    assert registry.get_sample_value(prom.SAMPLES, label) == len(data.splits.train) * 3
+    assert registry.get_sample_value(prom.STEP_DURATION + "_count", label) == trainer.global_step
+    assert registry.get_sample_value(prom.VAL_RECALL, label) == epochs[-1].fields["val_recall"]
+    assert registry.get_sample_value(prom.RUN_STATUS, {**label, "status": "completed"}) == 1.0
+    assert telemetry.session.error_ledger.total == 0
+
+
+def test_test_stage_after_fit_lands_on_the_last_epoch(settings: Settings, store: Store) -> None:
+    telemetry = runwatch_telemetry("fit-test", settings=settings, prometheus=False)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=2,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data, verbose=False)
+    points = read_points(settings, telemetry.run_id)
+    test_points = [p for p in of(points, "epoch") if "test_loss" in p.fields]
+    assert len(test_points) == 1 and test_points[0].fields["epoch"] == 1.0
+    assert "test_recall" in test_points[0].fields
+    # the spool has one stream even though the recorder was reopened for the test stage
+    assert len(list_streams(settings.spool_dir, telemetry.run_id)) == 1
+    stored = {m.name for m in store.metrics_by_dataset_type(telemetry.run_id, "test")}
+    assert "test_recall" in stored
+    assert store.get_run(telemetry.run_id).status == "completed"
+
+
+# -- Lightning's own demo model, unmodified -----------------------------------------------------
+
+
+def test_boring_model_trains_with_logger_and_callbacks(settings: Settings, store: Store) -> None:
+    logger, callbacks = runwatch_telemetry(
+        "boring", settings=settings, batch_every_n=2, gradient_every_n=2, prometheus=False
+    )
+    trainer = quiet_trainer(
+        max_epochs=2,
+        limit_train_batches=8,
+        limit_val_batches=2,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(BoringModel())
+    run_id = logger.version
+    points = read_points(settings, run_id)
+    batches = of(points, "batch")
+    assert len(batches) == 2 * 4 and all("loss" in p.fields for p in batches)
+    assert len(of(points, "gradient")) == 8
+    assert events(points)[0] == "training_start" and events(points)[-1] == "training_end"
+    assert store.get_run(run_id).status == "completed"
+
+
+# -- a loss that turns NaN -------------------------------------------------------------------------
+
+
+class TurnsNaN(MLPClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step >= 12:
+            loss = loss * float("nan")
+        return loss
+
+
+def test_nan_loss_is_flagged_shown_as_nan_and_training_goes_on(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", prometheus_port=free_port())
+    telemetry = runwatch_telemetry("nan", settings=settings, batch_every_n=1, gradient_every_n=1)
+    pl.seed_everything(1, verbose=False)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(TurnsNaN(num_features=30), datamodule=BreastCancerDataModule())
+    assert trainer.global_step == 22  # both epochs ran
+    points = read_points(settings, telemetry.run_id)
+    sampled = [p for p in of(points, "batch") if "batch_idx" in p.fields]
+    before = [p for p in sampled if p.fields["step"] <= 12]
+    after = [p for p in sampled if p.fields["step"] > 13]
+    assert all("loss" in p.fields and "loss_nonfinite" not in p.fields for p in before)
+    assert after and all(p.fields.get("loss_nonfinite") == 1.0 for p in after)
+    assert all("loss" not in p.fields for p in after)
+    assert any(p.fields.get("total_norm_nonfinite") == 1.0 for p in of(points, "gradient"))
+    exporter = telemetry.session.exporter
+    assert exporter is not None
+    loss = exporter.registry.get_sample_value(prom.TRAIN_LOSS, {"run_id": telemetry.run_id})
+    assert loss is not None and math.isnan(loss)
+    nonfinite = exporter.registry.get_sample_value(
+        prom.NONFINITE_VALUES, {"run_id": telemetry.run_id}
+    )
+    assert nonfinite is not None and nonfinite > 0
+    assert telemetry.session.error_ledger.total == 0
+
+
+# -- pieces alone ----------------------------------------------------------------------------------
+
+
+def test_logger_alone_files_epoch_and_step_metrics(settings: Settings, store: Store) -> None:
+    logger = RunwatchLogger("logger-only", settings=settings, prometheus=False)
+    model, data = mlp()
+    trainer = quiet_trainer(max_epochs=2, logger=logger, enable_checkpointing=False)
+    trainer.fit(model, datamodule=data)
+    points = read_points(settings, logger.version)
+    epochs = of(points, "epoch")
+    assert [p.fields["epoch"] for p in epochs] == [0.0, 1.0]
+    assert {"train_loss", "val_loss", "val_recall"} <= epochs[0].fields.keys()
+    batches = of(points, "batch")
+    assert batches and all({"loss", "acc", "step"} <= p.fields.keys() for p in batches)
+    run = store.get_run(logger.version)
+    assert run.status == "completed" and run.hyperparams["hidden"] == 64
+
+
+def test_a_callback_alone_opens_and_completes_its_own_run(
+    runwatch_env: Path, tmp_path: Path
+) -> None:
+    settings = load_settings()
+    callback = GradientMonitorCallback(every_n_steps=4)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1, logger=False, callbacks=[callback], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    run_id = callback.session.run_id
+    points = read_points(settings, run_id)
+    assert [p.fields["step"] for p in of(points, "gradient")] == [0.0, 4.0, 8.0]
+    store = Store.from_settings(settings)
+    try:
+        assert store.get_run(run_id).status == "completed"
+    finally:
+        store.dispose()
+
+
+# -- failures ----------------------------------------------------------------------------------------
+
+
+class BrokenBatchMetrics(BatchMetricsCallback):
+    @staticmethod
+    def _metric_fields(trainer: pl.Trainer, outputs: Any) -> dict[str, float]:
+        raise RuntimeError("telemetry bug")
+
+
+def test_hook_errors_are_counted_never_raised(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = RunwatchLogger("broken", settings=settings, prometheus=False)
+    broken = BrokenBatchMetrics(logger.session, every_n_batches=1)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1, logger=logger, callbacks=[broken], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 11
+    assert logger.session.error_ledger.total == 11
+    warnings = [r for r in caplog.records if "telemetry error" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+class Explodes(MLPClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 1 and batch_idx == 3:
+            raise ValueError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_training_exception_marks_the_run_failed(settings: Settings, store: Store) -> None:
+    telemetry = runwatch_telemetry("explodes", settings=settings, prometheus=False)
+    pl.seed_everything(3, verbose=False)
+    trainer = quiet_trainer(
+        max_epochs=3,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(ValueError, match="boom"):
+        trainer.fit(Explodes(num_features=30), datamodule=BreastCancerDataModule())
+    run = store.get_run(telemetry.run_id)
+    assert run.status == "failed"
+    # what was learned before the failure is kept
+    stored = store.metrics_by_context(telemetry.run_id, "epoch_end")
+    assert {m.step for m in stored if m.name == "train_loss"} == {0}
+    assert {m.step for m in stored if m.name == "lr"} == {0, 1}  # epoch 1 had begun
+    points = read_points(settings, telemetry.run_id)
+    end = [p for p in of(points, "event") if p.tags["event"] == "training_end"]
+    assert len(end) == 1 and "failed" in end[0].fields["text"] and "boom" in end[0].fields["text"]
+
+
+def test_early_stopping_event(settings: Settings) -> None:
+    telemetry = runwatch_telemetry("early", settings=settings, prometheus=False)
+    model, data = mlp()
+    # val_auroc barely moves on this data: min_delta makes every check a non-improvement
+    stopper = EarlyStopping(monitor="val_auroc", mode="max", patience=1, min_delta=0.5)
+    trainer = quiet_trainer(
+        max_epochs=10,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, stopper],
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.current_epoch < 10
+    names = events(read_points(settings, telemetry.run_id))
+    assert names.count("early_stopping") == 1
+    assert names.index("early_stopping") < names.index("training_end")
+
+
+def test_non_zero_rank_writes_nothing(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    telemetry = runwatch_telemetry("rank1", settings=settings, prometheus=False)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert not telemetry.session.started
+    assert list_streams(settings.spool_dir) == []
+    assert not (settings.home / "runs.db").exists()
+
+
+# -- no device sync on unsampled steps --------------------------------------------------------
+
+
+class _HostTransfers:
+    """Counts Tensor.item/tolist/__float__ calls made from collector/lightning code."""
+
+    def __init__(self) -> None:
+        self.batch_idx: int | None = None
+        self.step = -1
+        self.calls: list[tuple[int, int]] = []
+
+    def wrap(self, original: Any) -> Any:
+        import sys as _sys
+
+        def counting(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            caller = _sys._getframe(1).f_code.co_filename
+            if self.batch_idx is not None and "/collector/lightning/" in caller:
+                self.calls.append((self.batch_idx, self.step))
+            return original(tensor, *args, **kwargs)
+
+        return counting
+
+
+class _BatchWindow(pl.Callback):
+    def __init__(self, transfers: _HostTransfers, opens: bool) -> None:
+        self.transfers = transfers
+        self.opens = opens
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.opens:
+            self.transfers.batch_idx, self.transfers.step = batch_idx, trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.opens:
+            self.transfers.batch_idx = None
+
+
+def test_unsampled_steps_make_no_host_transfer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfers = _HostTransfers()
+    for name in ("item", "tolist", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, transfers.wrap(getattr(torch.Tensor, name)))
+    telemetry = runwatch_telemetry(
+        "sync", settings=settings, batch_every_n=5, gradient_every_n=7, system_interval_s=0.001
+    )
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=2,
+        logger=telemetry.logger,
+        enable_checkpointing=False,
+        callbacks=[
+            _BatchWindow(transfers, True),
+            *telemetry.callbacks,
+            _BatchWindow(transfers, False),
+        ],
+    )
+    trainer.fit(model, datamodule=data)
+    assert transfers.calls  # the check sees the sampled steps' transfers
+    per_step: dict[tuple[int, int], int] = {}
+    for key in transfers.calls:
+        per_step[key] = per_step.get(key, 0) + 1
+    for (batch_idx, step), count in per_step.items():
+        # one .tolist() per sampler that sampled this step, nothing on any other step
+        expected = int(batch_idx % 5 == 0) + int(step % 7 == 0)
+        assert count == expected, (batch_idx, step, count)
+
+
+def test_validate_before_fit_does_not_end_the_run(settings: Settings, store: Store) -> None:
+    telemetry = runwatch_telemetry("validate-first", settings=settings, prometheus=False)
+    model, data = mlp()
+    # (inference_mode=False: torchmetrics states made under inference mode break the later fit)
+    trainer = quiet_trainer(max_epochs=1, logger=telemetry.logger, callbacks=telemetry.callbacks,
+                            enable_checkpointing=False, inference_mode=False)
+    trainer.validate(model, datamodule=data, verbose=False)
+    assert store.get_run(telemetry.run_id).status == "in_progress"
+    trainer.fit(model, datamodule=data)
+    assert store.get_run(telemetry.run_id).status == "completed"
+    assert events(read_points(settings, telemetry.run_id)).count("training_end") == 1

@@ -1,0 +1,285 @@
+"""Point building: names, values, escaping, time, invalid input (no servers here; influxd's own
+parser checks the escaping in test_recorder.py)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collector.points import (
+    SPOOL_NEWLINE,
+    PointBuilder,
+    coerce_float,
+    escape_tag_value,
+    format_string_field,
+    normalise_name,
+    to_time_ns,
+    to_wire,
+)
+
+BASE = {"run_id": "r-1", "experiment": "exp one", "mode": "centralized"}
+NS = 1_700_000_000_123_456_789
+
+
+def build(measurement: str, fields: dict[str, object], tags: dict[str, object] | None = None):
+    builder = PointBuilder(BASE)
+    line, _, _ = builder.build(measurement, fields, tags, NS)
+    return line, builder.problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("train/loss", "train_loss"),
+        ("val loss", "val_loss"),
+        ("lr-Adam", "lr_adam"),
+        ("Val__F1 ", "val_f1"),
+        ("__private", "private"),
+        ("val/acc@5", "val_acc_5"),
+        ("epoch", "epoch"),
+        ("time", "time_value"),
+        (3, "3"),
+        ("", None),
+        ("///", None),
+        ("损失", None),
+        ("   ", None),
+    ],
+)
+def test_normalise_name(raw: object, expected: str | None) -> None:
+    assert normalise_name(raw) == expected
+
+
+class HasFloat:
+    def __float__(self) -> float:
+        return 2.5
+
+
+class HasItem:
+    def item(self) -> int:
+        return 7
+
+
+class BrokenItem:
+    def item(self) -> float:
+        raise RuntimeError("device lost")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, 1.0),
+        (False, 0.0),
+        (3, 3.0),
+        (0.25, 0.25),
+        (Decimal("1.5"), 1.5),
+        (HasFloat(), 2.5),
+        (HasItem(), 7.0),
+        ("0.5", None),
+        (b"1", None),
+        (None, None),
+        ([1.0], None),
+        (1j, None),
+        (10**400, None),
+        (BrokenItem(), None),
+    ],
+)
+def test_coerce_float(value: object, expected: float | None) -> None:
+    assert coerce_float(value) == expected
+
+
+def test_numpy_scalars_become_floats() -> None:
+    np = pytest.importorskip("numpy")
+    assert coerce_float(np.float32(0.5)) == 0.5
+    assert coerce_float(np.int64(4)) == 4.0
+    assert coerce_float(np.bool_(True)) == 1.0
+    assert math.isnan(coerce_float(np.float64("nan")) or 0.0)
+
+
+def test_torch_zero_dim_tensors_become_floats_without_collector_importing_torch() -> None:
+    torch = pytest.importorskip("torch")
+    assert coerce_float(torch.tensor(0.75)) == 0.75
+    assert coerce_float(torch.tensor(3)) == 3.0
+    assert coerce_float(torch.tensor([1.0, 2.0])) is None
+    line, _ = build("batch", {"loss": torch.tensor(0.5), "step": torch.tensor(3)})
+    assert " loss=0.5,step=3.0 " in line
+
+
+def test_line_shape_and_numeric_fields_always_floats() -> None:
+    line, problems = build("batch", {"loss": 0.5, "step": 3, "epoch": True, "batch_idx": 0})
+    assert line == (
+        "batch,run_id=r-1,experiment=exp\\ one,mode=centralized "
+        f"loss=0.5,step=3.0,epoch=1.0,batch_idx=0.0 {NS}\n"
+    )
+    assert problems.dropped_fields == 0
+
+
+def test_float_formats_round_trip() -> None:
+    for value in (1e-05, 1e16, 1.5e300, -0.0, 5e-324, 0.1 + 0.2):
+        line, _ = build("epoch", {"x": value})
+        text = line.rsplit(" ", 2)[1].removeprefix("x=")
+        assert float(text) == value
+
+
+def test_nonfinite_values_are_replaced_by_a_flag() -> None:
+    line, problems = build(
+        "epoch", {"train_loss": math.nan, "val_loss": math.inf, "lr": -math.inf, "val_acc": 0.9}
+    )
+    fields = line.rsplit(" ", 2)[1]
+    assert fields == "train_loss_nonfinite=1.0,val_loss_nonfinite=1.0,lr_nonfinite=1.0,val_acc=0.9"
+    assert problems.nonfinite_fields == 3
+    assert "nan" not in line and "inf" not in line
+
+
+def test_user_metric_names_are_normalised_on_open_measurements() -> None:
+    line, _ = build("epoch", {"train/loss": 1.0, "val loss": 2.0})
+    assert " train_loss=1.0,val_loss=2.0 " in line
+
+
+def test_invalid_input_is_dropped_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    builder = PointBuilder(BASE)
+    caplog.set_level(logging.WARNING, logger="collector.points")
+    for _ in range(5):
+        assert builder.build("nope", {"x": 1.0}, None, NS)[0] is None
+        line, _, _ = builder.build(
+            "batch", {"loss": "high", "mystery": 1.0, "": 2.0, "step": 1}, None, NS
+        )
+        assert line is not None and " step=1.0 " in line
+        assert builder.build("batch", {}, None, NS)[0] is None
+    problems = builder.problems
+    assert problems.dropped_points == 10
+    assert problems.dropped_fields == 15
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 5, (
+        messages
+    )  # measurement, value, unknown field, empty name, empty point
+    assert sum("'nope'" in m for m in messages) == 1
+    assert sum("non-numeric value of type str" in m for m in messages) == 1
+
+
+def test_strings_only_in_event_text() -> None:
+    line, _ = build("event", {"text": 'say "hi"\\', "value": 1}, {"event": "alert"})
+    assert line == (
+        "event,run_id=r-1,experiment=exp\\ one,mode=centralized,event=alert "
+        f'text="say \\"hi\\"\\\\",value=1.0 {NS}\n'
+    )
+    line, problems = build("epoch", {"note": "a string", "val_loss": 0.5})
+    assert " val_loss=0.5 " in line and "note" not in line
+    assert problems.dropped_fields == 1
+
+
+def test_newline_in_text_is_kept_off_the_spool_line_and_restored_on_the_wire() -> None:
+    line, _ = build("event", {"text": "first\nsecond", "value": 1.0}, {"event": "alert"})
+    assert line.count("\n") == 1 and line.endswith("\n")
+    assert SPOOL_NEWLINE in line
+    wire = to_wire(line.encode())
+    assert b'text="first\nsecond"' in wire
+    assert to_wire(b"plain line\n") == b"plain line\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "escaped"),
+    [
+        ("plain", "plain"),
+        ("a b,c=d", "a\\ b\\,c\\=d"),
+        ("C:\\dir\\", "C:\\dir\\\\\\ "),
+        ("a\\,b", "a\\\\\\,b"),
+        ("a\\\\ b", "a\\\\\\ b"),
+        ("end\\\\", "end\\\\\\ "),
+        ("two\nlines\r", "two\\ lines\\ "),
+        ("ü/ß", "ü/ß"),
+        ('"quoted"', '"quoted"'),
+        ("rs\x1eand\x00nul", "rs\ufffdand\ufffdnul"),
+        ("lone\ud800", "lone?"),
+        ("", None),
+    ],
+)
+def test_escape_tag_value(value: str, escaped: str | None) -> None:
+    assert escape_tag_value(value) == escaped
+
+
+def test_string_field_escaping() -> None:
+    assert format_string_field('a"b\\c') == '"a\\"b\\\\c"'
+    assert format_string_field("x\x1ey") == '"x\ufffdy"'
+
+
+def test_tags_per_call_escaped_and_rules_enforced(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="collector.points")
+    builder = PointBuilder({**BASE, "client_id": "c 1"})
+    line, observed, tags = builder.build(
+        "gradient_layer",
+        {"norm": 1.0},
+        {"layer": "model.l1,weight", "step": 3, "run_id": "hijack", "round": 2, "empty": ""},
+        NS,
+        observe=True,
+    )
+    assert line.startswith(
+        "gradient_layer,run_id=r-1,experiment=exp\\ one,mode=centralized,client_id=c\\ 1,"
+        "layer=model.l1\\,weight,round=2 norm=1.0 "
+    )
+    assert observed == {"norm": 1.0}
+    assert tags == {**BASE, "client_id": "c 1", "layer": "model.l1,weight", "round": "2"}
+    assert builder.problems.dropped_tags == 2
+    assert len(caplog.records) == 2
+
+
+def test_observed_fields_are_finite_and_normalised() -> None:
+    builder = PointBuilder(BASE)
+    _, observed, tags = builder.build(
+        "epoch", {"Train/Loss": 0.5, "val_loss": math.nan}, None, NS, observe=True
+    )
+    assert observed == {"train_loss": 0.5}
+    assert tags == BASE
+
+
+def test_time_conversions() -> None:
+    assert to_time_ns(NS) == NS
+    assert to_time_ns(1_700_000_000.5) == 1_700_000_000_500_000_000
+    aware = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    assert to_time_ns(aware) == int(aware.timestamp()) * 10**9 + 123_456_000
+    shifted = aware.astimezone(timezone(timedelta(hours=5)))
+    assert to_time_ns(shifted) == to_time_ns(aware)
+    naive = datetime(2024, 5, 1, 12, 0, 0)
+    assert to_time_ns(naive) == int(naive.timestamp() * 1e6) * 1000
+    for bad in (1_700_000_000, True, "now", math.nan, -1.0, None):
+        assert to_time_ns(bad) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.text(max_size=20),
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.integers(),
+            st.booleans(),
+            st.text(max_size=30),
+            st.none(),
+        ),
+        max_size=8,
+    ),
+    tags=st.dictionaries(st.text(max_size=10), st.text(max_size=30), max_size=4),
+    text=st.text(max_size=100),
+)
+def test_any_input_gives_one_line_or_nothing_and_never_raises(
+    fields: dict[str, object], tags: dict[str, str], text: str
+) -> None:
+    builder = PointBuilder(BASE)
+    for measurement, data in (("epoch", fields), ("event", {"text": text, "value": 1.0})):
+        line, _, _ = builder.build(measurement, data, tags, NS)
+        if line is None:
+            continue
+        assert line.endswith(f" {NS}\n")
+        assert line.count("\n") == 1
+        assert "\x00" not in line
+        numeric = [kv for kv in line.split(" ")[-2].split(",") if "=" in kv]
+        for pair in numeric if measurement == "epoch" else []:
+            _, _, value = pair.rpartition("=")
+            assert math.isfinite(float(value)), pair
+            assert not value.endswith("i")
+        line.encode("utf-8")  # valid text, whatever came in

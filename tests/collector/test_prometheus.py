@@ -1,0 +1,250 @@
+"""The Prometheus exporter: metric names, point mapping, NaN, HTTP serving, promtool."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector import prometheus as prom
+from collector.config import load_settings
+from collector.prometheus import PrometheusExporter, start_exporter
+from collector.recorder import Recorder
+from tests.servers._process import free_port
+
+
+def samples(exporter: PrometheusExporter) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = exporter.render().decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(exporter: PrometheusExporter, name: str, **labels: str) -> float | None:
+    key = (name, frozenset({"run_id": exporter.run_id, **labels}.items()))
+    return samples(exporter).get(key)
+
+
+@pytest.fixture
+def exporter() -> PrometheusExporter:
+    return PrometheusExporter("run-1", experiment="exp", mode="centralized")
+
+
+def test_uses_its_own_registry_never_the_global_one(exporter: PrometheusExporter) -> None:
+    assert exporter.registry is not REGISTRY
+    assert REGISTRY.get_sample_value("training_epoch", {"run_id": "run-1"}) is None
+    # two runs in one process do not collide
+    other = PrometheusExporter("run-2", experiment="exp")
+    other.epoch.set(7)
+    assert value(exporter, prom.EPOCH) is None
+    assert value(other, prom.EPOCH) == 7
+
+
+def test_injected_registry_is_used() -> None:
+    registry = CollectorRegistry()
+    PrometheusExporter("run-x", experiment="e", registry=registry)
+    assert (
+        registry.get_sample_value(
+            prom.RUN_INFO, {"run_id": "run-x", "experiment": "e", "mode": "centralized"}
+        )
+        == 1.0
+    )
+
+
+def test_run_info_and_status_are_labelled_by_run(exporter: PrometheusExporter) -> None:
+    assert value(exporter, prom.RUN_INFO, experiment="exp", mode="centralized") == 1.0
+    assert value(exporter, prom.RUN_STATUS, status="in_progress") == 1.0
+    exporter.set_status("completed")
+    assert value(exporter, prom.RUN_STATUS, status="completed") == 1.0
+    assert value(exporter, prom.RUN_STATUS, status="in_progress") == 0.0
+    exporter.set_status("bogus")  # ignored with a warning
+    assert value(exporter, prom.RUN_STATUS, status="completed") == 1.0
+
+
+def test_values_never_set_are_absent_not_zero(exporter: PrometheusExporter) -> None:
+    assert value(exporter, prom.VAL_LOSS) is None
+    assert value(exporter, prom.FEDERATED_ROUND) is None
+    # counters exist from the start at 0
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 0.0
+    assert value(exporter, prom.SAMPLES) == 0.0
+
+
+def test_epoch_point_maps_to_gauges(exporter: PrometheusExporter) -> None:
+    exporter.observe(
+        "epoch",
+        {
+            "epoch": 3.0,
+            "train_loss": 0.4,
+            "val_loss": 0.5,
+            "val_acc": 0.9,
+            "val_precision": 0.8,
+            "val_recall": 0.7,
+            "val_f1": 0.75,
+            "val_auroc": 0.95,
+            "lr": 0.01,
+            "val_cm_tp": 4.0,
+        },
+        {"run_id": "run-1"},
+    )
+    assert value(exporter, prom.EPOCH) == 3.0
+    assert value(exporter, prom.TRAIN_LOSS) == 0.4
+    assert value(exporter, prom.VAL_LOSS) == 0.5
+    assert value(exporter, prom.VAL_ACCURACY) == 0.9
+    assert value(exporter, prom.VAL_PRECISION) == 0.8
+    assert value(exporter, prom.VAL_RECALL) == 0.7
+    assert value(exporter, prom.VAL_F1) == 0.75
+    assert value(exporter, prom.VAL_AUROC) == 0.95
+    assert value(exporter, prom.LEARNING_RATE) == 0.01
+
+
+def test_batch_and_gradient_points_advance_the_step_counter(exporter: PrometheusExporter) -> None:
+    exporter.observe("batch", {"loss": 0.3, "step": 10.0, "epoch": 1.0, "samples_per_s": 99.0}, {})
+    exporter.observe("gradient", {"total_norm": 2.5, "step": 20.0}, {})
+    exporter.observe("batch", {"loss": 0.2, "step": 15.0}, {})  # older step: counter stays
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 20.0
+    assert value(exporter, prom.TRAIN_LOSS) == 0.2
+    assert value(exporter, prom.GRADIENT_NORM) == 2.5
+    assert value(exporter, prom.SAMPLES_PER_SECOND) == 99.0
+
+
+def test_nonfinite_flag_shows_nan_and_is_counted(exporter: PrometheusExporter) -> None:
+    exporter.observe("batch", {"loss": 0.3}, {})
+    exporter.observe("batch", {"loss_nonfinite": 1.0, "step": 5.0}, {})
+    loss = value(exporter, prom.TRAIN_LOSS)
+    assert loss is not None and math.isnan(loss)
+    assert value(exporter, prom.NONFINITE_VALUES) == 1.0
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 5.0
+
+
+def test_step_completed_feeds_histogram_samples_and_timestamp(
+    exporter: PrometheusExporter,
+) -> None:
+    exporter.step_completed(1, duration_s=0.002, samples=32)
+    exporter.step_completed(2, duration_s=0.004, samples=32)
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 2.0
+    assert value(exporter, prom.SAMPLES) == 64.0
+    assert value(exporter, prom.STEP_DURATION + "_count") == 2.0
+    assert value(exporter, prom.STEP_DURATION + "_sum") == pytest.approx(0.006)
+    timestamp = value(exporter, prom.LAST_STEP_TIMESTAMP)
+    assert timestamp is not None and timestamp > 1e9
+
+
+def test_federated_points_and_methods(exporter: PrometheusExporter) -> None:
+    exporter.set_rounds_planned(5)
+    exporter.round_started(2)
+    exporter.observe(
+        "round",
+        {"loss": 0.6, "accuracy": 0.8, "recall": 0.7, "duration_s": 3.0},
+        {"round": "2", "source": "server"},
+    )
+    exporter.observe("round", {"loss": 9.0}, {"round": "2", "source": "aggregated"})
+    exporter.observe("client_round", {"train_loss": 0.9}, {"client_id": "c1", "round": "2"})
+    exporter.observe("client_round", {"train_loss_nonfinite": 1.0}, {"client_id": "c2"})
+    exporter.round_finished(2, duration_s=3.5, responded=3, failed=1)
+    assert value(exporter, prom.FEDERATED_ROUNDS_PLANNED) == 5
+    assert value(exporter, prom.FEDERATED_ROUND) == 2
+    assert value(exporter, prom.FEDERATED_SERVER_EVAL_LOSS) == 0.6  # aggregated did not overwrite
+    assert value(exporter, prom.FEDERATED_SERVER_EVAL_ACCURACY) == 0.8
+    assert value(exporter, prom.FEDERATED_SERVER_EVAL_RECALL) == 0.7
+    assert value(exporter, prom.FEDERATED_ROUND_DURATION) == 3.5
+    assert value(exporter, prom.FEDERATED_CLIENTS_RESPONDED) == 3
+    assert value(exporter, prom.FEDERATED_CLIENTS_FAILED) == 1
+    assert value(exporter, prom.FEDERATED_CLIENT_TRAIN_LOSS, client_id="c1") == 0.9
+    c2 = value(exporter, prom.FEDERATED_CLIENT_TRAIN_LOSS, client_id="c2")
+    assert c2 is not None and math.isnan(c2)
+
+
+def test_names_follow_conventions(exporter: PrometheusExporter) -> None:
+    exporter.step_completed(1, duration_s=0.01, samples=1)
+    names = {name for name, _ in samples(exporter)}
+    for name in names:
+        assert name.startswith(("training_", "federated_")), name
+    text = exporter.render().decode()
+    for family in text_string_to_metric_families(text):
+        if family.type == "counter" and family.samples:
+            assert any(s.name.endswith("_total") for s in family.samples), family.name
+    # step, epoch and round are values, never labels
+    label_names = {k for _, labels in samples(exporter) for k, _ in labels}
+    assert not label_names & {"step", "epoch", "round"}
+
+
+def test_promtool_accepts_the_exposition(exporter: PrometheusExporter, promtool: str) -> None:
+    exporter.observe("epoch", {"epoch": 1.0, "train_loss": 0.5, "val_loss_nonfinite": 1.0}, {})
+    exporter.step_completed(3, duration_s=0.01, samples=8)
+    exporter.round_finished(1, duration_s=1.0, responded=2, failed=0)
+    exporter.set_client_train_loss("client-1", 0.4)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=exporter.render(), capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b""  # no lint findings
+
+
+def test_http_server_binds_the_given_address_and_stops(exporter: PrometheusExporter) -> None:
+    port = free_port()
+    assert exporter.start_http_server("127.0.0.1", port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        assert 'training_run_info{experiment="exp",mode="centralized",run_id="run-1"} 1.0' in body
+    finally:
+        exporter.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_busy_port_warns_once_and_does_not_raise(
+    exporter: PrometheusExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="collector.prometheus"):
+            assert exporter.start_http_server("127.0.0.1", port) is False
+    warnings = [r for r in caplog.records if "not started" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not exporter.serving
+    exporter.observe("batch", {"loss": 1.0}, {})  # still usable
+    assert value(exporter, prom.TRAIN_LOSS) == 1.0
+
+
+def test_start_exporter_respects_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    disabled = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": "0"}, dotenv=None
+    )
+    assert start_exporter(disabled, "r", experiment="e") is None
+    port = free_port()
+    enabled = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": str(port)}, dotenv=None
+    )
+    exporter = start_exporter(enabled, "r", experiment="e", mode="federated")
+    assert exporter is not None
+    try:
+        assert exporter.serving and exporter.port == port
+        assert value(exporter, prom.RUN_INFO, experiment="e", mode="federated") == 1.0
+    finally:
+        exporter.stop()
+
+
+def test_recorder_feeds_the_exporter_as_observer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": "0"}, dotenv=None
+    )
+    exporter = PrometheusExporter("run-obs", experiment="e")
+    with Recorder("run-obs", experiment="e", settings=settings, observers=(exporter,)) as rec:
+        rec.record("epoch", {"epoch": 2, "val_loss": 0.25, "train/loss": 0.5})
+        rec.record("gradient", {"total_norm": 1.5, "step": 40})
+    assert value(exporter, prom.EPOCH) == 2.0
+    assert value(exporter, prom.VAL_LOSS) == 0.25
+    assert value(exporter, prom.TRAIN_LOSS) == 0.5  # name normalised by the recorder
+    assert value(exporter, prom.GRADIENT_NORM) == 1.5
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 40.0

@@ -1,0 +1,608 @@
+"""The Recorder: never raises, spools first, ships when InfluxDB is configured.
+
+Integration tests use real servers: VictoriaMetrics (the write-path peer: influxdb-client's
+``/api/v2/write``) and influxd 1.x (InfluxDB's own line-protocol parser and InfluxQL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import collector
+from collector import Recorder, RecorderTuning, new_run_id
+from collector.cli import main as runwatch_main
+from collector.config import Settings
+from collector.points import to_wire
+from collector.shipper import RetryPolicy, ShipTuning
+from tests.servers.influxd import Influxd
+from tests.servers.victoriametrics import VictoriaMetrics
+
+EXPERIMENT = "recorder-tests"
+
+
+def make_settings(home: Path, influx_url: str | None = None) -> Settings:
+    return Settings(
+        home=home,
+        db_url=f"sqlite:///{home / 'runs.db'}",
+        influx_url=influx_url,
+        influx_org="org",
+        influx_token="token",
+        influx_bucket="training",
+        prometheus_port=0,
+    )
+
+
+def spool_lines(rec: Recorder) -> list[str]:
+    assert rec.spool_path is not None
+    return Path(rec.spool_path).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+def recorder(settings: Settings) -> Iterator[Recorder]:
+    rec = Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings)
+    yield rec
+    rec.close()
+
+
+# --- unit: spool only ----------------------------------------------------------------------
+
+
+def test_spool_only_without_influxdb(recorder: Recorder) -> None:
+    recorder.record("batch", {"loss": 0.5, "step": 1})
+    recorder.record("epoch", {"train/loss": 0.25, "epoch": 0})
+    recorder.event("training_start", text="go")
+    recorder.close()
+    lines = spool_lines(recorder)
+    assert len(lines) == 3
+    base = f"run_id={recorder.run_id},experiment={EXPERIMENT},mode=centralized"
+    assert lines[0].startswith(f"batch,{base} loss=0.5,step=1.0 ")
+    assert lines[1].startswith(f"epoch,{base} train_loss=0.25,epoch=0.0 ")
+    assert lines[2].startswith(f'event,{base},event=training_start text="go",value=1.0 ')
+    stats = recorder.stats
+    assert (stats.points_recorded, stats.points_spooled, stats.points_shipped) == (3, 3, 0)
+    assert stats.spool_backlog_bytes == Path(recorder.spool_path or "").stat().st_size
+    assert stats.last_error is None
+
+
+def test_timestamps_are_wall_clock_ns_and_strictly_increasing(recorder: Recorder) -> None:
+    before = time.time_ns()
+    for step in range(2000):
+        recorder.record("batch", {"step": step})
+    after = time.time_ns()
+    recorder.flush()
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in spool_lines(recorder)]
+    assert all(a < b for a, b in itertools.pairwise(stamps))
+    assert before <= stamps[0] and stamps[-1] <= after + len(stamps)
+
+
+def test_explicit_times(recorder: Recorder) -> None:
+    recorder.record("batch", {"step": 1}, time=1_700_000_000_000_000_123)
+    recorder.record("batch", {"step": 2}, time=1_700_000_000.5)
+    recorder.record("batch", {"step": 3}, time="yesterday")  # type: ignore[arg-type]
+    recorder.flush()
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in spool_lines(recorder)]
+    assert stamps[:2] == [1_700_000_000_000_000_123, 1_700_000_000_500_000_000]
+    assert abs(stamps[2] - time.time_ns()) < 60 * 10**9
+
+
+class Exploding(Mapping[str, object]):
+    def __getitem__(self, key: str) -> object:
+        raise RuntimeError("boom")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("boom")
+
+    def __len__(self) -> int:
+        return 1
+
+
+class BadFloat:
+    def __float__(self) -> float:
+        raise ZeroDivisionError("nope")
+
+
+class BadStr:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.record("nope", {"x": 1.0}),
+        lambda r: r.record(None, {"x": 1.0}),
+        lambda r: r.record("batch", None),
+        lambda r: r.record("batch", [1, 2]),
+        lambda r: r.record("batch", Exploding()),
+        lambda r: r.record("batch", {"loss": BadFloat()}),
+        lambda r: r.record("batch", {"loss": object()}),
+        lambda r: r.record("batch", {"loss": 1.0}, tags=[("a", "b")]),
+        lambda r: r.record("batch", {"loss": 1.0}, tags={"layer": BadStr()}),
+        lambda r: r.record("event", {"text": BadStr(), "value": 1.0}),
+        lambda r: r.record("batch", {"loss": 1.0}, time=object()),
+        lambda r: r.event("", text="x"),
+        lambda r: r.event(None),
+        lambda r: r.event("alert", value="high"),
+    ],
+)
+def test_record_never_raises(recorder: Recorder, call: Any) -> None:
+    call(recorder)
+    call(recorder)
+    recorder.record("batch", {"loss": 0.5})
+    recorder.flush()
+    assert spool_lines(recorder)[-1].split(" ")[1] == "loss=0.5"
+
+
+def test_bad_input_is_counted_and_warned_once(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    for _ in range(100):
+        recorder.record("batch", {"loss": "high", "step": 1})
+        recorder.record("mystery", {"x": 1.0})
+        recorder.record("epoch", {"val_loss": math.nan})
+    stats = recorder.stats
+    assert stats.points_recorded == 200
+    assert stats.points_dropped == 100
+    assert stats.fields_dropped == 100
+    assert stats.nonfinite_fields == 100
+    assert len(caplog.records) == 2
+
+
+def test_observers_see_finite_normalised_fields_and_failures_are_contained(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[str, dict[str, float], dict[str, str]]] = []
+
+    class Collecting:
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            seen.append((measurement, dict(fields), dict(tags)))
+
+    class Failing:
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            raise ValueError("observer bug")
+
+    caplog.set_level(logging.WARNING)
+    run_id = new_run_id()
+    with Recorder(
+        run_id,
+        experiment=EXPERIMENT,
+        mode="federated",
+        settings=settings,
+        tags={"client_id": "3"},
+        observers=[Failing(), Collecting()],
+    ) as rec:
+        rec.record("client_round", {"Train/Loss": 0.5, "val_loss": math.inf}, tags={"round": 2})
+        rec.record("client_round", {"train_loss": 0.4}, tags={"round": 3})
+    base = {"run_id": run_id, "experiment": EXPERIMENT, "mode": "federated", "client_id": "3"}
+    assert seen == [
+        ("client_round", {"train_loss": 0.5}, {**base, "round": "2"}),
+        ("client_round", {"train_loss": 0.4}, {**base, "round": "3"}),
+    ]
+    assert sum("observer" in r.getMessage() for r in caplog.records) == 1
+    assert isinstance(Collecting(), collector.PointObserver)
+
+
+def test_flush_lines_and_the_periodic_flusher_bound_what_sits_in_memory(settings: Settings) -> None:
+    tuning = RecorderTuning(flush_lines=10, flush_interval_s=3600)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+        for step in range(25):
+            rec.record("batch", {"step": step})
+        assert len(spool_lines(rec)) == 20  # two full batches; 5 wait for the next flush
+        rec.flush()
+        assert len(spool_lines(rec)) == 25
+
+    ticking = RecorderTuning(flush_interval_s=0.05)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=ticking) as rec:
+        rec.record("batch", {"step": 1})
+        deadline = time.monotonic() + 5
+        while not spool_lines(rec) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(spool_lines(rec)) == 1
+
+
+def test_close_is_idempotent_and_later_points_are_dropped(settings: Settings) -> None:
+    rec = Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings)
+    rec.record("batch", {"step": 1})
+    rec.close()
+    rec.close()
+    assert rec.closed
+    rec.record("batch", {"step": 2})
+    rec.flush()
+    assert len(spool_lines(rec)) == 1
+    assert rec.stats.points_dropped == 1
+
+
+def test_two_live_recorders_of_one_run_write_separate_streams(settings: Settings) -> None:
+    run_id = new_run_id()
+    with (
+        Recorder(run_id, experiment=EXPERIMENT, settings=settings, tags={"client_id": "a"}) as a,
+        Recorder(run_id, experiment=EXPERIMENT, settings=settings, tags={"client_id": "b"}) as b,
+    ):
+        a.record("client_round", {"train_loss": 1.0})
+        b.record("client_round", {"train_loss": 2.0})
+    assert a.spool_path != b.spool_path
+    assert "client_id=a" in spool_lines(a)[0] and "client_id=b" in spool_lines(b)[0]
+
+
+def test_an_unwritable_spool_degrades_without_raising(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "spool").write_text("a file where the spool directory should be")
+    rec = Recorder(new_run_id(), experiment=EXPERIMENT, settings=make_settings(home))
+    rec.record("batch", {"step": 1})
+    rec.flush()
+    rec.close()
+    stats = rec.stats
+    assert stats.last_error is not None and "spool" in stats.last_error
+    assert stats.points_dropped == 1 and stats.spool_path is None
+
+
+def test_invalid_constructor_arguments_fail_fast(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="mode"):
+        Recorder("r", experiment="e", mode="distributed", settings=settings)
+    with pytest.raises(ValueError, match="run_id"):
+        Recorder("", experiment="e", settings=settings)
+
+
+def test_recording_from_many_threads_loses_nothing(settings: Settings) -> None:
+    tuning = RecorderTuning(flush_lines=50, flush_interval_s=0.01)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+
+        def produce(worker: int) -> None:
+            for step in range(2000):
+                rec.record("batch", {"step": step, "batch_idx": worker})
+
+        threads = [threading.Thread(target=produce, args=(w,)) for w in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    lines = spool_lines(rec)
+    assert len(lines) == 8000
+    assert all(line.startswith("batch,") and line.count(" ") == 2 for line in lines)
+
+
+def test_core_modules_import_no_framework() -> None:
+    code = (
+        "import sys, collector, collector.recorder, collector.shipper, collector.spool, "
+        "collector.points, collector.schema, collector.cli.sync\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'flwr', 'numpy', 'influxdb_client') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# --- integration: VictoriaMetrics ----------------------------------------------------------
+
+FAST_RETRY = ShipTuning(
+    request_timeout_s=2.0, retry=RetryPolicy(base_delay_s=0.05, max_delay_s=0.3)
+)
+
+
+def export_steps(server: VictoriaMetrics, run_id: str, series: str) -> dict[int, float]:
+    """{timestamp_ms: value} of one series of a run."""
+    found: dict[int, float] = {}
+    for labels, samples in server.samples(f'{series}{{run_id="{run_id}"}}').items():
+        found.update(samples)
+    return found
+
+
+@pytest.mark.integration
+def test_100k_points_reach_victoriametrics_with_tags_and_values(
+    tmp_path: Path, victoriametrics: VictoriaMetrics
+) -> None:
+    settings = make_settings(tmp_path / "home", victoriametrics.url)
+    run_id = new_run_id()
+    count = 100_000
+    start_ms = int(time.time() * 1000) - count - 60_000  # unique ms per point (VM keeps ms)
+    with Recorder(
+        run_id, experiment="vm peer", settings=settings, tags={"client_id": "c-1"}
+    ) as rec:
+        for i in range(count):
+            rec.record(
+                "batch",
+                {"loss": i / 1024, "step": i},
+                tags={"round": i // 10_000},
+                time=(start_ms + i) * 1_000_000,
+            )
+    stats = rec.stats
+    assert stats.points_shipped == count and stats.spool_backlog_bytes == 0
+
+    exported = victoriametrics.samples(f'{{run_id="{run_id}"}}')
+    names = {dict(labels)["__name__"] for labels in exported}
+    assert names == {"batch_loss", "batch_step"}
+    per_series: dict[str, dict[int, float]] = {"batch_loss": {}, "batch_step": {}}
+    for labels, samples in exported.items():
+        label_map = dict(labels)
+        assert label_map["experiment"] == "vm peer"
+        assert label_map["mode"] == "centralized"
+        assert label_map["client_id"] == "c-1"
+        for timestamp, value in samples:
+            i = timestamp - start_ms
+            assert label_map["round"] == str(i // 10_000)
+            per_series[label_map["__name__"]][i] = value
+    assert per_series["batch_step"] == {i: float(i) for i in range(count)}
+    assert per_series["batch_loss"] == {i: i / 1024 for i in range(count)}
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.integration
+def test_outage_then_sync_delivers_every_point(
+    tmp_path: Path, victoriametrics_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server: VictoriaMetrics = victoriametrics_factory()  # not started: down when the run starts
+    home = tmp_path / "home"
+    settings = make_settings(home, server.url)
+    run_id = new_run_id()
+    start_ms = int(time.time() * 1000) - 3_600_000
+    tuning = RecorderTuning(flush_interval_s=0.05, ship=FAST_RETRY)
+    step = 0
+
+    def produce(rec: Recorder, count: int) -> None:
+        nonlocal step
+        for _ in range(count):
+            rec.record("batch", {"step": step}, time=(start_ms + step) * 1_000_000)
+            step += 1
+        rec.flush()
+
+    rec = Recorder(run_id, experiment=EXPERIMENT, settings=settings, tuning=tuning)
+    produce(rec, 3000)
+    assert wait_for(lambda: rec.stats.last_error is not None)  # it tried and failed
+    server.start()
+    produce(rec, 3000)
+    assert wait_for(lambda: rec.stats.points_shipped >= 6000), rec.stats
+    server.stop()
+    produce(rec, 3000)
+    time.sleep(0.3)
+    server.start()
+    produce(rec, 3000)
+    server.stop()
+    produce(rec, 3000)
+    rec.close(timeout=1.0)
+    assert rec.stats.spool_backlog_bytes > 0  # the last part waits on disk
+
+    server.start()
+    monkeypatch.setenv("RUNWATCH_HOME", str(home))
+    monkeypatch.setenv("INFLUXDB_V2_URL", server.url)
+    monkeypatch.setenv("INFLUXDB_V2_ORG", "org")
+    monkeypatch.setenv("INFLUXDB_V2_TOKEN", "token")
+    monkeypatch.chdir(tmp_path)
+    assert runwatch_main(["sync"]) == 0
+
+    steps = export_steps(server, run_id, "batch_step")
+    assert steps == {start_ms + i: float(i) for i in range(15_000)}
+
+
+PRODUCER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from collector import Recorder
+    from collector.config import Settings
+
+    home, url, run_id, start_ms = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    settings = Settings(home=Path(home), db_url="sqlite://", influx_url=url, influx_org="o",
+                        influx_token="t", prometheus_port=0)
+    rec = Recorder(run_id, experiment="killed", settings=settings)
+    step = 0
+    while True:
+        rec.record("batch", {"step": step, "loss": step / 2}, time=(start_ms + step) * 1_000_000)
+        step += 1
+        if step % 500 == 0:
+            time.sleep(0.001)
+    """
+)
+
+
+@pytest.mark.integration
+def test_sigkill_mid_run_then_sync_ships_every_complete_line_and_nothing_corrupt(
+    tmp_path: Path, victoriametrics: VictoriaMetrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    run_id = new_run_id()
+    start_ms = int(time.time() * 1000) - 7_200_000
+    producer = subprocess.Popen(
+        [sys.executable, "-c", PRODUCER, str(home), victoriametrics.url, run_id, str(start_ms)],
+        stderr=subprocess.PIPE,
+    )
+    spool = home / "spool" / f"{run_id}.lp"
+    try:
+        assert wait_for(lambda: spool.exists() and spool.stat().st_size > 3_000_000), (
+            producer.stderr.read() if producer.poll() is not None and producer.stderr else ""
+        )
+    finally:
+        producer.send_signal(signal.SIGKILL)
+        producer.wait(30)
+    # A write cut short by a kill leaves a line without its newline; add one, as it would.
+    with spool.open("ab") as raw:
+        raw.write(
+            b"batch,run_id=" + run_id.encode() + b",experiment=killed,mode=centralized loss=9"
+        )
+
+    held = spool.read_bytes()
+    complete = held[: held.rfind(b"\n") + 1].splitlines()
+    assert len(complete) > 10_000
+
+    monkeypatch.setenv("RUNWATCH_HOME", str(home))
+    monkeypatch.setenv("INFLUXDB_V2_URL", victoriametrics.url)
+    monkeypatch.chdir(tmp_path)
+    assert runwatch_main(["sync", run_id]) == 0
+
+    exported = victoriametrics.samples(f'{{run_id="{run_id}"}}')
+    assert {dict(labels)["__name__"] for labels in exported} == {"batch_step", "batch_loss"}
+    steps = export_steps(victoriametrics, run_id, "batch_step")
+    losses = export_steps(victoriametrics, run_id, "batch_loss")
+    assert steps == {start_ms + i: float(i) for i in range(len(complete))}
+    assert losses == {start_ms + i: i / 2 for i in range(len(complete))}
+
+
+# --- integration: influxd, InfluxDB's own parser -------------------------------------------
+
+HOSTILE = [
+    "plain",
+    "with space",
+    "comma,separated",
+    "key=value",
+    'double "quoted"',
+    "single 'quoted'",
+    "back\\slash",
+    "trailing backslash\\",
+    "\\leading backslash",
+    "\\\\double backslash\\\\",
+    "escaped \\, comma and \\= equals and \\  space",
+    "train/loss",
+    "unicode ü ß 東京 😀",
+    "tab\tinside",
+    "#hash at start",
+    "x" * 10_000,
+]
+TEXT_ONLY = ["line one\nline two", "crlf\r\nend", "ends with newline\n", "\n", "", 'quote at end"']
+
+
+def hostile_strings(seed: int, count: int) -> list[str]:
+    alphabet = [" ", ",", "=", '"', "\\", "'", "a", "Z", "é", "😀", "\t", "#", "/", "-", "_"]
+    rng = random.Random(seed)
+    return ["".join(rng.choices(alphabet, k=rng.randint(1, 24))) for _ in range(count)]
+
+
+def expected_tag(value: str) -> str:
+    """What the documented escaping keeps of a tag value."""
+    value = value.replace("\n", " ").replace("\r", " ")
+    # an odd run of backslashes before , = space or the end gets one more backslash
+    value = re.sub(r"\\+(?=[,= ]|\Z)", lambda m: m.group(0) + "\\" * (len(m.group(0)) % 2), value)
+    return value + " " if value.endswith("\\") else value
+
+
+def influx_rows(server: Influxd, db: str, query: str) -> list[dict[str, Any]]:
+    result = server.query(query, db=db)["results"][0]
+    assert "error" not in result, result
+    rows = []
+    for series in result.get("series", []):
+        rows.extend(
+            dict(zip(series["columns"], values, strict=True)) for values in series["values"]
+        )
+    return rows
+
+
+@pytest.mark.integration
+def test_influxd_accepts_every_spooled_line_and_reads_back_equal(
+    tmp_path: Path, influxd: Influxd
+) -> None:
+    db = "hostile"
+    influxd.create_database(db)
+    settings = make_settings(tmp_path / "home")
+    tag_values = HOSTILE + hostile_strings(1, 1000)
+    texts = HOSTILE + TEXT_ONLY + ["y" * 200_000] + hostile_strings(2, 1000)
+    metric_names = [
+        "train/loss",
+        "val loss",
+        "Val__F1 ",
+        "a=b",
+        'q"uote',
+        "back\\slash",
+        "x,y",
+        "lr-Adam",
+    ]
+    run_id = new_run_id()
+    before = time.time_ns()
+    with Recorder(
+        run_id,
+        experiment='exp, "hostile" = \\ yes',
+        settings=settings,
+        tags={"client_id": "c 1,=\\"},
+    ) as rec:
+        for i, value in enumerate(tag_values):
+            rec.record("gradient_layer", {"norm": float(i), "step": i}, tags={"layer": value})
+        for i, text in enumerate(texts):
+            rec.event("alert", text=text, value=float(i))
+        rec.record("epoch", {name: float(i) for i, name in enumerate(metric_names)})
+        rec.record("epoch", {"val_loss": math.nan, "val_acc": -math.inf, "lr": 1e-05})
+    after = time.time_ns()
+
+    spooled = Path(rec.spool_path or "").read_bytes()
+    assert spooled.count(b"\n") == len(tag_values) + len(texts) + 2
+    status, body = influxd.write(db, to_wire(spooled))
+    assert (status, body) == (204, "")
+
+    where = f"WHERE run_id = '{run_id}'"
+    layers = influx_rows(influxd, db, f'SELECT * FROM "gradient_layer" {where}')
+    assert len(layers) == len(tag_values)
+    for row in layers:
+        i = int(row["norm"])
+        assert row["layer"] == expected_tag(tag_values[i]), i
+        assert row["step"] == float(i)
+        assert row["experiment"] == expected_tag('exp, "hostile" = \\ yes')
+        assert row["client_id"] == "c 1,=\\\\ "
+        assert row["mode"] == "centralized"
+
+    events = influx_rows(influxd, db, f'SELECT * FROM "event" {where}')
+    assert len(events) == len(texts)
+    for row in events:
+        assert row["text"] == texts[int(row["value"])]
+        assert row["event"] == "alert"
+    stamps = sorted(row["time"] for row in layers + events)
+    assert len(set(stamps)) == len(stamps)
+    assert before <= stamps[0] and stamps[-1] <= after
+
+    epochs = influx_rows(influxd, db, f'SELECT * FROM "epoch" {where}')
+    assert len(epochs) == 2
+    first = next(row for row in epochs if row.get("train_loss") is not None)
+    assert {
+        k: first[k]
+        for k in (
+            "train_loss",
+            "val_loss",
+            "val_f1",
+            "a_b",
+            "q_uote",
+            "back_slash",
+            "x_y",
+            "lr_adam",
+        )
+    } == {
+        "train_loss": 0.0,
+        "val_loss": 1.0,
+        "val_f1": 2.0,
+        "a_b": 3.0,
+        "q_uote": 4.0,
+        "back_slash": 5.0,
+        "x_y": 6.0,
+        "lr_adam": 7.0,
+    }
+    second = next(row for row in epochs if row.get("lr") is not None)
+    assert second["val_loss_nonfinite"] == 1.0 and second["val_acc_nonfinite"] == 1.0
+    assert second["lr"] == 1e-05
