@@ -78,7 +78,6 @@ _STRING_ESCAPES = str.maketrans(
 )
 _MAX_WARNED_NAMES = 10_000
 _MAX_CACHED_TAGS = 4_096
-_INT_LIMIT = 2**1000  # float() of a bigger int may overflow; coerce_float catches that
 _MIN_PLAUSIBLE_NS = 10**15  # an int time below this is not nanoseconds (1970-01-12)
 
 
@@ -239,7 +238,10 @@ class PointBuilder:
         time_ns: int,
         observe: bool = False,
     ) -> tuple[str | None, dict[str, float] | None, dict[str, str] | None]:
-        """``(line or None, finite fields, all tags)``; the last two only when ``observe``."""
+        """``(line or None, observed fields, all tags)``; the last two only when ``observe``.
+
+        Observed fields are the finite values plus ``<field>_nonfinite=1.0`` for a NaN/Inf.
+        """
         prefix = self._prefixes.get(measurement)
         if prefix is None:
             self._drop_point("measurement", str(measurement), "unknown measurement")
@@ -263,8 +265,11 @@ class PointBuilder:
             kind = type(value)
             if kind is float:
                 number: float | None = value  # type: ignore[assignment]
-            elif kind is int and -_INT_LIMIT < value < _INT_LIMIT:  # type: ignore[operator]
-                number = float(value)  # type: ignore[arg-type]
+            elif kind is int:
+                try:
+                    number = float(value)  # type: ignore[arg-type]
+                except OverflowError:
+                    number = None
             else:
                 number = coerce_float(value)
             if number is None:
@@ -283,6 +288,8 @@ class PointBuilder:
             else:
                 problems.nonfinite_fields += 1
                 parts.append(f"{nonfinite_key}=1.0")
+                if observed is not None:  # so a NaN loss shows as NaN in its gauge
+                    observed[nonfinite_key] = 1.0
         if not parts:
             self._drop_point("empty", measurement, f"point of {measurement!r} has no valid field")
             return None, None, None

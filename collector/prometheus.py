@@ -18,14 +18,32 @@ This module is part of the collector core: it imports neither torch, lightning n
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+    make_wsgi_app,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from collector.config import Settings
@@ -85,6 +103,11 @@ _SOURCE_SERVER = "server"
 Setter = Callable[[float], None]
 
 
+#: When a run ends, its exporter waits at most this long for one more scrape, so Prometheus
+#: records the final status before the target disappears (the shipped scrape interval is 15 s).
+FINAL_SCRAPE_TIMEOUT_S = 20.0
+
+
 class _LazyChild:
     """A ``run_id`` child bound on first use, so a value never set stays absent, not 0.
 
@@ -117,25 +140,93 @@ class _LazyChild:
         self._bound().inc(amount)
 
 
-class _MonotonicCounter:
-    """A bound counter child fed with absolute totals (a step number) or increments."""
+class _StepCollector(Collector):
+    """Optimizer steps, samples, step durations and the last-step time, fed from the training
+    thread with plain attribute writes and turned into metric families only when scraped.
 
-    def __init__(self, child: Counter | _LazyChild) -> None:
-        self._child = child
-        self._total = 0.0
-        self._lock = threading.Lock()
+    A step then costs the training thread well under a microsecond (a prometheus_client
+    counter, histogram and gauge update cost tens of microseconds on a busy machine, right
+    after a torch step has pushed the interpreter out of the CPU caches).
+    """
 
-    def advance_to(self, total: float) -> None:
-        with self._lock:
-            if total > self._total:
-                self._child.inc(total - self._total)
-                self._total = total
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        # Two writers, each monotonic on its own (no lock on the training thread): the
+        # training thread's step hook and the recording thread's batch/gradient points.
+        self.trained_steps = 0.0
+        self.recorded_steps = 0.0
+        self.samples = 0.0
+        self.last_step_time: float | None = None
+        self._durations: deque[float] = deque()  # append/popleft are thread-safe
+        self._bucket_counts = [0] * (len(STEP_DURATION_BUCKETS) + 1)
+        self._duration_sum = 0.0
+        self._collect_lock = threading.Lock()
+        self._created = time.time()
 
-    def add(self, amount: float) -> None:
-        if amount > 0:
-            with self._lock:
-                self._child.inc(amount)
-                self._total += amount
+    @property
+    def steps(self) -> float:
+        return max(self.trained_steps, self.recorded_steps)
+
+    def advance_to(self, step: float) -> None:
+        """A point's ``step`` field (recording thread); the counter never goes back."""
+        if step > self.recorded_steps:
+            self.recorded_steps = step
+
+    def step_completed(self, step: float, duration_s: float | None, samples: int) -> None:
+        """A training step ended (training thread): ``step`` = steps taken so far."""
+        if step > self.trained_steps:
+            self.trained_steps = step
+        if samples > 0:
+            self.samples += samples
+        if duration_s is not None:
+            self._durations.append(duration_s)
+        self.last_step_time = time.time()
+
+    def _drain_durations(self) -> None:
+        counts, bounds = self._bucket_counts, STEP_DURATION_BUCKETS
+        while True:
+            try:
+                duration = self._durations.popleft()
+            except IndexError:
+                return
+            counts[bisect.bisect_left(bounds, duration)] += 1
+            self._duration_sum += duration
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        with self._collect_lock:
+            self._drain_durations()
+            return list(self._families())
+
+    def _families(self) -> Iterator[Metric]:
+        labels = [self.run_id]
+        steps = CounterMetricFamily(OPTIMIZER_STEPS, "Optimizer steps taken.", labels=["run_id"])
+        steps.add_metric(labels, self.steps, created=self._created)
+        yield steps
+        samples = CounterMetricFamily(SAMPLES, "Training samples processed.", labels=["run_id"])
+        samples.add_metric(labels, self.samples, created=self._created)
+        yield samples
+        histogram = HistogramMetricFamily(
+            STEP_DURATION, "Wall time of one training step, in seconds.", labels=["run_id"]
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*STEP_DURATION_BUCKETS, math.inf), self._bucket_counts, strict=True
+        ):
+            cumulative += count
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), float(cumulative)))
+        histogram.add_metric(labels, buckets, self._duration_sum)
+        yield histogram
+        last = GaugeMetricFamily(
+            LAST_STEP_TIMESTAMP,
+            "Unix time the last training step ended, in seconds.",
+            labels=["run_id"],
+        )
+        if self.last_step_time is not None:
+            last.add_metric(labels, self.last_step_time)
+        yield last
 
 
 class PrometheusExporter:
@@ -151,9 +242,11 @@ class PrometheusExporter:
     ) -> None:
         self.run_id = run_id
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._server: object | None = None
+        self._server: _MetricsServer | None = None
         self._server_thread: threading.Thread | None = None
         self.port: int | None = None
+        self._scrapes = 0
+        self._scraped = threading.Condition()
         self._client_loss: dict[str, Gauge] = {}
         self._client_loss_lock = threading.Lock()
         self._build_metrics(experiment, mode)
@@ -189,12 +282,8 @@ class PrometheusExporter:
         }
         self._gauge(RUN_START_TIMESTAMP, "Unix time the run started, in seconds.").set(time.time())
         self.epoch = self._gauge(EPOCH, "Current epoch (0-based).")
-        self.steps = _MonotonicCounter(
-            self._counter(OPTIMIZER_STEPS, "Optimizer steps taken.").bind()
-        )
-        self.samples = _MonotonicCounter(
-            self._counter(SAMPLES, "Training samples processed.").bind()
-        )
+        self.steps = _StepCollector(self.run_id)
+        self.registry.register(self.steps)
         self.samples_per_second = self._gauge(SAMPLES_PER_SECOND, "Recent training throughput.")
         self.train_loss = self._gauge(TRAIN_LOSS, "Latest training loss (batch or epoch).")
         self.val_loss = self._gauge(VAL_LOSS, "Latest validation loss.")
@@ -205,16 +294,6 @@ class PrometheusExporter:
         self.val_auroc = self._gauge(VAL_AUROC, "Latest validation AUROC (0..1).")
         self.learning_rate = self._gauge(LEARNING_RATE, "Current learning rate.")
         self.gradient_norm = self._gauge(GRADIENT_NORM, "Latest total L2 gradient norm.")
-        self.step_duration = Histogram(
-            STEP_DURATION,
-            "Wall time of one training step, in seconds.",
-            ["run_id"],
-            buckets=STEP_DURATION_BUCKETS,
-            registry=self.registry,
-        ).labels(run_id=self.run_id)
-        self.last_step_timestamp = self._gauge(
-            LAST_STEP_TIMESTAMP, "Unix time the last training step ended, in seconds."
-        )
         self.nonfinite = self._counter(NONFINITE_VALUES, "NaN or infinite values recorded.").bind()
         self.telemetry_errors = self._counter(
             TELEMETRY_ERRORS, "Exceptions caught inside telemetry hooks (training went on)."
@@ -345,11 +424,7 @@ class PrometheusExporter:
         self, step: int, *, duration_s: float | None = None, samples: int = 0
     ) -> None:
         """One optimizer step finished: ``step`` is the total number of steps taken so far."""
-        self.steps.advance_to(step)
-        self.samples.add(samples)
-        if duration_s is not None:
-            self.step_duration.observe(duration_s)
-        self.last_step_timestamp.set(time.time())
+        self.steps.step_completed(step, duration_s, samples)
 
     def set_status(self, status: str) -> None:
         """``in_progress``, ``completed``, ``failed`` or ``crashed`` (others are ignored)."""
@@ -395,12 +470,10 @@ class PrometheusExporter:
 
     def start_http_server(self, addr: str, port: int) -> bool:
         """Serve ``/metrics`` on addr:port; a busy port logs one warning and returns False."""
-        from prometheus_client import start_http_server
-
         if self._server is not None:
             return True
         try:
-            server, thread = start_http_server(port, addr=addr, registry=self.registry)
+            server = _serve(addr, port, self._counting_app(make_wsgi_app(self.registry)))
         except OSError as exc:
             log.warning(
                 "runwatch: Prometheus exporter not started on %s:%s (%s); training goes on",
@@ -409,24 +482,82 @@ class PrometheusExporter:
                 exc,
             )
             return False
+        thread = threading.Thread(
+            target=server.serve_forever, name="runwatch-prometheus", daemon=True
+        )
+        thread.start()
         self._server, self._server_thread = server, thread
         self.port = int(server.server_port)
         return True
+
+    def _counting_app(self, app: Any) -> Any:
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            body = app(environ, start_response)
+            with self._scraped:
+                self._scrapes += 1
+                self._scraped.notify_all()
+            return body
+
+        return counted
 
     @property
     def serving(self) -> bool:
         return self._server is not None
 
-    def stop(self) -> None:
-        """Stop the HTTP server (the gauges stay readable through :meth:`render`)."""
-        server, self._server = self._server, None
+    @property
+    def scrapes(self) -> int:
+        """How many HTTP requests ``/metrics`` has answered."""
+        return self._scrapes
+
+    def stop(self, *, final_scrape_timeout_s: float = 0.0) -> None:
+        """Stop the HTTP server (the gauges stay readable through :meth:`render`).
+
+        With ``final_scrape_timeout_s``, a server that has been scraped waits (at most that
+        long) for one more scrape first, so Prometheus sees the final run status before the
+        target goes down: a run that ended well must not look like a trainer that died.
+        """
+        server = self._server
         if server is None:
             return
-        server.shutdown()  # type: ignore[attr-defined]
-        server.server_close()  # type: ignore[attr-defined]
+        if final_scrape_timeout_s > 0:
+            self._wait_for_next_scrape(final_scrape_timeout_s)
+        self._server = None
+        server.shutdown()
+        server.server_close()
         if self._server_thread is not None:
             self._server_thread.join(timeout=5.0)
             self._server_thread = None
+
+    def _wait_for_next_scrape(self, timeout_s: float) -> None:
+        with self._scraped:
+            seen = self._scrapes
+            if seen:
+                self._scraped.wait_for(lambda: self._scrapes > seen, timeout=timeout_s)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # seconds a client may take to send its request: a stuck one cannot pin stop()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    # Non-daemon request threads, joined by server_close(): the last scrape's answer is sent
+    # in full before the exporter reports itself stopped.
+    daemon_threads = False
+    block_on_close = True
+
+
+class _MetricsServerV6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+def _serve(addr: str, port: int, app: Any) -> _MetricsServer:
+    server_class = _MetricsServerV6 if ":" in addr else _MetricsServer
+    server = make_server(addr, port, app, server_class, handler_class=_QuietHandler)
+    assert isinstance(server, _MetricsServer)
+    return server
 
 
 def start_exporter(

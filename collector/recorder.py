@@ -46,7 +46,11 @@ _time_ns = time.time_ns
 
 @runtime_checkable
 class PointObserver(Protocol):
-    """Sees every recorded point (normalised, finite fields) on the recording thread."""
+    """Sees every recorded point on the recording thread.
+
+    Field names are normalised; values are finite, and a NaN/Inf value arrives as
+    ``<field>_nonfinite=1.0`` (as it is written), so a gauge can show it.
+    """
 
     def observe(
         self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]

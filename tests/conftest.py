@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.servers.influxd",
     "tests.servers.prometheus",
     "tests.servers.flux",
+    "tests.servers.influx_query",
 ]
 
 

@@ -20,10 +20,9 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from collector.config import Settings
 from collector.errors import RunwatchError
 from collector.lightning import Telemetry, runwatch_telemetry
-from trainer.data import DEFAULT_SEED, BreastCancerDataModule
+from trainer.data import BreastCancerDataModule
+from trainer.defaults import DEFAULT_EXPERIMENT, DEFAULT_SEED
 from trainer.model import MLPClassifier
-
-DEFAULT_EXPERIMENT = "centralized"
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,8 @@ class CentralizedResult:
     best_checkpoint: str | None
     exported_files: list[Path] = field(default_factory=list)
     telemetry_errors: int = 0
+    prometheus_port: int | None = None
+    """The port /metrics was served on during training (None: disabled or port busy)."""
 
 
 def load_class(path: str, base: type, what: str) -> type:
@@ -233,6 +234,8 @@ def _result(
 
     exporter = telemetry.callback.part(MetricsFileExporter)
     written = list(exporter.written) if isinstance(exporter, MetricsFileExporter) else []
+    live = telemetry.session.exporter
+    exporter_port = live.port if live is not None else None
     return CentralizedResult(
         run_id=telemetry.run_id,
         status=status,
@@ -243,4 +246,5 @@ def _result(
         best_checkpoint=best_path,
         exported_files=written,
         telemetry_errors=telemetry.session.error_ledger.total,
+        prometheus_port=exporter_port,
     )

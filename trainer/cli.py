@@ -6,16 +6,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import Settings, mask_url
-from trainer.centralized import (
-    DEFAULT_EXPERIMENT,
-    CentralizedConfig,
-    CentralizedResult,
-    run_centralized,
-)
-from trainer.data import DEFAULT_SEED
+from trainer.defaults import DEFAULT_EXPERIMENT, DEFAULT_SEED
+from trainer.federated.cli import register_federated
+
+if TYPE_CHECKING:
+    from trainer.centralized import CentralizedResult
+
+# torch and lightning load only inside the handlers: `runwatch --help`, `runwatch runs …`
+# and the other commands start in a fraction of a second.
 
 DEMO_EPOCHS = 5
 
@@ -29,10 +30,14 @@ def register(sub: Any) -> None:
     for add_mode in TRAIN_MODES:
         add_mode(modes)
     demo = sub.add_parser(
-        "demo", help="a short centralized run, then a summary of what was recorded and where"
+        "demo",
+        help="a short centralized run and a short federated run, then what was recorded where",
     )
     demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS)
     demo.add_argument("--experiment", default="demo")
+    demo.add_argument(
+        "--no-federated", action="store_true", help="skip the federated part of the demo"
+    )
     demo.set_defaults(handler=run_demo)
 
 
@@ -63,7 +68,7 @@ def _register_centralized(modes: Any) -> None:
     parser.set_defaults(handler=run_train_centralized)
 
 
-TRAIN_MODES.append(_register_centralized)
+TRAIN_MODES.extend([_register_centralized, register_federated])
 
 
 def _positive_int(text: str) -> int:
@@ -81,6 +86,8 @@ def _positive_float(text: str) -> float:
 
 
 def run_train_centralized(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.centralized import CentralizedConfig, run_centralized
+
     config = CentralizedConfig(
         epochs=args.epochs,
         experiment=args.experiment,
@@ -102,12 +109,30 @@ def run_train_centralized(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from trainer.centralized import CentralizedConfig, run_centralized
+    from trainer.federated.cli import (
+        DEMO_CLIENTS,
+        DEMO_ROUNDS,
+        federated_summary,
+        run_federated_demo,
+    )
+
     config = CentralizedConfig(epochs=args.epochs, experiment=args.experiment)
     print(f"runwatch demo: centralized MLP on the breast-cancer data, {config.epochs} epochs…")
     result = run_centralized(config, settings)
     print()
     print(summary(result, settings))
-    return 0 if result.status == "completed" else 1
+    if args.no_federated:
+        return 0 if result.status == "completed" else 1
+    print()
+    print(
+        f"runwatch demo: federated run, Flower simulation, {DEMO_CLIENTS} clients, {DEMO_ROUNDS} rounds…",
+        flush=True,
+    )
+    federated = run_federated_demo(settings, experiment=f"{args.experiment}-federated")
+    print()
+    print(federated_summary(federated, settings))
+    return 0 if result.status == "completed" and federated.ok else 1
 
 
 def summary(result: CentralizedResult, settings: Settings) -> str:
@@ -127,13 +152,7 @@ def summary(result: CentralizedResult, settings: Settings) -> str:
             if settings.influx_url
             else "not configured: points stay in the spool; `runwatch sync` ships them later"
         ),
-        "prometheus    "
-        + (
-            f"served on http://{settings.prometheus_addr}:{settings.prometheus_port}/metrics "
-            "while training"
-            if settings.prometheus_enabled
-            else "disabled (RUNWATCH_PROMETHEUS_PORT=0)"
-        ),
+        f"prometheus    {_prometheus_line(result, settings)}",
     ]
     if result.exported_files:
         lines.append(f"files         {', '.join(str(p) for p in result.exported_files)}")
@@ -146,6 +165,17 @@ def summary(result: CentralizedResult, settings: Settings) -> str:
         lines.append(f"warnings      {result.telemetry_errors} telemetry errors (see log)")
     lines.append(f"next          runwatch runs show {result.run_id}")
     return "\n".join(lines)
+
+
+def _prometheus_line(result: CentralizedResult, settings: Settings) -> str:
+    if not settings.prometheus_enabled:
+        return "disabled (RUNWATCH_PROMETHEUS_PORT=0)"
+    if result.prometheus_port is None:
+        return f"not served: port {settings.prometheus_port} was busy (see the warning above)"
+    return (
+        f"served on http://{settings.prometheus_addr}:{result.prometheus_port}/metrics "
+        "while training"
+    )
 
 
 def _metrics_line(label: str, metrics: dict[str, float], prefix: str) -> str:

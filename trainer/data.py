@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-DEFAULT_SEED = 42
+from trainer.defaults import DEFAULT_SEED
 
 
 @dataclass(frozen=True)

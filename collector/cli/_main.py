@@ -24,9 +24,9 @@ ENTRY_POINT_GROUP = "runwatch.commands"
 
 
 def _core_commands() -> list[Register]:
-    from collector.cli import doctor, runs, sync
+    from collector.cli import compare, doctor, runs, sync
 
-    return [runs.register, sync.register, doctor.register]
+    return [runs.register, compare.register, sync.register, doctor.register]
 
 
 def _plugin_commands() -> list[Register]:

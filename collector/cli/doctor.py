@@ -112,7 +112,8 @@ def check_prometheus_port(settings: Settings) -> Check:
     if not settings.prometheus_enabled:
         return Check("prometheus", True, "exporter disabled (RUNWATCH_PROMETHEUS_PORT=0)")
     where = f"{settings.prometheus_addr}:{settings.prometheus_port}"
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in settings.prometheus_addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((settings.prometheus_addr, settings.prometheus_port))
         except OSError:

@@ -35,6 +35,7 @@ from collector import schema
 from collector.config import Settings, load_settings
 from collector.flower.protocol import RunNote, attach_run_note, read_client_report
 from collector.ids import new_run_id
+from collector.prometheus import FINAL_SCRAPE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from collector.prometheus import PrometheusExporter
@@ -320,7 +321,7 @@ class FederatedRun:
         if exporter is not None:
             with self.guard("FederatedRun.finish (prometheus)"):
                 exporter.set_status(status)
-                exporter.stop()
+                exporter.stop(final_scrape_timeout_s=FINAL_SCRAPE_TIMEOUT_S)
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             with self.guard("FederatedRun.finish (recorder)"):
@@ -630,6 +631,8 @@ class RunwatchStrategy(Strategy):
         return evaluate
 
     def _record_server_evaluation(self, number: int, metrics: dict[str, float]) -> None:
+        if not metrics:  # evaluate_fn returned None (or nothing numeric) for this round
+            return
         tags = self._tags(number, **{schema.SOURCE: schema.SOURCE_SERVER})
         self.run.record(schema.M_ROUND, round_fields(metrics), tags)
         if number >= 1:  # round 0 is the initial model: a point, not a round row

@@ -304,18 +304,24 @@ class BatchMetricsCallback(SessionCallback):
         tensors: dict[str, torch.Tensor] = {}
         for name, value in trainer.callback_metrics.items():
             base, level = split_level(name)
-            if level == "epoch" or not base.startswith("train_"):
-                continue
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                tensors[base.removeprefix("train_")] = value.detach().reshape(())
+            if level != "epoch" and base.startswith("train_") and isinstance(value, torch.Tensor):
+                tensors[base[6:]] = value
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            tensors["loss"] = loss.detach().reshape(())
-        if not tensors:
+        if isinstance(loss, torch.Tensor):
+            tensors["loss"] = loss
+        scalars = {name: t for name, t in tensors.items() if t.numel() == 1}
+        if not scalars:
             return {}
-        device = next(iter(tensors.values())).device
-        stacked = torch.stack([t.to(device, torch.float32) for t in tensors.values()])
-        return dict(zip(tensors, stacked.tolist(), strict=True))  # one sync per sample
+        values = list(scalars.values())
+        try:
+            stacked = torch.stack(
+                [t.detach() if t.dim() == 0 else t.detach().reshape(()) for t in values]
+            )
+        except RuntimeError:  # mixed devices
+            stacked = torch.stack(
+                [t.detach().reshape(()).to(values[0].device, torch.float32) for t in values]
+            )
+        return dict(zip(scalars, stacked.tolist(), strict=True))  # one sync per sample
 
 
 # -- gradients ---------------------------------------------------------------------------
@@ -337,6 +343,12 @@ class GradientMonitorCallback(SessionCallback):
             raise ValueError("every_n_steps must be >= 1")
         self.every_n_steps = every_n_steps
         self.max_layers = max_layers
+        self._parameters: list[tuple[str, torch.nn.Parameter]] = []
+
+    @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Walking the module tree on every sampled step costs more than the norms themselves.
+        self._parameters = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
 
     @guarded
     def on_before_optimizer_step(
@@ -344,7 +356,8 @@ class GradientMonitorCallback(SessionCallback):
     ) -> None:
         if not self.enabled or trainer.global_step % self.every_n_steps:
             return
-        norms = gradient_norms(pl_module.named_parameters(), max_layers=self.max_layers)
+        parameters = self._parameters or list(pl_module.named_parameters())
+        norms = gradient_norms(parameters, max_layers=self.max_layers)
         if norms is None:
             return
         step = float(trainer.global_step)
@@ -618,9 +631,11 @@ class StepTimerCallback(SessionCallback):
         super().__init__(session)
         self._step_started = 0.0
         self._exporter: Any = None
+        self._steps: Any = None
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._exporter = self.session.exporter
+        self._steps = self._exporter.steps if self._exporter is not None else None
 
     @guarded
     def on_train_batch_start(
@@ -637,14 +652,11 @@ class StepTimerCallback(SessionCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        exporter = self._exporter
-        if exporter is None or not self.enabled:
-            return
-        exporter.step_completed(
-            trainer.global_step,
-            duration_s=time.perf_counter() - self._step_started,
-            samples=batch_size_of(batch),
-        )
+        steps = self._steps
+        if steps is not None and self.enabled:
+            steps.step_completed(
+                trainer.global_step, time.perf_counter() - self._step_started, batch_size_of(batch)
+            )
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

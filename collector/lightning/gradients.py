@@ -43,11 +43,12 @@ def gradient_norms(
     if not grads:
         return None
     with torch.no_grad():
-        norms = list(torch._foreach_norm(grads))
-        first = norms[0]
-        if any(n.dtype != first.dtype or n.device != first.device for n in norms):
-            norms = [n.to(first.device, torch.float32) for n in norms]
-        values: list[float] = torch.stack(norms).tolist()  # the one sync
+        norms = torch._foreach_norm(grads)
+        try:
+            stacked = torch.stack(norms)
+        except RuntimeError:  # parameters spread over devices (model parallel)
+            stacked = torch.stack([n.to(norms[0].device, torch.float32) for n in norms])
+        values: list[float] = stacked.tolist()  # the one sync
     return _summary(names, values, max_layers)
 
 

@@ -21,7 +21,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from collector.config import Settings, load_settings
 from collector.ids import new_run_id
 from collector.lightning._guard import ErrorLedger
-from collector.prometheus import NONFINITE_SUFFIX, PrometheusExporter, start_exporter
+from collector.prometheus import (
+    FINAL_SCRAPE_TIMEOUT_S,
+    PrometheusExporter,
+    start_exporter,
+)
 
 if TYPE_CHECKING:
     from collector.recorder import Recorder
@@ -36,8 +40,6 @@ PHASE_TRAIN_STEP = "train_step"
 PHASE_EVAL_STEP = "eval_step"
 PHASE_EPOCH_END = "epoch_end"
 
-# Measurements the Prometheus exporter maps onto gauges.
-_EXPORTED_MEASUREMENTS = frozenset(("epoch", "batch", "gradient", "round", "client_round"))
 
 EmitEpoch = Callable[[dict[str, float]], None]
 
@@ -141,7 +143,6 @@ class RunSession:
         self._want_prometheus = prometheus
         self._heartbeat_interval_s = heartbeat_interval_s
         self._recorder: Recorder | None = None
-        self._nonfinite_to_exporter = False
         self._exporter: PrometheusExporter | None = None
         self._heartbeat: _Heartbeat | None = None
         self._lock = threading.RLock()
@@ -246,7 +247,6 @@ class RunSession:
             from collector.recorder import Recorder
 
             observers = (self._exporter,) if self._exporter is not None else ()
-            self._nonfinite_to_exporter = bool(observers) and not observers_see_nonfinite()
             self._recorder = Recorder(
                 self.run_id,
                 experiment=self.experiment,
@@ -284,7 +284,7 @@ class RunSession:
                 self._complete_in_store(status)
                 if self._exporter is not None:
                     self._exporter.set_status(status)
-                    self._exporter.stop()
+                    self._exporter.stop(final_scrape_timeout_s=FINAL_SCRAPE_TIMEOUT_S)
             self._close_recorder()
 
     def flush(self) -> None:
@@ -345,20 +345,6 @@ class RunSession:
         recorder = self._writer()
         if recorder is not None:
             recorder.record(measurement, fields, tags)
-            if self._nonfinite_to_exporter and measurement in _EXPORTED_MEASUREMENTS:
-                self._show_nonfinite(measurement, fields, tags)
-
-    def _show_nonfinite(
-        self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str] | None
-    ) -> None:
-        flags = {
-            f"{name}{NONFINITE_SUFFIX}": 1.0
-            for name, value in fields.items()
-            if isinstance(value, float) and not math.isfinite(value)
-        }
-        exporter = self._exporter
-        if flags and exporter is not None:
-            exporter.observe(measurement, flags, tags or {})
 
     def event(self, name: str, text: str = "", value: float = 1.0) -> None:
         if not self.started and not self.start():
@@ -398,18 +384,6 @@ class RunSession:
                 metric_name=metric_name,
                 metric_value=metric_value,
             )
-
-
-def observers_see_nonfinite() -> bool:
-    """Whether the recorder hands observers ``<field>_nonfinite`` flags for NaN/Inf values.
-
-    When it does not, the session passes those flags to the exporter itself, so a NaN loss
-    still shows as NaN in its gauge.
-    """
-    from collector.points import PointBuilder
-
-    _, observed, _ = PointBuilder({}).build("batch", {"loss": math.nan}, None, 1, True)
-    return observed is not None and f"loss{NONFINITE_SUFFIX}" in observed
 
 
 def jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -529,8 +529,13 @@ def test_validate_before_fit_does_not_end_the_run(settings: Settings, store: Sto
     telemetry = runwatch_telemetry("validate-first", settings=settings, prometheus=False)
     model, data = mlp()
     # (inference_mode=False: torchmetrics states made under inference mode break the later fit)
-    trainer = quiet_trainer(max_epochs=1, logger=telemetry.logger, callbacks=telemetry.callbacks,
-                            enable_checkpointing=False, inference_mode=False)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+        inference_mode=False,
+    )
     trainer.validate(model, datamodule=data, verbose=False)
     assert store.get_run(telemetry.run_id).status == "in_progress"
     trainer.fit(model, datamodule=data)

@@ -90,7 +90,9 @@ def test_prometheus_scrapes_a_training_run(
     assert min(losses[-3:]) < losses[0], losses
 
     # (evaluated at the end of training: the exporter stops with the run, its series go stale)
-    info = prometheus_scraper.query(f'training_run_info{{{run},experiment="scraped"}}', ended)
+    info = prometheus_scraper.query(
+        f'last_over_time(training_run_info{{{run},experiment="scraped"}}[1m])', ended
+    )
     assert info and info[0]["metric"]["mode"] == "centralized"
     rate = prometheus_scraper.query(
         f"rate(training_step_duration_seconds_count{{{run}}}[1m])", ended

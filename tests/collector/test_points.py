@@ -228,12 +228,12 @@ def test_tags_per_call_escaped_and_rules_enforced(caplog: pytest.LogCaptureFixtu
     assert len(caplog.records) == 2
 
 
-def test_observed_fields_are_finite_and_normalised() -> None:
+def test_observed_fields_are_finite_normalised_and_flag_nonfinite() -> None:
     builder = PointBuilder(BASE)
     _, observed, tags = builder.build(
         "epoch", {"Train/Loss": 0.5, "val_loss": math.nan}, None, NS, observe=True
     )
-    assert observed == {"train_loss": 0.5}
+    assert observed == {"train_loss": 0.5, "val_loss_nonfinite": 1.0}
     assert tags == BASE
 
 

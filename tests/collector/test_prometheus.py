@@ -248,3 +248,15 @@ def test_recorder_feeds_the_exporter_as_observer(tmp_path) -> None:  # type: ign
     assert value(exporter, prom.TRAIN_LOSS) == 0.5  # name normalised by the recorder
     assert value(exporter, prom.GRADIENT_NORM) == 1.5
     assert value(exporter, prom.OPTIMIZER_STEPS) == 40.0
+
+
+def test_step_duration_buckets(exporter: PrometheusExporter) -> None:
+    for duration in (0.0004, 0.002, 0.002, 50.0):
+        exporter.step_completed(1, duration_s=duration)
+    bucket = prom.STEP_DURATION + "_bucket"
+    assert value(exporter, bucket, le="0.0005") == 1.0
+    assert value(exporter, bucket, le="0.001") == 1.0
+    assert value(exporter, bucket, le="0.0025") == 3.0
+    assert value(exporter, bucket, le="30.0") == 3.0
+    assert value(exporter, bucket, le="+Inf") == 4.0
+    assert value(exporter, prom.STEP_DURATION + "_sum") == pytest.approx(50.0044)

@@ -169,7 +169,7 @@ def test_bad_input_is_counted_and_warned_once(
     assert len(caplog.records) == 2
 
 
-def test_observers_see_finite_normalised_fields_and_failures_are_contained(
+def test_observers_see_normalised_fields_nonfinite_flags_and_failures_are_contained(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[tuple[str, dict[str, float], dict[str, str]]] = []
@@ -200,7 +200,7 @@ def test_observers_see_finite_normalised_fields_and_failures_are_contained(
         rec.record("client_round", {"train_loss": 0.4}, tags={"round": 3})
     base = {"run_id": run_id, "experiment": EXPERIMENT, "mode": "federated", "client_id": "3"}
     assert seen == [
-        ("client_round", {"train_loss": 0.5}, {**base, "round": "2"}),
+        ("client_round", {"train_loss": 0.5, "val_loss_nonfinite": 1.0}, {**base, "round": "2"}),
         ("client_round", {"train_loss": 0.4}, {**base, "round": "3"}),
     ]
     assert sum("observer" in r.getMessage() for r in caplog.records) == 1
@@ -285,17 +285,6 @@ def test_recording_from_many_threads_loses_nothing(settings: Settings) -> None:
     lines = spool_lines(rec)
     assert len(lines) == 8000
     assert all(line.startswith("batch,") and line.count(" ") == 2 for line in lines)
-
-
-def test_core_modules_import_no_framework() -> None:
-    code = (
-        "import sys, collector, collector.recorder, collector.shipper, collector.spool, "
-        "collector.points, collector.schema, collector.cli.sync\n"
-        "print(sorted(m for m in ('torch', 'lightning', 'flwr', 'numpy', 'influxdb_client') "
-        "if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
 
 
 # --- integration: VictoriaMetrics ----------------------------------------------------------

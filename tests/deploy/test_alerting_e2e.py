@@ -246,11 +246,6 @@ def test_nan_loss_reaches_the_webhook(
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["lightning-finish"], indirect=True)
-@pytest.mark.xfail(
-    strict=True,
-    reason="RunSession.finish stops the exporter right after set_status('completed'), so "
-    "Prometheus never scrapes the final status and TrainerDown fires for a run that ended well",
-)
 def test_finished_run_is_seen_completed_before_its_exporter_stops(
     prometheus: str, trigger: Path
 ) -> None:

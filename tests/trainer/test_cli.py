@@ -10,15 +10,19 @@ import pytest
 
 from collector.cli._main import main
 from collector.config import load_settings
-from collector.store import Store
+from collector.store import RunSummary, Store
+
+
+def all_runs() -> list[RunSummary]:
+    store = Store.from_settings(load_settings(dotenv=None))
+    try:
+        return list(store.list_runs())
+    finally:
+        store.dispose()
 
 
 def only_run(home: Path) -> tuple[str, str]:
-    store = Store.from_settings(load_settings(dotenv=None))
-    try:
-        runs = store.list_runs()
-    finally:
-        store.dispose()
+    runs = all_runs()
     assert len(runs) == 1
     return runs[0].run_id, runs[0].status
 
@@ -62,13 +66,18 @@ def test_demo_summarises_what_was_recorded(
     code = main(["demo", "--epochs", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    run_id, status = only_run(runwatch_env)
-    assert status == "completed"
+    runs = {run.mode: run for run in all_runs()}
+    assert set(runs) == {"centralized", "federated"}
+    assert {run.status for run in runs.values()} == {"completed"}
+    assert runs["federated"].experiment == "demo-federated"
+    federated_id = runs["federated"].run_id
+    assert re.search(rf"run id\s+{federated_id} \(completed, simulation engine, 3 rounds", out)
+    run_id = runs["centralized"].run_id
     assert f"run id        {run_id} (completed, 2 epochs" in out
     assert f"sqlite:///{runwatch_env}/runs.db" in out
     points = int(re.search(r"points\s+(\d+) in (\S+)", out).group(1))  # type: ignore[union-attr]
     spool = Path(re.search(r"points\s+\d+ in (\S+)", out).group(1))  # type: ignore[union-attr]
-    assert spool.is_file() and points == len(spool.read_text().splitlines()) and points > 10
+    assert spool.is_file() and points == spool.read_bytes().count(b"\n") and points > 10
     assert "not configured" in out and "disabled" in out  # no InfluxDB, exporter port 0
     assert "metrics.csv" in out and "metrics.json" in out
     assert re.search(r"final val\s+loss=\d\.\d{4} acc=", out)

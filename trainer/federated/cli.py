@@ -11,7 +11,7 @@ from typing import Any
 
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
-from trainer.data import DEFAULT_SEED
+from trainer.defaults import DEFAULT_SEED
 from trainer.federated.config import FederatedConfig
 from trainer.federated.engines import ENGINES
 from trainer.federated.runner import DEFAULT_TIMEOUT_S, FederatedResult, run_federated

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from trainer.data import DEFAULT_SEED
+from trainer.defaults import DEFAULT_SEED
 
 RunConfigValue = bool | int | float | str
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data import DEFAULT_SEED, BreastCancerSplits, Split, load_splits
+from trainer.data import BreastCancerSplits, Split, load_splits
+from trainer.defaults import DEFAULT_SEED
 
 _SPLITS_CACHE: dict[int, BreastCancerSplits] = {}
 

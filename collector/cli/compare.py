@@ -1,0 +1,108 @@
+"""``runwatch compare RUN_ID RUN_ID… [--metric NAME] [--source influx|sql] [--json]``.
+
+The same table from InfluxDB (Flux, the default when ``INFLUXDB_V2_URL`` is set) or from the
+relational store (embedded mode): per run, the epochs recorded, the best value of the metric
+and its epoch, the last value and its epoch. Unknown runs are all named in one error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from collector.cli.runs import print_table
+from collector.comparison import (
+    DEFAULT_METRIC,
+    SOURCE_INFLUX,
+    SOURCE_SQL,
+    SOURCES,
+    Comparison,
+    ComparisonRow,
+    compare_from_influx,
+    compare_from_store,
+)
+from collector.config import Settings
+from collector.errors import ConfigError
+from collector.store import Store
+
+COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "EPOCHS", "BEST", "BEST EPOCH", "LAST", "LAST EPOCH")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "compare",
+        help="compare runs on one metric: best and last value per run",
+        description="Best and last value of one epoch metric per run, from InfluxDB (Flux) "
+        "or the relational store. Metrics ending in 'loss' are better when lower.",
+    )
+    parser.add_argument("run_ids", metavar="RUN_ID", nargs="+", help="runs to compare")
+    parser.add_argument(
+        "--metric", default=DEFAULT_METRIC, help=f"epoch metric (default: {DEFAULT_METRIC})"
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        help="where to read (default: influx when INFLUXDB_V2_URL is set, else sql)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=compare_runs)
+
+
+def compare_runs(args: argparse.Namespace, settings: Settings) -> int:
+    comparison = build_comparison(settings, args.run_ids, args.metric, args.source)
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        print_comparison(comparison)
+    return 0
+
+
+def build_comparison(
+    settings: Settings, run_ids: list[str], metric: str, source: str | None
+) -> Comparison:
+    chosen = source or (SOURCE_INFLUX if settings.influx_enabled else SOURCE_SQL)
+    if chosen == SOURCE_INFLUX:
+        if not settings.influx_enabled:
+            raise ConfigError("--source influx needs INFLUXDB_V2_URL (or use --source sql)")
+        return compare_from_influx(settings, run_ids, metric)
+    store = Store.from_settings(settings)
+    try:
+        return compare_from_store(store, run_ids, metric)
+    finally:
+        store.dispose()
+
+
+def print_comparison(comparison: Comparison) -> None:
+    direction = "higher" if comparison.higher_is_better else "lower"
+    print(f"{comparison.metric} ({direction} is better), from {comparison.source}")
+    print_table(COLUMNS, [_row(row) for row in comparison.rows])
+    best = comparison.best
+    if best is None:
+        print(f"\nno run recorded {comparison.metric}")
+    else:
+        print(
+            f"\nbest: {best.run_id} ({comparison.metric}={_number(best.best_value)} "
+            f"at epoch {best.best_epoch})"
+        )
+
+
+def _row(row: ComparisonRow) -> list[str]:
+    return [
+        row.run_id,
+        row.experiment,
+        row.mode,
+        str(row.epochs),
+        _number(row.best_value),
+        _count(row.best_epoch),
+        _number(row.last_value),
+        _count(row.last_epoch),
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,189 @@
+"""Compare runs on one metric: the same table from InfluxDB (Flux) or the relational store.
+
+A row per run: run_id, experiment, mode, how many epochs carry the metric, the best value and
+its epoch, the last value and its epoch. "Best" is the smallest value for a metric whose name
+ends in ``loss`` and the largest otherwise; the earliest epoch wins a tie. Both sources read
+client-less epoch metrics (the store's ``epoch_end`` rows, InfluxDB's ``epoch`` points), so a
+run without that metric is listed with zero epochs and no values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from collector import queries
+from collector.config import Settings, mask_url
+from collector.errors import RunwatchError, UnknownRunError
+from collector.store import Store
+
+SOURCE_SQL = "sql"
+SOURCE_INFLUX = "influx"
+SOURCES = (SOURCE_INFLUX, SOURCE_SQL)
+DEFAULT_METRIC = "val_loss"
+EPOCH_CONTEXT = "epoch_end"
+
+
+class UnknownRunsError(RunwatchError):
+    """Some of the runs asked for are not in the source; all of them are named at once."""
+
+    def __init__(self, run_ids: Sequence[str], where: str) -> None:
+        plural = "s" if len(run_ids) > 1 else ""
+        names = ", ".join(repr(r) for r in run_ids)
+        super().__init__(f"unknown run{plural} in {where}: {names}")
+        self.run_ids = tuple(run_ids)
+
+
+def higher_is_better(metric: str) -> bool:
+    return not metric.endswith("loss")
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    epochs: int
+    best_value: float | None
+    best_epoch: int | None
+    last_value: float | None
+    last_epoch: int | None
+
+
+NO_VALUES = MetricSummary(0, None, None, None, None)
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    run_id: str
+    experiment: str
+    mode: str
+    epochs: int
+    best_value: float | None
+    best_epoch: int | None
+    last_value: float | None
+    last_epoch: int | None
+
+    @classmethod
+    def of(cls, run_id: str, experiment: str, mode: str, summary: MetricSummary) -> ComparisonRow:
+        return cls(run_id, experiment, mode, **asdict(summary))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    higher_is_better: bool
+    source: str
+    rows: tuple[ComparisonRow, ...]
+
+    @property
+    def best(self) -> ComparisonRow | None:
+        """The run with the best value of all (the first one listed wins a tie)."""
+        scored = [row for row in self.rows if row.best_value is not None]
+        if not scored:
+            return None
+        sign = -1.0 if self.higher_is_better else 1.0
+        return min(scored, key=lambda row: sign * (row.best_value or 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "source": self.source,
+            "runs": [row.to_dict() for row in self.rows],
+        }
+
+
+def summarize(points: Iterable[tuple[int, float]], higher: bool) -> MetricSummary:
+    """Best and last of (epoch, value) points, as the Flux ``metric_summary`` query computes
+    them: in epoch order, a value replaces the best only when strictly better."""
+    ordered = sorted(points, key=lambda point: point[0])
+    if not ordered:
+        return NO_VALUES
+    best_epoch, best_value = ordered[0]
+    for epoch, value in ordered[1:]:
+        if (value > best_value) if higher else (value < best_value):
+            best_epoch, best_value = epoch, value
+    last_epoch, last_value = ordered[-1]
+    return MetricSummary(len(ordered), best_value, best_epoch, last_value, last_epoch)
+
+
+# -- relational store ------------------------------------------------------------------------
+
+
+def compare_from_store(store: Store, run_ids: Sequence[str], metric: str) -> Comparison:
+    wanted = queries.string_list(run_ids)
+    runs = {}
+    unknown = []
+    for run_id in wanted:
+        try:
+            runs[run_id] = store.get_run(run_id)
+        except UnknownRunError:
+            unknown.append(run_id)
+    if unknown:
+        raise UnknownRunsError(unknown, f"the run store ({mask_url(store.url)})")
+    higher = higher_is_better(metric)
+    rows = []
+    for run_id, run in runs.items():
+        points = [
+            (record.step, record.value)
+            for record in store.metrics_by_context(run_id, EPOCH_CONTEXT)
+            if record.name == metric and record.client_id is None
+        ]
+        rows.append(ComparisonRow.of(run_id, run.experiment, run.mode, summarize(points, higher)))
+    return Comparison(metric, higher, SOURCE_SQL, tuple(rows))
+
+
+# -- InfluxDB ------------------------------------------------------------------------------
+
+
+def compare_from_influx(
+    settings: Settings, run_ids: Sequence[str], metric: str, *, now: datetime | None = None
+) -> Comparison:
+    wanted = queries.string_list(run_ids)
+    start, stop = queries.all_time(now)
+    window = {"start": start, "stop": stop, "run_ids": wanted}
+    found = queries.run_query(
+        settings, queries.RUNS, {**window, "experiment": "", "training_mode": ""}
+    )
+    runs = queries.rows_by(found, "run_id")
+    unknown = [run_id for run_id in wanted if run_id not in runs]
+    if unknown:
+        raise UnknownRunsError(
+            unknown,
+            f"InfluxDB bucket {settings.influx_bucket!r} "
+            "(not shipped yet? `runwatch sync`, or --source sql)",
+        )
+    higher = higher_is_better(metric)
+    summaries = queries.rows_by(
+        queries.run_query(
+            settings,
+            queries.METRIC_SUMMARY,
+            {**window, "metric": metric, "higher_is_better": higher},
+        ),
+        "run_id",
+    )
+    rows = tuple(
+        ComparisonRow.of(
+            run_id,
+            str(runs[run_id]["experiment"]),
+            str(runs[run_id]["mode"]),
+            _flux_summary(summaries.get(run_id)),
+        )
+        for run_id in wanted
+    )
+    return Comparison(metric, higher, SOURCE_INFLUX, rows)
+
+
+def _flux_summary(row: Mapping[str, Any] | None) -> MetricSummary:
+    if row is None or not row.get("epochs"):
+        return NO_VALUES
+    return MetricSummary(
+        epochs=int(row["epochs"]),
+        best_value=float(row["best_value"]),
+        best_epoch=int(row["best_epoch"]),
+        last_value=float(row["last_value"]),
+        last_epoch=int(row["last_epoch"]),
+    )

@@ -1,0 +1,61 @@
+"""Fused gradient norms agree with the per-parameter reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from collector.lightning.gradients import gradient_norms, gradient_norms_per_parameter_loop
+
+
+def model_with_grads() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    model(torch.randn(4, 8)).sum().backward()
+    return model
+
+
+def test_fused_matches_the_per_parameter_loop() -> None:
+    model = model_with_grads()
+    fused = gradient_norms(model.named_parameters(), max_layers=2)
+    loop = gradient_norms_per_parameter_loop(model.named_parameters(), max_layers=2)
+    assert fused is not None and loop is not None
+    assert fused.total == pytest.approx(loop.total, rel=1e-6)
+    assert fused.max == pytest.approx(loop.max, rel=1e-6)
+    assert fused.min == pytest.approx(loop.min, rel=1e-6)
+    assert list(fused.layers) == ["0.weight", "0.bias"]  # bounded, in module order
+    assert fused.layers == pytest.approx(loop.layers, rel=1e-6)
+    expected = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert fused.total == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_parameters_without_gradient_are_skipped() -> None:
+    model = model_with_grads()
+    model[2].bias.grad = None
+    norms = gradient_norms(model.named_parameters())
+    assert norms is not None and "2.bias" not in norms.layers and len(norms.layers) == 3
+    for parameter in model.parameters():
+        parameter.grad = None
+    assert gradient_norms(model.named_parameters()) is None
+
+
+def test_mixed_precision_gradients() -> None:
+    half = nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    half.grad = torch.ones(3, dtype=torch.bfloat16)
+    full = nn.Parameter(torch.ones(4))
+    full.grad = torch.full((4,), 2.0)
+    norms = gradient_norms([("half", half), ("full", full)])
+    assert norms is not None
+    assert norms.max == pytest.approx(4.0) and norms.min == pytest.approx(math.sqrt(3), rel=1e-2)
+
+
+def test_nan_gradient_makes_every_summary_nan() -> None:
+    model = model_with_grads()
+    model[0].weight.grad[0, 0] = float("nan")
+    norms = gradient_norms(model.named_parameters())
+    assert norms is not None
+    assert math.isnan(norms.total) and math.isnan(norms.max) and math.isnan(norms.min)
+    assert math.isnan(norms.layers["0.weight"]) and math.isfinite(norms.layers["0.bias"])
