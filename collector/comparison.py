@@ -143,7 +143,7 @@ def compare_from_influx(
     settings: Settings, run_ids: Sequence[str], metric: str, *, now: datetime | None = None
 ) -> Comparison:
     wanted = queries.string_list(run_ids)
-    start, stop = queries.all_time(now)
+    start, stop = queries.runs_window(wanted, now)
     window = {"start": start, "stop": stop, "run_ids": wanted}
     found = queries.run_query(
         settings, queries.RUNS, {**window, "experiment": "", "training_mode": ""}

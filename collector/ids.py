@@ -24,3 +24,10 @@ def new_run_id(now: datetime | None = None) -> str:
 
 def is_run_id(text: str) -> bool:
     return bool(_RUN_ID_RE.match(text))
+
+
+def run_started_at(run_id: str) -> datetime | None:
+    """The UTC start time a run_id begins with (None when ``run_id`` is not one of ours)."""
+    if not is_run_id(run_id):
+        return None
+    return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

@@ -31,6 +31,7 @@ from typing import Any
 
 from collector.config import Settings, mask_url
 from collector.errors import ConfigError, RunwatchError
+from collector.ids import run_started_at
 
 # Column a best/last summary calls the compared metric after pivoting it out of ``_field``.
 VALUE_COLUMN = "value"
@@ -369,6 +370,18 @@ def all_time(now: datetime | None = None) -> tuple[datetime, datetime]:
     skew between the trainer and InfluxDB)."""
     moment = now if now is not None else datetime.now(UTC)
     return datetime(1970, 1, 1, tzinfo=UTC), moment + timedelta(minutes=1)
+
+
+def runs_window(run_ids: Sequence[str], now: datetime | None = None) -> tuple[datetime, datetime]:
+    """``(start, stop)`` from the earliest of the runs' start times (a run_id begins with it;
+    a day earlier, for clock skew), so InfluxDB scans only the shards that can hold them.
+    Falls back to :func:`all_time` when one of the ids is not a runwatch run_id."""
+    start, stop = all_time(now)
+    started = [run_started_at(run_id) for run_id in run_ids]
+    if not started or any(moment is None for moment in started):
+        return start, stop
+    earliest = min(moment for moment in started if moment is not None)
+    return max(start, earliest - timedelta(days=1)), stop
 
 
 # -- running -------------------------------------------------------------------------------

@@ -200,8 +200,10 @@ _MEASUREMENT_LIST: tuple[Measurement, ...] = (
     ),
     Measurement(
         M_BATCH,
-        "Training batch metrics, sampled every N batches.",
+        "Training batch metrics, sampled every N batches; any step-level user metric is "
+        "accepted (``train_`` prefix removed, normalised name).",
         fields=(LOSS, ACC, RECALL, F1, SAMPLES_PER_S, STEP, EPOCH, BATCH_IDX),
+        open_fields=True,
     ),
     Measurement(
         M_GRADIENT,

@@ -37,12 +37,11 @@ from collector.flower.server import (
 )
 
 if TYPE_CHECKING:
-    from collector.flower.client import ClientRunSession, ClientTelemetry
+    from collector.flower.client import ClientTelemetry
 
 __all__ = [
     "RECORD_NAME",
     "ClientReport",
-    "ClientRunSession",
     "ClientTelemetry",
     "FederatedRun",
     "RunNote",
@@ -56,7 +55,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ClientTelemetry", "ClientRunSession"):
+    if name == "ClientTelemetry":
         from collector.flower import client
 
         return getattr(client, name)

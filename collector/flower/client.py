@@ -55,14 +55,6 @@ from collector.lightning.callbacks import (
 )
 
 
-class ClientRunSession(RunSession):
-    """A run session inside a ClientApp: recorder only, never the relational database."""
-
-    def _start_store(self) -> None:
-        # Clients may run on other machines; the ServerApp process owns the run's records.
-        return
-
-
 class ClientTelemetry:
     """Telemetry of one ClientApp call: one client, one round of the server's run."""
 
@@ -78,13 +70,15 @@ class ClientTelemetry:
     ) -> None:
         self.note = note
         self.client_id = client_id
-        self.session = ClientRunSession(
+        # Clients may run on other machines: the ServerApp process owns the run's records.
+        self.session = RunSession(
             note.experiment,
             settings=settings,
             mode=schema.MODE_FEDERATED,
             run_id=note.run_id,
             prometheus=False,
             tags={schema.CLIENT_ID: client_id, schema.ROUND: str(note.round_number)},
+            use_store=False,
         )
         parts: list[SessionCallback] = [
             EpochMetricsCallback(self.session, persist=False),

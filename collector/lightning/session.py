@@ -130,7 +130,10 @@ class RunSession:
         prometheus: bool = True,
         heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
         tags: Mapping[str, str] | None = None,
+        use_store: bool = True,
     ) -> None:
+        """``use_store=False``: points only, no run row (a Flower client on another machine,
+        whose server owns the run's records); ``tags`` go on every point of the run."""
         self.experiment = experiment
         self.mode = mode
         self.run_id = run_id or new_run_id()
@@ -141,6 +144,7 @@ class RunSession:
         self._store = store
         self._owns_store = store is None
         self._want_prometheus = prometheus
+        self._use_store = use_store
         self._heartbeat_interval_s = heartbeat_interval_s
         self._recorder: Recorder | None = None
         self._exporter: PrometheusExporter | None = None
@@ -212,6 +216,8 @@ class RunSession:
         return True
 
     def _start_store(self) -> None:
+        if not self._use_store:
+            return
         try:
             if self._store is None:
                 from collector.store import Store

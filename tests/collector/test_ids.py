@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from collector.ids import is_run_id, new_run_id
+from collector.ids import is_run_id, new_run_id, run_started_at
 
 
 def test_run_ids_are_unique_and_well_formed() -> None:
@@ -27,3 +27,9 @@ def test_is_run_id_rejects_hostile_text() -> None:
         "20260101T000000Z-ABCDEFGHJK",
     ):
         assert not is_run_id(text)
+
+
+def test_run_started_at_reads_the_time_prefix() -> None:
+    start = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert run_started_at(new_run_id(start)) == start
+    assert run_started_at("my-own-run") is None

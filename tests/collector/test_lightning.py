@@ -285,6 +285,31 @@ def test_boring_model_trains_with_logger_and_callbacks(settings: Settings, store
     assert store.get_run(run_id).status == "completed"
 
 
+class LogsItsOwnStepMetric(BoringModel):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        output = super().training_step(batch, batch_idx)
+        self.log("train/grad_penalty", 0.25 + batch_idx, on_step=True, on_epoch=False)
+        return output
+
+
+def test_user_step_metrics_reach_the_batch_points(settings: Settings) -> None:
+    logger, callbacks = runwatch_telemetry(
+        "own-metric", settings=settings, batch_every_n=2, gradient_every_n=0, prometheus=False
+    )
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=6,
+        limit_val_batches=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(LogsItsOwnStepMetric())
+    batches = of(read_points(settings, logger.version), "batch")
+    assert [p.fields["batch_idx"] for p in batches] == [0.0, 2.0, 4.0]
+    assert [p.fields.get("grad_penalty") for p in batches] == [0.25, 2.25, 4.25]
+
+
 # -- a loss that turns NaN -------------------------------------------------------------------------
 
 

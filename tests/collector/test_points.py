@@ -147,10 +147,10 @@ def test_invalid_input_is_dropped_counted_and_warned_once(caplog: pytest.LogCapt
     for _ in range(5):
         assert builder.build("nope", {"x": 1.0}, None, NS)[0] is None
         line, _, _ = builder.build(
-            "batch", {"loss": "high", "mystery": 1.0, "": 2.0, "step": 1}, None, NS
+            "gradient", {"total_norm": "high", "mystery": 1.0, "": 2.0, "step": 1}, None, NS
         )
         assert line is not None and " step=1.0 " in line
-        assert builder.build("batch", {}, None, NS)[0] is None
+        assert builder.build("gradient", {}, None, NS)[0] is None
     problems = builder.problems
     assert problems.dropped_points == 10
     assert problems.dropped_fields == 15

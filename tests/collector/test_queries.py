@@ -14,6 +14,7 @@ import pytest
 from collector import schema
 from collector.config import Settings
 from collector.errors import ConfigError, RunwatchError
+from collector.ids import new_run_id
 from collector.queries import (
     GRADIENT_HEALTH,
     METRIC_SUMMARY,
@@ -24,6 +25,7 @@ from collector.queries import (
     all_time,
     rows_by,
     run_query,
+    runs_window,
     string_list,
 )
 from tests.flux.checker import FluxChecker, params_prelude
@@ -170,6 +172,15 @@ def test_small_helpers() -> None:
     assert start == datetime(1970, 1, 1, tzinfo=UTC)
     assert stop == datetime(2024, 5, 1, tzinfo=UTC) + timedelta(minutes=1)
     assert rows_by([{"k": "a", "v": 1}, {"k": None}], "k") == {"a": {"k": "a", "v": 1}}
+
+
+def test_runs_window_starts_a_day_before_the_earliest_run() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    early, late = datetime(2026, 2, 1, 12, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC)
+    start, stop = runs_window([new_run_id(late), new_run_id(early)], now)
+    assert (start, stop) == (early - timedelta(days=1), now + timedelta(minutes=1))
+    # a name that is not a runwatch run_id carries no time: every point is searched
+    assert runs_window([new_run_id(late), "imported-run"], now) == all_time(now)
 
 
 # -- what goes over the wire -------------------------------------------------------------

@@ -75,12 +75,12 @@ def test_base_and_common_tags() -> None:
     assert schema.MODES == ("centralized", "federated")
 
 
-def test_epoch_fields_are_open_the_others_fixed() -> None:
-    epoch = schema.MEASUREMENTS["epoch"]
-    assert epoch.accepts_field("my_custom_metric")
-    batch = schema.MEASUREMENTS["batch"]
-    assert batch.accepts_field("loss")
-    assert not batch.accepts_field("my_custom_metric")
+def test_epoch_and_batch_fields_are_open_the_others_fixed() -> None:
+    for name in ("epoch", "batch"):  # users log their own epoch- and step-level metrics
+        assert schema.MEASUREMENTS[name].accepts_field("my_custom_metric")
+    gradient = schema.MEASUREMENTS["gradient"]
+    assert gradient.accepts_field("total_norm")
+    assert not gradient.accepts_field("my_custom_metric")
     client_round = schema.MEASUREMENTS["client_round"]
     assert client_round.accepts_field("val_specificity")
     assert not client_round.accepts_field("specificity")
