@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # `torch` requirement from pulling a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean dashboards
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check collector trainer
+	$(PY) -m ruff format --check collector trainer grafana
 
 typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy
@@ -37,6 +37,10 @@ test: lint typecheck
 
 unit: $(VENV)/.installed-dev
 	$(PY) -m pytest -m "not integration"
+
+# Regenerates grafana/dashboards/*.json and grafana/provisioning/alerting/*.yml from grafana/.
+dashboards: $(VENV)/.installed-dev
+	$(PY) -m grafana.generate
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m pip install -q -e '.[bench]'
