@@ -24,6 +24,7 @@ from collector.comparison import (
 )
 from collector.config import Settings
 from collector.errors import ConfigError
+from collector.schema import MODE_FEDERATED
 from collector.store import Store
 
 COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "EPOCHS", "BEST", "BEST EPOCH", "LAST", "LAST EPOCH")
@@ -84,6 +85,11 @@ def print_comparison(comparison: Comparison) -> None:
         print(
             f"\nbest: {best.run_id} ({comparison.metric}={_number(best.best_value)} "
             f"at epoch {best.best_epoch})"
+        )
+    if any(row.mode == MODE_FEDERATED and not row.epochs for row in comparison.rows):
+        print(
+            "note: federated runs record rounds, not epochs of their own: compare them per "
+            "round (docs/recipes.md, collector.queries.ROUND_COMPARISON)"
         )
 
 

@@ -12,6 +12,7 @@ GPU no unsampled step waits for the device.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import socket
@@ -34,6 +35,7 @@ from collector.lightning.session import (
     PHASE_TRAIN_STEP,
     RunSession,
 )
+from collector.points import normalise_name
 
 DEFAULT_BATCH_EVERY_N = 10
 DEFAULT_GRADIENT_EVERY_N = 20
@@ -303,9 +305,9 @@ class BatchMetricsCallback(SessionCallback):
     def _metric_fields(trainer: pl.Trainer, outputs: Any) -> dict[str, float]:
         tensors: dict[str, torch.Tensor] = {}
         for name, value in trainer.callback_metrics.items():
-            base, level = split_level(name)
-            if level != "epoch" and base.startswith("train_") and isinstance(value, torch.Tensor):
-                tensors[base[6:]] = value
+            field = _train_step_field(name)
+            if field and isinstance(value, torch.Tensor):
+                tensors[field] = value
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
             tensors["loss"] = loss
@@ -322,6 +324,16 @@ class BatchMetricsCallback(SessionCallback):
                 [t.detach().reshape(()).to(values[0].device, torch.float32) for t in values]
             )
         return dict(zip(scalars, stacked.tolist(), strict=True))  # one sync per sample
+
+
+@functools.lru_cache(maxsize=1024)
+def _train_step_field(name: str) -> str:
+    """``train_acc``, ``train/acc_step`` -> ``acc``; "" for epoch-level or non-train names."""
+    base, level = split_level(name)
+    normalised = normalise_name(base) or ""
+    if level == "epoch" or not normalised.startswith("train_"):
+        return ""
+    return normalised.removeprefix("train_")
 
 
 # -- gradients ---------------------------------------------------------------------------

@@ -153,10 +153,9 @@ class RunwatchLogger(Logger):
             elif name not in self._unfiled:
                 self._unfiled.add(name)
                 log.warning(
-                    "runwatch: %r is logged per step but the batch measurement has no field "
-                    "for it (known: %s); log it with on_epoch=True to record it",
+                    "runwatch: %r is an evaluation metric logged per step; batch points hold "
+                    "training steps only: log it with on_epoch=True to record it",
                     name,
-                    ", ".join(_BATCH.fields),
                 )
         return fields
 
@@ -210,11 +209,14 @@ class RunwatchLogger(Logger):
 
 
 def _batch_field(name: str) -> str:
-    """The batch field a step-level metric name maps to, or "" when there is none."""
+    """The batch field a step-level metric name maps to (``train_loss(_step)`` -> ``loss``),
+    or "" for an evaluation metric logged per step: batch points are training batches."""
     base = normalise_name(split_level(name)[0]) or ""
-    for candidate in (base, base.removeprefix("train_")):
-        if candidate and candidate not in _BATCH_OWN_FIELDS and _BATCH.accepts_field(candidate):
-            return candidate
+    if base.startswith(_EVAL_PREFIXES):
+        return ""
+    candidate = base.removeprefix("train_")
+    if candidate and candidate not in _BATCH_OWN_FIELDS and _BATCH.accepts_field(candidate):
+        return candidate
     return ""
 
 

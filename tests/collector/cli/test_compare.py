@@ -318,3 +318,15 @@ def test_influx_failure_is_one_line(
     )
     line = error_line(capsys, "run-a")
     assert line == "runwatch: error: InfluxDB query runs failed (HTTP 401): unauthorized access"
+
+
+def test_federated_run_without_epochs_points_to_round_comparison(
+    store: Store, three_runs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    federated_id = store.create_run("fed", "federated")
+    assert main(["compare", three_runs[0], "--source", "sql"]) == 0
+    assert "note: federated runs" not in capsys.readouterr().out
+    assert main(["compare", three_runs[0], federated_id, "--source", "sql"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"{federated_id}\s+fed\s+federated\s+0\s", out)
+    assert "note: federated runs record rounds" in out
