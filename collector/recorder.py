@@ -15,8 +15,10 @@ thread (``collector.shipper``) posts the spool to InfluxDB; the training thread 
 on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
 
-Observers (the Prometheus exporter) see each point's finite, normalised fields synchronously
-on the recording thread; an observer that raises is logged once and otherwise ignored.
+Observers (the Prometheus exporter) see each point's finite, normalised fields (and
+``<field>_nonfinite`` flags) synchronously on the recording thread; an observer that raises is
+logged once and otherwise ignored. ``Recorder(..., prometheus=True)`` starts the exporter
+itself, so a plain training loop gets the live gauges too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Protocol, runtime_checkable
 from collector import schema
 from collector.config import Settings, load_settings
 from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
+from collector.prometheus import FINAL_SCRAPE_TIMEOUT_S, PrometheusExporter, start_exporter
 from collector.shipper import ShipperThread, ShipTuning, target_for
 from collector.spool import SpoolWriter
 
@@ -103,7 +106,11 @@ class Recorder:
         tags: Mapping[str, str] | None = None,
         observers: Sequence[PointObserver] = (),
         tuning: RecorderTuning | None = None,
+        prometheus: bool = False,
     ) -> None:
+        """``prometheus=True`` also serves the run's live gauges (``collector.prometheus``)
+        on ``RUNWATCH_PROMETHEUS_ADDR:PORT`` unless the port is 0; the Lightning and Flower
+        adapters run their own exporter and leave this off."""
         if not run_id:
             raise ValueError("run_id must be a non-empty string")
         if not experiment:
@@ -131,8 +138,11 @@ class Recorder:
         self._flush_lines = self.tuning.flush_lines
         self.base_tags: Mapping[str, str] = self._builder.base_tags
         self._observers = list(observers)
-        self._observe = bool(self._observers)
         self._broken_observers: set[int] = set()
+        self.exporter: PrometheusExporter | None = self._start_exporter() if prometheus else None
+        if self.exporter is not None:
+            self._observers.append(self.exporter)
+        self._observe = bool(self._observers)
         self._pending: deque[str] = deque()
         self._write_lock = threading.Lock()
         self._last_ns = 0
@@ -307,9 +317,11 @@ class Recorder:
         except Exception as exc:
             self._fail(f"flush failed: {type(exc).__name__}: {exc}")
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, *, status: str = "completed") -> None:
         """Flush, fsync, then ship for at most ``timeout`` seconds; what is left stays in the
-        spool for ``runwatch sync``. Idempotent; never raises."""
+        spool for ``runwatch sync``. An exporter started by the recorder reports ``status``
+        (``completed`` or ``failed``), waits for Prometheus to scrape it, and stops.
+        Idempotent; never raises."""
         with self._close_lock:
             if self._closed:
                 return
@@ -339,6 +351,7 @@ class Recorder:
                     self._writer.close()
                 except OSError as exc:
                     self._fail(f"spool close failed: {exc}")
+        self._stop_exporter(status, final_scrape_timeout_s=min(timeout, FINAL_SCRAPE_TIMEOUT_S))
 
     @property
     def closed(self) -> bool:
@@ -379,7 +392,26 @@ class Recorder:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(status="completed" if exc_type is None else "failed")
+
+    def _start_exporter(self) -> PrometheusExporter | None:
+        try:
+            return start_exporter(
+                self.settings, self.run_id, experiment=self.experiment, mode=self.mode
+            )
+        except Exception as exc:
+            self._fail(f"Prometheus exporter not started: {type(exc).__name__}: {exc}")
+            return None
+
+    def _stop_exporter(self, status: str, *, final_scrape_timeout_s: float) -> None:
+        exporter = self.exporter
+        if exporter is None:
+            return
+        try:
+            exporter.set_status(status)
+            exporter.stop(final_scrape_timeout_s=final_scrape_timeout_s)
+        except Exception as exc:
+            self._fail(f"Prometheus exporter stop failed: {type(exc).__name__}: {exc}")
 
     def __repr__(self) -> str:
         return (

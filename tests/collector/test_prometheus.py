@@ -6,6 +6,8 @@ import logging
 import math
 import socket
 import subprocess
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -260,3 +262,59 @@ def test_step_duration_buckets(exporter: PrometheusExporter) -> None:
     assert value(exporter, bucket, le="30.0") == 3.0
     assert value(exporter, bucket, le="+Inf") == 4.0
     assert value(exporter, prom.STEP_DURATION + "_sum") == pytest.approx(50.0044)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def status_line(status: str, run_id: str) -> str:
+    return f'{prom.RUN_STATUS}{{run_id="{run_id}",status="{status}"}} 1.0'
+
+
+def test_a_scraped_exporter_waits_for_the_final_scrape_before_stopping(
+    exporter: PrometheusExporter,
+) -> None:
+    port = free_port()
+    assert exporter.start_http_server("127.0.0.1", port)
+    assert status_line("in_progress", "run-1") in scrape(port)
+    exporter.set_status("completed")
+    stopper = threading.Thread(target=exporter.stop, kwargs={"final_scrape_timeout_s": 30.0})
+    stopper.start()
+    time.sleep(0.3)
+    assert stopper.is_alive()  # still serving: Prometheus has not seen the final status yet
+    assert status_line("completed", "run-1") in scrape(port)
+    stopper.join(timeout=10)
+    assert not stopper.is_alive() and not exporter.serving
+    with pytest.raises(OSError):
+        scrape(port)
+
+
+def test_a_never_scraped_exporter_stops_at_once(exporter: PrometheusExporter) -> None:
+    assert exporter.start_http_server("127.0.0.1", free_port())
+    started = time.monotonic()
+    exporter.stop(final_scrape_timeout_s=30.0)
+    assert time.monotonic() - started < 5.0 and not exporter.serving
+
+
+def test_recorder_started_exporter_serves_the_run_and_reports_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    settings = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": str(port)}, dotenv=None
+    )
+    rec = Recorder("run-own", experiment="e", settings=settings, prometheus=True)
+    with pytest.raises(RuntimeError, match="training bug"), rec:
+        assert rec.exporter is not None and rec.exporter.port == port
+        assert rec.exporter.serving
+        rec.record("batch", {"loss": 0.75, "step": 3})
+        assert value(rec.exporter, prom.TRAIN_LOSS) == 0.75
+        raise RuntimeError("training bug")
+    assert rec.exporter is not None and not rec.exporter.serving
+    assert value(rec.exporter, prom.RUN_STATUS, status="failed") == 1.0
+
+    disabled = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": "0"}, dotenv=None
+    )
+    with Recorder("run-off", experiment="e", settings=disabled, prometheus=True) as rec:
+        assert rec.exporter is None
