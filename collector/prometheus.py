@@ -103,6 +103,8 @@ _SOURCE_SERVER = "server"
 Setter = Callable[[float], None]
 
 
+_MAX_PENDING_DURATIONS = 4_096
+
 #: When a run ends, its exporter waits at most this long for one more scrape, so Prometheus
 #: records the final status before the target disappears (the shipped scrape interval is 15 s).
 FINAL_SCRAPE_TIMEOUT_S = 20.0
@@ -180,6 +182,15 @@ class _StepCollector(Collector):
             self.samples += samples
         if duration_s is not None:
             self._durations.append(duration_s)
+            # Nobody scraping: fold the backlog into the buckets now and then, so memory stays
+            # bounded (a busy collect() holds the lock: skip, it drains them anyway).
+            if len(self._durations) > _MAX_PENDING_DURATIONS and self._collect_lock.acquire(
+                blocking=False
+            ):
+                try:
+                    self._drain_durations()
+                finally:
+                    self._collect_lock.release()
         self.last_step_time = time.time()
 
     def _drain_durations(self) -> None:
