@@ -2,9 +2,15 @@
 
 A row per run: run_id, experiment, mode, how many epochs carry the metric, the best value and
 its epoch, the last value and its epoch. "Best" is the smallest value for a metric whose name
-ends in ``loss`` and the largest otherwise; the earliest epoch wins a tie. Both sources read
-client-less epoch metrics (the store's ``epoch_end`` rows, InfluxDB's ``epoch`` points), so a
-run without that metric is listed with zero epochs and no values.
+ends in ``loss`` and the largest otherwise; the earliest epoch wins a tie. A run without that
+metric is listed with zero epochs and no values.
+
+- Centralized runs: client-less epoch metrics (the store's ``epoch_end`` rows, InfluxDB's
+  ``epoch`` points).
+- Federated runs have no epochs of their own: their rows count rounds (``unit`` = "round") of
+  the clients' weighted aggregate of an evaluation metric (``val_loss``, ``val_recall``...: the
+  store's ``aggregated`` rows, InfluxDB's ``round`` points with source=aggregated, whose field
+  is the metric without its prefix, see :func:`collector.schema.evaluation_field`).
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from collector import queries
+from collector import queries, schema
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError, UnknownRunError
-from collector.store import Store
+from collector.store import MetricRecord, Store
 
 SOURCE_SQL = "sql"
 SOURCE_INFLUX = "influx"
 SOURCES = (SOURCE_INFLUX, SOURCE_SQL)
 DEFAULT_METRIC = "val_loss"
 EPOCH_CONTEXT = "epoch_end"
+AGGREGATED_CONTEXT = "aggregated"
+UNIT_EPOCH = "epoch"
+UNIT_ROUND = "round"
 
 
 class UnknownRunsError(RunwatchError):
@@ -62,10 +71,14 @@ class ComparisonRow:
     best_epoch: int | None
     last_value: float | None
     last_epoch: int | None
+    unit: str = UNIT_EPOCH
+    """What ``epochs``, ``best_epoch`` and ``last_epoch`` count: "epoch", or "round" for a
+    federated run."""
 
     @classmethod
     def of(cls, run_id: str, experiment: str, mode: str, summary: MetricSummary) -> ComparisonRow:
-        return cls(run_id, experiment, mode, **asdict(summary))
+        unit = UNIT_ROUND if mode == schema.MODE_FEDERATED else UNIT_EPOCH
+        return cls(run_id, experiment, mode, **asdict(summary), unit=unit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,11 +142,19 @@ def compare_from_store(store: Store, run_ids: Sequence[str], metric: str) -> Com
     for run_id, run in runs.items():
         points = [
             (record.step, record.value)
-            for record in store.metrics_by_context(run_id, EPOCH_CONTEXT)
+            for record in _store_records(store, run_id, run.mode, metric)
             if record.name == metric and record.client_id is None
         ]
         rows.append(ComparisonRow.of(run_id, run.experiment, run.mode, summarize(points, higher)))
     return Comparison(metric, higher, SOURCE_SQL, tuple(rows))
+
+
+def _store_records(store: Store, run_id: str, mode: str, metric: str) -> list[MetricRecord]:
+    if mode != schema.MODE_FEDERATED:
+        return store.metrics_by_context(run_id, EPOCH_CONTEXT)
+    if schema.evaluation_field(metric) is None:
+        return []  # as in InfluxDB: only evaluation metrics are aggregated into round points
+    return store.metrics_by_context(run_id, AGGREGATED_CONTEXT)
 
 
 # -- InfluxDB ------------------------------------------------------------------------------
@@ -165,6 +186,18 @@ def compare_from_influx(
         ),
         "run_id",
     )
+    federated = [r for r in wanted if runs[r]["mode"] == schema.MODE_FEDERATED]
+    round_field = schema.evaluation_field(metric)
+    if federated and round_field is not None:
+        round_summaries = queries.rows_by(
+            queries.run_query(
+                settings,
+                queries.ROUND_SUMMARY,
+                {**window, "run_ids": federated, "metric": round_field, "higher_is_better": higher},
+            ),
+            "run_id",
+        )
+        summaries = {**summaries, **{r: round_summaries.get(r, {}) for r in federated}}
     rows = tuple(
         ComparisonRow.of(
             run_id,

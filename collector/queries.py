@@ -167,13 +167,8 @@ from(bucket: bucket)
     |> filter(fn: (r) => exists r.epoch and exists r.value)
 """
 
-METRIC_SUMMARY = FluxQuery(
-    name="metric_summary",
-    description="Per run: epochs with a value of the metric, the best value and its epoch "
-    "(higher_is_better picks max or min; the earliest epoch wins a tie), the last value and "
-    "its epoch.",
-    flux=_EPOCH_VALUES
-    + """\
+# Best and last of the "value" column in "epoch" order, per run (shared by the summaries).
+_BEST_AND_LAST = """\
     |> sort(columns: ["epoch", "_time"])
     |> reduce(
         identity: {epochs: 0, best_value: 0.0, best_epoch: 0.0, last_value: 0.0, last_epoch: 0.0},
@@ -194,14 +189,49 @@ METRIC_SUMMARY = FluxQuery(
         },
     )
     |> group()
-    |> yield(name: "metric_summary")
-""",
-    params=(
-        *_RANGE,
-        RUN_IDS,
-        METRIC,
-        QueryParam("higher_is_better", FluxType.BOOL, "true: the best value is the largest"),
-    ),
+"""
+
+HIGHER_IS_BETTER = QueryParam(
+    "higher_is_better", FluxType.BOOL, "true: the best value is the largest"
+)
+
+METRIC_SUMMARY = FluxQuery(
+    name="metric_summary",
+    description="Per run: epochs with a value of the metric, the best value and its epoch "
+    "(higher_is_better picks max or min; the earliest epoch wins a tie), the last value and "
+    "its epoch.",
+    flux=_EPOCH_VALUES + _BEST_AND_LAST + '    |> yield(name: "metric_summary")\n',
+    params=(*_RANGE, RUN_IDS, METRIC, HIGHER_IS_BETTER),
+)
+
+# The clients' weighted aggregate of federated runs, one row per round: the round number in
+# column "epoch" and the round field (loss, accuracy...) in column "value".
+_AGGREGATED_ROUND_VALUES = """\
+from(bucket: bucket)
+    |> range(start: start, stop: stop)
+    |> filter(fn: (r) => r._measurement == "round" and contains(value: r.run_id, set: run_ids))
+    |> filter(fn: (r) => r.source == "aggregated" and r._field == metric)
+    |> map(
+        fn: (r) =>
+            ({
+                run_id: r.run_id,
+                experiment: r.experiment,
+                mode: r.mode,
+                _time: r._time,
+                epoch: float(v: r.round),
+                value: r._value,
+            }),
+    )
+    |> group(columns: ["run_id", "experiment", "mode"])
+"""
+
+ROUND_SUMMARY = FluxQuery(
+    name="round_summary",
+    description="Federated runs: METRIC_SUMMARY over rounds of the clients' weighted aggregate "
+    "(a round field: loss, accuracy, recall...); epochs count rounds, best_epoch and last_epoch "
+    "are round numbers.",
+    flux=_AGGREGATED_ROUND_VALUES + _BEST_AND_LAST + '    |> yield(name: "round_summary")\n',
+    params=(*_RANGE, RUN_IDS, METRIC, HIGHER_IS_BETTER),
 )
 
 EPOCH_CURVES = FluxQuery(
@@ -355,6 +385,7 @@ QUERIES: Mapping[str, FluxQuery] = MappingProxyType(
         for q in (
             RUNS,
             METRIC_SUMMARY,
+            ROUND_SUMMARY,
             EPOCH_CURVES,
             ROUND_COMPARISON,
             CLIENT_SPREAD,

@@ -190,6 +190,31 @@ EPOCH_METRICS: tuple[str, ...] = (
     LR,
 )
 CONFUSION_FIELDS: tuple[str, ...] = (CM_TP, CM_TN, CM_FP, CM_FN)
+#: What an evaluation yields: ``round`` point fields and ``server_evaluations`` columns.
+EVALUATION_FIELDS: tuple[str, ...] = (
+    LOSS,
+    ACCURACY,
+    PRECISION,
+    RECALL,
+    F1,
+    AUROC,
+    *CONFUSION_FIELDS,
+)
+_EVALUATION_PREFIXES = ("val_", "test_", "server_", "eval_")
+_EVALUATION_ALIASES = {"acc": ACCURACY, "auc": AUROC, "f1_score": F1}
+
+
+def evaluation_field(metric_name: str) -> str | None:
+    """The evaluation field a metric fills (``test_acc`` -> ``accuracy``, ``val_cm_tp`` ->
+    ``cm_tp``), or None: its prefix (one of val_, test_, server_, eval_) and aliases dropped."""
+    name = metric_name
+    for prefix in _EVALUATION_PREFIXES:
+        if name.startswith(prefix):
+            name = name.removeprefix(prefix)
+            break
+    name = _EVALUATION_ALIASES.get(name, name)
+    return name if name in EVALUATION_FIELDS else None
+
 
 _MEASUREMENT_LIST: tuple[Measurement, ...] = (
     Measurement(

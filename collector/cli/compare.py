@@ -17,6 +17,7 @@ from collector.comparison import (
     SOURCE_INFLUX,
     SOURCE_SQL,
     SOURCES,
+    UNIT_ROUND,
     Comparison,
     ComparisonRow,
     compare_from_influx,
@@ -24,7 +25,6 @@ from collector.comparison import (
 )
 from collector.config import Settings
 from collector.errors import ConfigError
-from collector.schema import MODE_FEDERATED
 from collector.store import Store
 
 COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "EPOCHS", "BEST", "BEST EPOCH", "LAST", "LAST EPOCH")
@@ -84,12 +84,12 @@ def print_comparison(comparison: Comparison) -> None:
     else:
         print(
             f"\nbest: {best.run_id} ({comparison.metric}={_number(best.best_value)} "
-            f"at epoch {best.best_epoch})"
+            f"at {best.unit} {best.best_epoch})"
         )
-    if any(row.mode == MODE_FEDERATED and not row.epochs for row in comparison.rows):
+    if any(row.unit == UNIT_ROUND for row in comparison.rows):
         print(
-            "note: federated runs record rounds, not epochs of their own: compare them per "
-            "round (docs/recipes.md, collector.queries.ROUND_COMPARISON)"
+            "federated runs: their EPOCHS count rounds of the clients' weighted aggregate "
+            "(evaluation metrics only); per round, server against aggregate: docs/recipes.md"
         )
 
 

@@ -29,12 +29,8 @@ from collector.flower.protocol import (
     read_client_report,
     read_run_note,
 )
-from collector.flower.server import (
-    FederatedRun,
-    RunwatchStrategy,
-    evaluation_field,
-    round_fields,
-)
+from collector.flower.server import FederatedRun, RunwatchStrategy, round_fields
+from collector.schema import evaluation_field
 
 if TYPE_CHECKING:
     from collector.flower.client import ClientTelemetry

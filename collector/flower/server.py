@@ -50,34 +50,7 @@ PHASE_EVALUATE = "evaluate"
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 # Evaluation metric names as the `round` measurement spells them (``val_acc`` → ``accuracy``).
-_EVALUATION_PREFIXES = ("val_", "test_", "server_", "eval_")
-_EVALUATION_ALIASES = {"acc": schema.ACCURACY, "auc": schema.AUROC, "f1_score": schema.F1}
-_ROUND_FIELDS = frozenset(schema.MEASUREMENTS[schema.M_ROUND].fields)
 _CLIENT_ROUND = schema.MEASUREMENTS[schema.M_CLIENT_ROUND]
-
-
-def evaluation_field(metric_name: str) -> str | None:
-    """The ``round`` field a metric fills (``test_acc`` → ``accuracy``), or None."""
-    name = metric_name
-    for prefix in _EVALUATION_PREFIXES:
-        if name.startswith(prefix):
-            name = name.removeprefix(prefix)
-            break
-    name = _EVALUATION_ALIASES.get(name, name)
-    return name if name in _ROUND_FIELDS and name in _EVALUATED else None
-
-
-_EVALUATED = frozenset(
-    {
-        schema.LOSS,
-        schema.ACCURACY,
-        schema.PRECISION,
-        schema.RECALL,
-        schema.F1,
-        schema.AUROC,
-        *schema.CONFUSION_FIELDS,
-    }
-)
 
 
 def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -95,7 +68,7 @@ def round_fields(metrics: Mapping[str, float]) -> dict[str, float]:
     """Evaluation metrics as ``round`` point fields; names it does not know are left out."""
     fields: dict[str, float] = {}
     for name, value in metrics.items():
-        target = evaluation_field(name)
+        target = schema.evaluation_field(name)
         if target is not None:
             fields.setdefault(target, value)
     return fields
@@ -721,7 +694,7 @@ def _summed_confusion_counts(
     aggregate: Mapping[str, float], replies: list[Message]
 ) -> dict[str, float]:
     """For each confusion-matrix metric in the aggregate, the sum over the valid replies."""
-    names = [n for n in aggregate if evaluation_field(n) in schema.CONFUSION_FIELDS]
+    names = [n for n in aggregate if schema.evaluation_field(n) in schema.CONFUSION_FIELDS]
     valid = [_reply_metrics(r) for r in replies if not r.has_error()]
     sums: dict[str, float] = {}
     for name in names:

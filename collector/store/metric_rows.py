@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from collector import schema
 from collector.store.values import FiniteValues, as_step, dataset_type
 
 # Keys of an epoch mapping that say where the values belong, not what was measured.
@@ -127,20 +128,12 @@ def cm_metric_names() -> list[str]:
     return [prefix + key for prefix in CM_PREFIXES for key in (*CM_KEYS, "auroc")]
 
 
-SERVER_EVALUATION_COLUMNS = ("loss", "accuracy", "precision", "recall", "f1", "auroc", *CM_KEYS)
-_EVALUATION_PREFIXES = ("server_", "eval_", "val_", "test_")
-_EVALUATION_ALIASES = {"acc": "accuracy", "auc": "auroc", "f1_score": "f1"}
+SERVER_EVALUATION_COLUMNS = schema.EVALUATION_FIELDS
 
 
 def server_evaluation_column(metric_name: str) -> str | None:
     """The server_evaluations column a metric fills: ``server_cm_tp`` → ``cm_tp``."""
-    name = metric_name
-    for prefix in _EVALUATION_PREFIXES:
-        if name.startswith(prefix):
-            name = name.removeprefix(prefix)
-            break
-    name = _EVALUATION_ALIASES.get(name, name)
-    return name if name in SERVER_EVALUATION_COLUMNS else None
+    return schema.evaluation_field(metric_name)
 
 
 def server_evaluation_fields(finite: Mapping[str, float]) -> dict[str, float]:

@@ -123,6 +123,7 @@ def test_every_query_has_a_description_and_typed_unique_params() -> None:
     assert set(QUERIES) == {
         "runs",
         "metric_summary",
+        "round_summary",
         "epoch_curves",
         "round_comparison",
         "client_spread",

@@ -117,3 +117,11 @@ def test_describe_is_json_and_complete() -> None:
 def test_measurements_cannot_be_changed() -> None:
     with pytest.raises(TypeError):
         schema.MEASUREMENTS["new"] = schema.MEASUREMENTS["epoch"]  # type: ignore[index]
+
+
+def test_evaluation_fields_are_round_fields() -> None:
+    assert set(schema.EVALUATION_FIELDS) <= set(schema.MEASUREMENTS["round"].fields)
+    assert schema.evaluation_field("val_loss") == "loss"
+    assert schema.evaluation_field("test_acc") == "accuracy"
+    assert schema.evaluation_field("server_cm_tp") == "cm_tp"
+    assert schema.evaluation_field("train_loss") is None

@@ -16,7 +16,7 @@ import pytest
 
 from collector.cli import main
 from collector.config import load_settings
-from collector.queries import METRIC_SUMMARY, RUNS
+from collector.queries import METRIC_SUMMARY, ROUND_SUMMARY, RUNS
 from collector.store import Store
 from tests.servers.influx_query import InfluxQueryServer
 
@@ -320,13 +320,89 @@ def test_influx_failure_is_one_line(
     assert line == "runwatch: error: InfluxDB query runs failed (HTTP 401): unauthorized access"
 
 
-def test_federated_run_without_epochs_points_to_round_comparison(
-    store: Store, three_runs: list[str], capsys: pytest.CaptureFixture[str]
+# -- federated runs: rounds of the clients' weighted aggregate ---------------------------------
+
+# Aggregated client metrics per round (the store keeps them as "aggregated" rows).
+FEDERATED_ROUNDS = {
+    1: {"val_loss": 0.7, "val_recall": 0.4, "train_loss": 0.9},
+    2: {"val_loss": 0.3, "val_recall": 0.8, "train_loss": 0.5},
+    3: {"val_loss": 0.45, "val_recall": 0.8, "train_loss": 0.4},
+}
+
+
+@pytest.fixture
+def federated_run(store: Store) -> str:
+    run_id = store.create_run("fed", "federated")
+    for number, metrics in FEDERATED_ROUNDS.items():
+        store.record_round(run_id, number, aggregated_metrics=metrics, num_clients=2)
+    # A client's own epoch history must not count as the run's rounds.
+    store.persist_epoch_metrics(run_id, [{"epoch": 0, "val_loss": 0.01}], client_id="c1")
+    store.complete_run(run_id)
+    return run_id
+
+
+def test_sql_federated_rows_count_rounds_of_the_aggregate(
+    three_runs: list[str], federated_run: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    federated_id = store.create_run("fed", "federated")
-    assert main(["compare", three_runs[0], "--source", "sql"]) == 0
-    assert "note: federated runs" not in capsys.readouterr().out
-    assert main(["compare", three_runs[0], federated_id, "--source", "sql"]) == 0
+    document = compare_json(capsys, three_runs[0], federated_run, "--source", "sql")
+    centralized, federated = document["runs"]
+    assert centralized["unit"] == "epoch" and federated["unit"] == "round"
+    assert {k: federated[k] for k in EXPECTED_FEDERATED_VAL_LOSS} == EXPECTED_FEDERATED_VAL_LOSS
+    recall = compare_json(capsys, federated_run, "--metric", "val_recall")["runs"][0]
+    assert (recall["best_value"], recall["best_epoch"], recall["last_epoch"]) == (0.8, 2, 3)
+    # train_loss is no evaluation metric: InfluxDB's round points do not carry it either
+    assert compare_json(capsys, federated_run, "--metric", "train_loss")["runs"][0]["epochs"] == 0
+
+    assert main(["compare", three_runs[0], federated_run, "--source", "sql"]) == 0
     out = capsys.readouterr().out
-    assert re.search(rf"{federated_id}\s+fed\s+federated\s+0\s", out)
-    assert "note: federated runs record rounds" in out
+    assert re.search(rf"{federated_run}\s+fed\s+federated\s+3\s+0\.3\s+2\s+0\.45\s+3", out)
+    assert "federated runs: their EPOCHS count rounds" in out
+    assert f"best: {federated_run} (val_loss=0.3 at round 2)" in out
+
+
+EXPECTED_FEDERATED_VAL_LOSS = {
+    "epochs": 3,
+    "best_value": 0.3,
+    "best_epoch": 2,
+    "last_value": 0.45,
+    "last_epoch": 3,
+}
+
+
+def test_influx_federated_rows_read_the_aggregated_round_points(
+    three_runs: list[str],
+    federated_run: str,
+    influx_env: InfluxQueryServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    long_id, short_id, _ = three_runs
+    answer_runs(
+        influx_env,
+        [
+            (long_id, "baseline", "centralized"),
+            (short_id, "wider", "centralized"),
+            (federated_run, "fed", "federated"),
+        ],
+    )
+    answer_val_loss_summary(influx_env, long_id, short_id)
+    round_row = {
+        "run_id": federated_run,
+        "experiment": "fed",
+        "mode": "federated",
+        **{k: float(v) for k, v in EXPECTED_FEDERATED_VAL_LOSS.items() if k != "epochs"},
+        "epochs": 3,
+    }
+    influx_env.answer(ROUND_SUMMARY.flux, [[round_row]], result="round_summary")
+
+    wanted = [long_id, short_id, federated_run]
+    from_influx = compare_json(capsys, *wanted)
+    from_sql = compare_json(capsys, *wanted, "--source", "sql")
+    assert {**from_influx, "source": "sql"} == from_sql
+    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
+        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
+
+    _, _, round_request = influx_env.requests
+    assert round_request.query == ROUND_SUMMARY.flux
+    options = round_request.extern_options
+    assert [e["value"] for e in options["run_ids"]["elements"]] == [federated_run]
+    assert options["metric"] == {"type": "StringLiteral", "value": "loss"}  # the round field
