@@ -35,7 +35,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -404,3 +404,41 @@ def backlog(spool_dir: Path) -> list[Backlog]:
         live = any(is_live(i.stream) for i in items)
         result.append(Backlog(run_id, unshipped, lines, len(items), torn, live))
     return result
+
+
+@dataclass(frozen=True)
+class PrunedStream:
+    stream: SpoolStream
+    size: int
+
+
+def prune_shipped(
+    spool_dir: Path,
+    older_than: timedelta,
+    run_id: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> list[PrunedStream]:
+    """Delete the streams InfluxDB acknowledged to the last byte and nobody wrote to for
+    ``older_than``: their points are in InfluxDB. A stream with a live writer, unshipped or
+    torn bytes, or a recent write is kept; so are ``.rejected`` files (they are for people).
+
+    The stream stays locked from the check to the unlink: a recorder of the same run that
+    starts meanwhile finds it locked and writes a new stream instead.
+    """
+    cutoff = (now or datetime.now(UTC)).timestamp() - older_than.total_seconds()
+    pruned = []
+    for stream in list_streams(spool_dir, run_id):
+        try:
+            with locked_for_reading(stream) as fd:
+                if fd is None:
+                    continue
+                stat = os.fstat(fd)
+                if stat.st_mtime > cutoff or read_ack(stream) < stat.st_size:
+                    continue
+                stream.path.unlink()
+                stream.ack_path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+        pruned.append(PrunedStream(stream, stat.st_size))
+    return pruned

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TextIO
 
 from collector.config import Settings, mask_url
@@ -32,6 +33,7 @@ from collector.spool import (
     is_live,
     list_streams,
     locked_for_reading,
+    prune_shipped,
     stream_backlog,
 )
 
@@ -173,7 +175,25 @@ def register(sub: Any) -> None:
         metavar="S",
         help="give up after S seconds (what is left stays in the spool)",
     )
+    parser.add_argument(
+        "--prune",
+        type=_days,
+        default=None,
+        metavar="DAYS",
+        help="then delete the spool files InfluxDB acknowledged to the last point and nobody "
+        "wrote to for DAYS days (0: as soon as they are shipped)",
+    )
     parser.set_defaults(handler=run_sync)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of days, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def run_sync(args: argparse.Namespace, settings: Settings) -> int:
@@ -183,6 +203,14 @@ def run_sync(args: argparse.Namespace, settings: Settings) -> int:
     if bar is not None:
         bar.finish()
     print(summary(result, settings), file=out)
+    if args.prune is not None:
+        pruned = prune_shipped(settings.spool_dir, timedelta(days=args.prune), args.run_id)
+        size = sum(p.size for p in pruned)
+        print(
+            f"pruned {len(pruned)} spool file{'s' if len(pruned) != 1 else ''} "
+            f"({_human(size)}) fully acknowledged by InfluxDB",
+            file=out,
+        )
     if result.error is not None:
         raise RunwatchError(
             f"could not ship everything to {mask_url(settings.influx_url or '')}: {result.error}; "

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from collector.spool import (
     is_live,
     list_streams,
     locked_for_reading,
+    prune_shipped,
     read_ack,
     read_batch,
     split_lines,
@@ -197,3 +199,39 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path: Path) -> None:
     assert done.stdout.split()[0] == "failed"
     assert int(done.stdout.split()[-1]) == len(lines(3))
     assert (tmp_path / f"{RUN}.lp").read_bytes() == lines(3)
+
+
+def spooled(spool_dir: Path, run_id: str, count: int, *, acked: int | None = None) -> SpoolStream:
+    """A closed stream of ``count`` lines, last written two days ago."""
+    writer = SpoolWriter.open(spool_dir, run_id)
+    writer.append(lines(count))
+    writer.close()
+    if acked is not None:
+        write_ack(writer.stream, acked)
+    two_days_ago = writer.stream.path.stat().st_mtime - 2 * 86_400
+    os.utime(writer.stream.path, (two_days_ago, two_days_ago))
+    return writer.stream
+
+
+def test_prune_deletes_only_old_fully_acknowledged_idle_streams(tmp_path: Path) -> None:
+    size = len(lines(5))
+    shipped = spooled(tmp_path, "shipped", 5, acked=size)
+    partly = spooled(tmp_path, "partly", 5, acked=size - 1)
+    never = spooled(tmp_path, "never", 5)
+    torn = spooled(tmp_path, "torn", 5, acked=size)
+    with torn.path.open("ab") as handle:
+        handle.write(b"epoch,run_id=r x=1")  # a kill mid-write: not acknowledged
+    os.utime(torn.path, (0, 0))
+    live_stream = spooled(tmp_path, "live", 5, acked=size)
+    live = SpoolWriter.open(tmp_path, "live")  # a recorder resumed the run
+    assert live.stream == live_stream
+    try:
+        assert prune_shipped(tmp_path, timedelta(days=3)) == []  # all written within 3 days
+        pruned = prune_shipped(tmp_path, timedelta(days=1))
+    finally:
+        live.close()
+    assert [(p.stream.run_id, p.size) for p in pruned] == [("shipped", size)]
+    assert not shipped.path.exists() and not shipped.ack_path.exists()
+    for kept in (partly, never, torn, live_stream):
+        assert kept.path.exists(), kept.run_id
+    assert prune_shipped(tmp_path, timedelta(0), "partly") == []

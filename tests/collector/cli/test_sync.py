@@ -88,6 +88,14 @@ def test_sync_ships_every_run_then_nothing_and_reshipping_is_harmless(
     assert capsys.readouterr().out.startswith("shipped 500 points (")
     assert steps(victoriametrics, second) == {start_ms + i: float(i) for i in range(500)}
 
+    assert main(["sync", "--prune", "7"]) == 0  # shipped, but written minutes ago: kept
+    assert capsys.readouterr().out.splitlines()[-1].startswith("pruned 0 spool files")
+    assert main(["sync", first, "--prune", "0"]) == 0  # only this run's files
+    assert capsys.readouterr().out.splitlines()[-1].startswith("pruned 1 spool file (")
+    assert not (spool_dir / f"{first}.lp").exists()
+    assert (spool_dir / f"{second}.lp").exists()
+    assert steps(victoriametrics, first) == {start_ms + i: float(i) for i in range(12_000)}
+
 
 @pytest.mark.integration
 def test_sync_leaves_a_live_stream_to_its_recorder_and_reports_progress(
@@ -146,3 +154,10 @@ def test_progress_bar_rendering() -> None:
     bar(10, 10)
     bar.finish()
     assert out.getvalue().count("\r") == 2 and out.getvalue().endswith("100%  10 B / 10 B\n")
+
+
+@pytest.mark.parametrize("days", ["-1", "soon", "nan"])
+def test_prune_needs_a_number_of_days(runwatch_env: Path, days: str) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["sync", "--prune", days])
+    assert usage.value.code == 2
