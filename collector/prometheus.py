@@ -539,6 +539,13 @@ class PrometheusExporter:
             self._server_thread.join(timeout=5.0)
             self._server_thread = None
 
+    def finish(
+        self, status: str, *, final_scrape_timeout_s: float = FINAL_SCRAPE_TIMEOUT_S
+    ) -> None:
+        """The run ended with ``status``: show it, let Prometheus scrape it, stop serving."""
+        self.set_status(status)
+        self.stop(final_scrape_timeout_s=final_scrape_timeout_s)
+
     def _wait_for_next_scrape(self, timeout_s: float) -> None:
         with self._scraped:
             seen = self._scrapes

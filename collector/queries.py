@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from collector import schema
 from collector.config import Settings, mask_url
 from collector.errors import ConfigError, RunwatchError
 from collector.ids import run_started_at
@@ -116,6 +117,16 @@ RUN_IDS = QueryParam("run_ids", FluxType.STRINGS, "the runs to read")
 METRIC = QueryParam("metric", FluxType.STRING, "field name of the metric")
 _RANGE = (BUCKET, START, STOP)
 
+
+def _points_of(measurement: str) -> str:
+    """The start of a query: the bucket, the time range, the measurement, the chosen runs."""
+    return f"""\
+from(bucket: bucket)
+    |> range(start: start, stop: stop)
+    |> filter(fn: (r) => r._measurement == "{measurement}" and contains(value: r.run_id, set: run_ids))
+"""
+
+
 # -- queries -------------------------------------------------------------------------------
 
 RUNS = FluxQuery(
@@ -155,10 +166,9 @@ from(bucket: bucket)
 )
 
 # Epoch points of the chosen runs, the metric pivoted next to its epoch as column "value".
-_EPOCH_VALUES = """\
-from(bucket: bucket)
-    |> range(start: start, stop: stop)
-    |> filter(fn: (r) => r._measurement == "epoch" and contains(value: r.run_id, set: run_ids))
+_EPOCH_VALUES = (
+    _points_of(schema.M_EPOCH)
+    + """\
     |> filter(fn: (r) => r._field == metric or r._field == "epoch")
     |> filter(fn: (r) => not exists r.client_id)
     |> map(fn: (r) => ({r with _field: if r._field == metric then "value" else "epoch"}))
@@ -166,6 +176,7 @@ from(bucket: bucket)
     |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
     |> filter(fn: (r) => exists r.epoch and exists r.value)
 """
+)
 
 # Best and last of the "value" column in "epoch" order, per run (shared by the summaries).
 _BEST_AND_LAST = """\
@@ -206,10 +217,9 @@ METRIC_SUMMARY = FluxQuery(
 
 # The clients' weighted aggregate of federated runs, one row per round: the round number in
 # column "epoch" and the round field (loss, accuracy...) in column "value".
-_AGGREGATED_ROUND_VALUES = """\
-from(bucket: bucket)
-    |> range(start: start, stop: stop)
-    |> filter(fn: (r) => r._measurement == "round" and contains(value: r.run_id, set: run_ids))
+_AGGREGATED_ROUND_VALUES = (
+    _points_of(schema.M_ROUND)
+    + """\
     |> filter(fn: (r) => r.source == "aggregated" and r._field == metric)
     |> map(
         fn: (r) =>
@@ -224,6 +234,7 @@ from(bucket: bucket)
     )
     |> group(columns: ["run_id", "experiment", "mode"])
 """
+)
 
 ROUND_SUMMARY = FluxQuery(
     name="round_summary",
@@ -254,10 +265,8 @@ ROUND_COMPARISON = FluxQuery(
     description="Federated runs, per round: the server's evaluation against the clients' "
     "weighted aggregate of one round field (loss, accuracy, recall...), and the gap "
     "server - aggregated.",
-    flux="""\
-from(bucket: bucket)
-    |> range(start: start, stop: stop)
-    |> filter(fn: (r) => r._measurement == "round" and contains(value: r.run_id, set: run_ids))
+    flux=_points_of(schema.M_ROUND)
+    + """\
     |> filter(fn: (r) => r._field == metric and (r.source == "server" or r.source == "aggregated"))
     |> map(fn: (r) => ({run_id: r.run_id, round: int(v: r.round), source: r.source, _value: r._value}))
     |> group(columns: ["run_id"])
@@ -273,10 +282,8 @@ CLIENT_SPREAD = FluxQuery(
     name="client_spread",
     description="Federated runs, per round: how far apart the clients' replies are for one "
     "client_round field: clients, lowest and highest value with their client, mean, spread.",
-    flux="""\
-from(bucket: bucket)
-    |> range(start: start, stop: stop)
-    |> filter(fn: (r) => r._measurement == "client_round" and contains(value: r.run_id, set: run_ids))
+    flux=_points_of(schema.M_CLIENT_ROUND)
+    + """\
     |> filter(fn: (r) => r._field == metric)
     |> map(
         fn: (r) =>
@@ -323,10 +330,8 @@ GRADIENT_HEALTH = FluxQuery(
     description="Per run: total gradient norm samples, lowest, highest, mean and last norm, "
     "how many samples exceeded explode_above or fell under vanish_below, and how many were "
     "NaN/Inf (total_norm_nonfinite points).",
-    flux="""\
-from(bucket: bucket)
-    |> range(start: start, stop: stop)
-    |> filter(fn: (r) => r._measurement == "gradient" and contains(value: r.run_id, set: run_ids))
+    flux=_points_of(schema.M_GRADIENT)
+    + """\
     |> filter(fn: (r) => r._field == "total_norm" or r._field == "total_norm_nonfinite")
     |> group(columns: ["run_id", "experiment", "mode"])
     |> sort(columns: ["_time"])

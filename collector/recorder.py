@@ -408,8 +408,7 @@ class Recorder:
         if exporter is None:
             return
         try:
-            exporter.set_status(status)
-            exporter.stop(final_scrape_timeout_s=final_scrape_timeout_s)
+            exporter.finish(status, final_scrape_timeout_s=final_scrape_timeout_s)
         except Exception as exc:
             self._fail(f"Prometheus exporter stop failed: {type(exc).__name__}: {exc}")
 

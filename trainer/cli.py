@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from collector.cli.argtypes import positive_float, positive_int
 from collector.config import Settings, mask_url
 from trainer.defaults import DEFAULT_EXPERIMENT, DEFAULT_SEED
 from trainer.federated.cli import register_federated
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         "demo",
         help="a short centralized run and a short federated run, then what was recorded where",
     )
-    demo.add_argument("--epochs", type=_positive_int, default=DEMO_EPOCHS)
+    demo.add_argument("--epochs", type=positive_int, default=DEMO_EPOCHS)
     demo.add_argument("--experiment", default="demo")
     demo.add_argument(
         "--no-federated", action="store_true", help="skip the federated part of the demo"
@@ -47,13 +48,13 @@ def _register_centralized(modes: Any) -> None:
         help="train the MLP on the bundled breast-cancer data (or your own module)",
         description="Train with Lightning; telemetry goes to the configured backends.",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--hidden", type=_positive_int, default=64, help="MLP hidden width")
-    parser.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
+    parser.add_argument("--hidden", type=positive_int, default=64, help="MLP hidden width")
+    parser.add_argument("--patience", type=positive_int, default=5, help="early stopping")
     parser.add_argument(
         "--model", metavar="MODULE:CLASS", help="your LightningModule (built with no arguments)"
     )
@@ -69,20 +70,6 @@ def _register_centralized(modes: Any) -> None:
 
 
 TRAIN_MODES.extend([_register_centralized, register_federated])
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def run_train_centralized(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from collector.cli.argtypes import positive_int
 from collector.config import Settings
 from collector.errors import RunwatchError
 from collector.store import RunSummary, Store
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:
 
     list_parser = runs.add_parser("list", help="list runs, newest first")
     list_parser.add_argument("--json", action="store_true", help="machine-readable output")
-    list_parser.add_argument("--limit", type=_positive_int, help="show at most N runs")
+    list_parser.add_argument("--limit", type=positive_int, help="show at most N runs")
     list_parser.set_defaults(handler=list_runs)
 
     show = runs.add_parser("show", help="one run: settings, final stats, last metrics")
@@ -50,16 +51,6 @@ def register(sub: Any) -> None:
     export.add_argument("--format", choices=("csv", "json"), required=True)
     export.add_argument("--out", type=Path, default=Path("."), help="directory (default: current)")
     export.set_defaults(handler=export_run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def list_runs(args: argparse.Namespace, settings: Settings) -> int:

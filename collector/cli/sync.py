@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TextIO
 
+from collector.cli.argtypes import non_negative_float
 from collector.config import Settings, mask_url
 from collector.errors import ConfigError, RunwatchError, UnknownRunError
 from collector.shipper import (
@@ -177,23 +178,13 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--prune",
-        type=_days,
+        type=non_negative_float,
         default=None,
         metavar="DAYS",
         help="then delete the spool files InfluxDB acknowledged to the last point and nobody "
         "wrote to for DAYS days (0: as soon as they are shipped)",
     )
     parser.set_defaults(handler=run_sync)
-
-
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of days, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def run_sync(args: argparse.Namespace, settings: Settings) -> int:

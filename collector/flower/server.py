@@ -35,7 +35,6 @@ from collector import schema
 from collector.config import Settings, load_settings
 from collector.flower.protocol import RunNote, attach_run_note, read_client_report
 from collector.ids import new_run_id
-from collector.prometheus import FINAL_SCRAPE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from collector.prometheus import PrometheusExporter
@@ -293,8 +292,7 @@ class FederatedRun:
         exporter = self._exporter
         if exporter is not None:
             with self.guard("FederatedRun.finish (prometheus)"):
-                exporter.set_status(status)
-                exporter.stop(final_scrape_timeout_s=FINAL_SCRAPE_TIMEOUT_S)
+                exporter.finish(status)
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             with self.guard("FederatedRun.finish (recorder)"):

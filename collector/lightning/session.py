@@ -22,7 +22,6 @@ from collector.config import Settings, load_settings
 from collector.ids import new_run_id
 from collector.lightning._guard import ErrorLedger
 from collector.prometheus import (
-    FINAL_SCRAPE_TIMEOUT_S,
     PrometheusExporter,
     start_exporter,
 )
@@ -289,8 +288,7 @@ class RunSession:
                 self.end_time = time.time()
                 self._complete_in_store(status)
                 if self._exporter is not None:
-                    self._exporter.set_status(status)
-                    self._exporter.stop(final_scrape_timeout_s=FINAL_SCRAPE_TIMEOUT_S)
+                    self._exporter.finish(status)
             self._close_recorder()
 
     def flush(self) -> None:

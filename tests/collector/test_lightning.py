@@ -263,20 +263,39 @@ def test_test_stage_after_fit_lands_on_the_last_epoch(settings: Settings, store:
 # -- Lightning's own demo model, unmodified -----------------------------------------------------
 
 
-def test_boring_model_trains_with_logger_and_callbacks(settings: Settings, store: Store) -> None:
+def fit_boring(
+    model: BoringModel,
+    settings: Settings,
+    *,
+    epochs: int,
+    train_batches: int,
+    val_batches: int,
+    gradient_every_n: int,
+) -> str:
+    """Fit a BoringModel with the whole telemetry (batches sampled every 2); the run_id."""
     logger, callbacks = runwatch_telemetry(
-        "boring", settings=settings, batch_every_n=2, gradient_every_n=2, prometheus=False
+        "boring",
+        settings=settings,
+        batch_every_n=2,
+        gradient_every_n=gradient_every_n,
+        prometheus=False,
     )
     trainer = quiet_trainer(
-        max_epochs=2,
-        limit_train_batches=8,
-        limit_val_batches=2,
+        max_epochs=epochs,
+        limit_train_batches=train_batches,
+        limit_val_batches=val_batches,
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=False,
     )
-    trainer.fit(BoringModel())
-    run_id = logger.version
+    trainer.fit(model)
+    return str(logger.version)
+
+
+def test_boring_model_trains_with_logger_and_callbacks(settings: Settings, store: Store) -> None:
+    run_id = fit_boring(
+        BoringModel(), settings, epochs=2, train_batches=8, val_batches=2, gradient_every_n=2
+    )
     points = read_points(settings, run_id)
     batches = of(points, "batch")
     assert len(batches) == 2 * 4 and all("loss" in p.fields for p in batches)
@@ -293,19 +312,15 @@ class LogsItsOwnStepMetric(BoringModel):
 
 
 def test_user_step_metrics_reach_the_batch_points(settings: Settings) -> None:
-    logger, callbacks = runwatch_telemetry(
-        "own-metric", settings=settings, batch_every_n=2, gradient_every_n=0, prometheus=False
+    run_id = fit_boring(
+        LogsItsOwnStepMetric(),
+        settings,
+        epochs=1,
+        train_batches=6,
+        val_batches=1,
+        gradient_every_n=0,
     )
-    trainer = quiet_trainer(
-        max_epochs=1,
-        limit_train_batches=6,
-        limit_val_batches=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-    )
-    trainer.fit(LogsItsOwnStepMetric())
-    batches = of(read_points(settings, logger.version), "batch")
+    batches = of(read_points(settings, run_id), "batch")
     sampled = [p for p in batches if "batch_idx" in p.fields]  # by BatchMetricsCallback
     assert [p.fields["batch_idx"] for p in sampled] == [0.0, 2.0, 4.0]
     assert [p.fields.get("grad_penalty") for p in sampled] == [0.25, 2.25, 4.25]

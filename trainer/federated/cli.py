@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from collector.cli.argtypes import positive_float, positive_int
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
 from trainer.defaults import DEFAULT_SEED
@@ -35,36 +36,22 @@ def register_federated(modes: Any) -> None:
             "records the run; clients write their own points."
         ),
     )
-    parser.add_argument("--rounds", type=_positive_int, default=3)
-    parser.add_argument("--clients", type=_positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--clients", type=positive_int, default=2)
     parser.add_argument("--engine", choices=ENGINES, default="simulation")
-    parser.add_argument("--local-epochs", type=_positive_int, default=1)
+    parser.add_argument("--local-epochs", type=positive_int, default=1)
     parser.add_argument("--experiment", type=_name, default="federated")
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
-    parser.add_argument("--lr", type=_positive_float, default=1e-3)
-    parser.add_argument("--hidden", type=_positive_int, default=64, help="MLP hidden width")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--hidden", type=positive_int, default=64, help="MLP hidden width")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT_S,
         help="seconds the whole run may take",
     )
     parser.set_defaults(handler=run_train_federated)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def _name(text: str) -> str:

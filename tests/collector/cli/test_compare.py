@@ -234,6 +234,19 @@ def answer_val_loss_summary(server: InfluxQueryServer, long_id: str, short_id: s
     server.answer(METRIC_SUMMARY.flux, [rows], result="metric_summary")
 
 
+def assert_same_table_from_both_sources(
+    capsys: pytest.CaptureFixture[str], run_ids: list[str]
+) -> None:
+    """``compare --json`` gives the same rows, values, column order and types from both."""
+    from_influx = compare_json(capsys, *run_ids)
+    from_sql = compare_json(capsys, *run_ids, "--source", "sql")
+    assert from_influx["source"] == "influx" and from_sql["source"] == "sql"
+    assert {**from_influx, "source": "sql"} == from_sql
+    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
+        assert list(influx_row) == list(sql_row)
+        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
+
+
 def test_influx_is_the_default_with_a_url_and_matches_the_sql_table(
     three_runs: list[str], influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -248,13 +261,7 @@ def test_influx_is_the_default_with_a_url_and_matches_the_sql_table(
     )
     answer_val_loss_summary(influx_env, long_id, short_id)
 
-    from_influx = compare_json(capsys, *three_runs)
-    from_sql = compare_json(capsys, *three_runs, "--source", "sql")
-    assert from_influx["source"] == "influx" and from_sql["source"] == "sql"
-    assert {**from_influx, "source": "sql"} == from_sql  # same rows, values and types
-    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
-        assert list(influx_row) == list(sql_row)
-        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
+    assert_same_table_from_both_sources(capsys, three_runs)
 
     runs_request, summary_request = influx_env.requests
     assert runs_request.query == RUNS.flux and summary_request.query == METRIC_SUMMARY.flux
@@ -395,11 +402,7 @@ def test_influx_federated_rows_read_the_aggregated_round_points(
     influx_env.answer(ROUND_SUMMARY.flux, [[round_row]], result="round_summary")
 
     wanted = [long_id, short_id, federated_run]
-    from_influx = compare_json(capsys, *wanted)
-    from_sql = compare_json(capsys, *wanted, "--source", "sql")
-    assert {**from_influx, "source": "sql"} == from_sql
-    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
-        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
+    assert_same_table_from_both_sources(capsys, wanted)
 
     _, _, round_request = influx_env.requests
     assert round_request.query == ROUND_SUMMARY.flux
