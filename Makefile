@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # `torch` requirement from pulling a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck unit bench clean dashboards
+.PHONY: demo test lint typecheck unit bench clean dashboards servers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy
 
+# InfluxDB 2 built from source into ~/.cache/runwatch/servers (deploy/servers/influxd.sh):
+# 25-40 min the first time on 2 cores, nothing afterwards.
+servers:
+	deploy/servers/influxd.sh
+
+# Without Go, Rust or pkg-config the build fails: its tests then skip (locally) or fail (CI=true).
 test: lint typecheck
+	deploy/servers/influxd.sh >/dev/null || echo "influxd could not be built: its tests will skip"
 	$(PY) -m pytest
 
 unit: $(VENV)/.installed-dev

@@ -11,6 +11,8 @@ pytest_plugins = [
     "tests.servers.postgres",
     "tests.servers.victoriametrics",
     "tests.servers.influxd",
+    "tests.servers.influxdb2",
+    "tests.servers.influx_runs",
     "tests.servers.prometheus",
     "tests.servers.flux",
     "tests.servers.influx_query",

@@ -15,6 +15,7 @@ import yaml
 
 from tests.deploy._deploy import COMPOSE_FILE, ENV_EXAMPLE, REPO, load_yaml
 from tests.servers._process import require_binary
+from tests.servers.influxdb2 import pinned_versions
 
 SERVICES = {"influxdb", "prometheus", "alertmanager", "grafana"}
 SECRETS = {
@@ -95,6 +96,10 @@ class TestComposeConfig:
             image = service["image"]
             repository, _, tag = image.rpartition(":")
             assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image}"
+
+    def test_influxdb_is_the_version_the_tests_build(self, resolved: dict[str, Any]) -> None:
+        version = pinned_versions()["INFLUXD_VERSION"]
+        assert resolved["services"]["influxdb"]["image"] == f"influxdb:{version}"
 
     def test_only_grafana_is_published_beyond_loopback(self, resolved: dict[str, Any]) -> None:
         published: dict[str, list[str | None]] = {}

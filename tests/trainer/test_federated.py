@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import shutil
 import time
 import tomllib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from collector.flower import ClientTelemetry, RunNote, read_client_report
 from collector.flower.protocol import attach_run_note
 from collector.spool import list_streams
 from collector.store import Store
+from tests.trainer.flower_apps import app_dir_with
 from trainer.data import load_splits
 from trainer.federated import client_app
 from trainer.federated.cli import register_federated, run_train_federated
@@ -38,7 +38,6 @@ from trainer.federated.engines import APP_DIR
 from trainer.federated.runner import FederatedResult, run_federated
 from trainer.federated.task import build_model, model_arrays, train_locally
 
-FLOWER_APPS = Path(__file__).parent / "flower_apps"
 TEST_SPLIT_SIZE = 114  # 20 % of the 569 breast-cancer examples
 VAL_SPLIT_SIZE = 114
 
@@ -65,18 +64,6 @@ def assert_nothing_left(workdir: Path) -> None:
     while (left := flower_processes(workdir)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, [(p.pid, p.name()) for p in left]
-
-
-def app_dir_with(tmp_path: Path, module: str, component: str) -> Path:
-    """A copy of the app whose ``component`` comes from tests/trainer/flower_apps/``module``."""
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    text = (APP_DIR / "pyproject.toml").read_text(encoding="utf-8")
-    original = tomllib.loads(text)["tool"]["flwr"]["app"]["components"][component]
-    text = text.replace(f'{component} = "{original}"', f'{component} = "{module}:app"')
-    (app_dir / "pyproject.toml").write_text(text, encoding="utf-8")
-    shutil.copy(FLOWER_APPS / f"{module}.py", app_dir / f"{module}.py")
-    return app_dir
 
 
 def spool_lines(settings: Settings, run_id: str) -> list[str]:
