@@ -8,12 +8,16 @@ Variables (the InfluxDB ones use influxdb-client's own names):
   (bucket default ``training``); no URL means spool only, ship later with ``runwatch sync``
 - ``RUNWATCH_PROMETHEUS_ADDR`` (default ``127.0.0.1``), ``RUNWATCH_PROMETHEUS_PORT``
   (default 9464; 0 disables the exporter)
+- ``RUNWATCH_HEARTBEAT_S`` (default 30): how often a training stamps its run row;
+  ``RUNWATCH_STALE_AFTER_S`` (default 4 heartbeats): an ``in_progress`` run whose last stamp is
+  older is shown as ``crashed`` (its process died without finishing it)
 
 Secrets (the token, passwords inside URLs) never appear in ``repr`` or in ``describe()``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,6 +29,9 @@ from collector.errors import ConfigError
 
 DEFAULT_BUCKET = "training"
 DEFAULT_PROMETHEUS_PORT = 9464
+DEFAULT_HEARTBEAT_S = 30.0
+STALE_HEARTBEATS = 4
+"""A run whose heartbeat is this many intervals old (by default) is seen as crashed."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,10 @@ class Settings:
     influx_bucket: str = DEFAULT_BUCKET
     prometheus_addr: str = "127.0.0.1"
     prometheus_port: int = DEFAULT_PROMETHEUS_PORT
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    """How often a running training stamps its run row."""
+    stale_after_s: float = STALE_HEARTBEATS * DEFAULT_HEARTBEAT_S
+    """An ``in_progress`` run whose last heartbeat is older than this has crashed."""
 
     def __repr__(self) -> str:
         return f"Settings({self.describe()!r})"
@@ -71,6 +82,8 @@ class Settings:
             "RUNWATCH_PROMETHEUS_ADDR": self.prometheus_addr,
             "RUNWATCH_PROMETHEUS_PORT": str(self.prometheus_port)
             + ("" if self.prometheus_port else " (disabled)"),
+            "RUNWATCH_HEARTBEAT_S": f"{self.heartbeat_s:g}",
+            "RUNWATCH_STALE_AFTER_S": f"{self.stale_after_s:g}",
         }
 
 
@@ -122,6 +135,13 @@ def load_settings(
     influx_url = env.get("INFLUXDB_V2_URL") or None
     if influx_url is not None:
         _validate_http_url("INFLUXDB_V2_URL", influx_url)
+    heartbeat_s = _parse_seconds("RUNWATCH_HEARTBEAT_S", env, DEFAULT_HEARTBEAT_S)
+    stale_after_s = _parse_seconds("RUNWATCH_STALE_AFTER_S", env, STALE_HEARTBEATS * heartbeat_s)
+    if stale_after_s <= heartbeat_s:
+        raise ConfigError(
+            f"RUNWATCH_STALE_AFTER_S ({stale_after_s:g}) must be longer than "
+            f"RUNWATCH_HEARTBEAT_S ({heartbeat_s:g}): live runs would be seen as crashed"
+        )
     return Settings(
         home=home,
         db_url=db_url,
@@ -131,7 +151,22 @@ def load_settings(
         influx_bucket=env.get("INFLUXDB_V2_BUCKET") or DEFAULT_BUCKET,
         prometheus_addr=env.get("RUNWATCH_PROMETHEUS_ADDR") or "127.0.0.1",
         prometheus_port=_parse_port(env.get("RUNWATCH_PROMETHEUS_PORT")),
+        heartbeat_s=heartbeat_s,
+        stale_after_s=stale_after_s,
     )
+
+
+def _parse_seconds(name: str, env: Mapping[str, str], default: float) -> float:
+    text = env.get(name) or ""
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _validate_db_url(url: str) -> None:

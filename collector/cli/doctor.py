@@ -11,10 +11,15 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.config import Settings, mask_url
+
+if TYPE_CHECKING:
+    from collector.store import RunSummary
 
 
 @dataclass(frozen=True)
@@ -76,16 +81,25 @@ def check_database(settings: Settings) -> Check:
     from collector.store import Store
 
     url = mask_url(settings.db_url)
-    store = Store(settings.db_url)
+    store = Store.from_settings(settings)
     try:
         with store.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        runs = len(store.list_runs())
-        return Check("database", True, f"{url} ({runs} runs)")
+        runs = store.list_runs()
+        return Check("database", True, f"{url} ({_count_by_status(runs)})")
     except Exception as exc:
         return Check("database", False, f"{url}: {_one_line(exc)}")
     finally:
         store.dispose()
+
+
+def _count_by_status(runs: Sequence[RunSummary]) -> str:
+    """``"5 runs: 3 completed, 1 in_progress, 1 crashed"``."""
+    counts = Counter(run.status for run in runs)
+    if not counts:
+        return "0 runs"
+    by_status = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    return f"{len(runs)} run{'s' if len(runs) != 1 else ''}: {by_status}"
 
 
 def check_influxdb(settings: Settings, timeout: float) -> Check:

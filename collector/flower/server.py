@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collector.flower")
 
-DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 PHASE_TRAIN = "train"
 PHASE_EVALUATE = "evaluate"
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
@@ -152,7 +151,7 @@ class FederatedRun:
         source_path: str | None = None,
         store: Store | None = None,
         prometheus: bool = True,
-        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        heartbeat_interval_s: float | None = None,
     ) -> None:
         self.experiment = experiment
         self.run_id = run_id or new_run_id()
@@ -239,7 +238,9 @@ class FederatedRun:
             self.report_error("FederatedRun.start (store)", exc)
             self._store = None
             return
-        self._heartbeat = _Heartbeat(self.heartbeat, self._heartbeat_interval_s)
+        self._heartbeat = _Heartbeat(
+            self.heartbeat, self._heartbeat_interval_s or self.settings.heartbeat_s
+        )
         self._heartbeat.start()
 
     def _start_exporter(self) -> None:

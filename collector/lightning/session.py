@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collector.lightning")
 
-DEFAULT_HEARTBEAT_INTERVAL_S = 30.0
 
 # Phases our callbacks announce, so the logger can tell step-level from epoch-level calls.
 PHASE_TRAIN_STEP = "train_step"
@@ -127,7 +126,7 @@ class RunSession:
         hyperparams: Mapping[str, Any] | None = None,
         store: Store | None = None,
         prometheus: bool = True,
-        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        heartbeat_interval_s: float | None = None,
         tags: Mapping[str, str] | None = None,
         use_store: bool = True,
     ) -> None:
@@ -234,7 +233,9 @@ class RunSession:
             self.report_error("RunSession.start (store)", exc)
             self._store = None
             return
-        self._heartbeat = _Heartbeat(self._beat, self._heartbeat_interval_s)
+        self._heartbeat = _Heartbeat(
+            self._beat, self._heartbeat_interval_s or self.settings.heartbeat_s
+        )
         self._heartbeat.start()
 
     def _start_exporter(self) -> None:

@@ -60,9 +60,12 @@ class RunExistsError(RunwatchError):
 class Store:
     """Run metadata in any SQLAlchemy database; the schema is upgraded on first use."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, stale_after: timedelta | None = None) -> None:
+        """``stale_after``: reads and new runs first mark ``in_progress`` runs whose heartbeat
+        is older as ``crashed`` (their process died without finishing them); None never does."""
         parse_db_url(url)
         self.url = url
+        self.stale_after = stale_after
         self._engine: Engine | None = None
         self._ready = False
         self._lock = threading.Lock()
@@ -72,7 +75,7 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls(settings.db_url)
+        return cls(settings.db_url, stale_after=timedelta(seconds=settings.stale_after_s))
 
     def __repr__(self) -> str:
         return f"Store({mask_url(self.url)!r})"
@@ -126,6 +129,7 @@ class Store:
         """A new run in status ``in_progress``; returns its run_id."""
         if mode not in TRAINING_MODES:
             raise ValueError(f"mode must be one of {TRAINING_MODES}, got {mode!r}")
+        self._mark_stale_runs()
         now = utc_now()
         run_id = run_id or new_run_id(now)
         with self.session() as session:
@@ -148,12 +152,19 @@ class Store:
         return run_id
 
     def heartbeat(self, run_id: str) -> None:
+        """Stamp a live run. One marked ``crashed`` while its heartbeats could not reach the
+        database (an outage longer than the stale bound) is ``in_progress`` again."""
         with self.session() as session:
             result = session.execute(
                 update(Run).where(Run.run_id == run_id).values(heartbeat_at=utc_now())
             )
             if cast(CursorResult[Any], result).rowcount == 0:
                 raise UnknownRunError(run_id)
+            session.execute(
+                update(Run)
+                .where(Run.run_id == run_id, Run.status == "crashed")
+                .values(status="in_progress", end_time=None)
+            )
 
     def complete_run(self, run_id: str, status: str = "completed") -> None:
         """Finish a run and store its final confusion-matrix stats (context ``final_epoch``)."""
@@ -176,6 +187,20 @@ class Store:
             for run in stale:
                 run.status, run.end_time = "crashed", run.heartbeat_at
             return sorted(run.run_id for run in stale)
+
+    def mark_crashed(self, run_id: str) -> bool:
+        """A run whose process is known to be gone: ``crashed`` if still ``in_progress``
+        (ended at its last heartbeat); returns whether it was."""
+        with self.session() as session:
+            run = writes.find_run(session, run_id)
+            if run.status != "in_progress":
+                return False
+            run.status, run.end_time = "crashed", run.heartbeat_at
+            return True
+
+    def _mark_stale_runs(self) -> None:
+        if self.stale_after is not None:
+            self.mark_stale_runs_crashed(self.stale_after)
 
     def save_hyperparams(self, run_id: str, params: Mapping[str, object]) -> None:
         """Insert or replace hyperparameters; nested mappings become ``outer.inner`` keys."""
@@ -310,6 +335,7 @@ class Store:
     # -- reads -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str, *, with_metrics: bool = False) -> RunSummary:
+        self._mark_stale_runs()
         with self.session(write=False) as session:
             found = queries.run_summaries(
                 session, Run.run_id == run_id, limit=1, with_metrics=with_metrics
@@ -322,6 +348,7 @@ class Store:
         self, *, limit: int | None = None, with_metrics: bool = False
     ) -> list[RunSummary]:
         """Runs, newest first, loaded eagerly (a fixed number of statements whatever their count)."""
+        self._mark_stale_runs()
         with self.session(write=False) as session:
             return queries.run_summaries(session, limit=limit, with_metrics=with_metrics)
 

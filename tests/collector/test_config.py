@@ -75,3 +75,29 @@ def test_with_overrides_ignores_none(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, db_url="sqlite://")
     assert settings.with_overrides(influx_bucket=None).influx_bucket == "training"
     assert settings.with_overrides(influx_bucket="b").influx_bucket == "b"
+
+
+def test_heartbeat_and_stale_bound_default_and_follow_each_other(tmp_path: Path) -> None:
+    defaults = load_settings({"RUNWATCH_HOME": str(tmp_path)}, dotenv=None)
+    assert (defaults.heartbeat_s, defaults.stale_after_s) == (30.0, 120.0)
+    faster = load_settings({"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_HEARTBEAT_S": "2"}, None)
+    assert (faster.heartbeat_s, faster.stale_after_s) == (2.0, 8.0)
+    assert faster.describe()["RUNWATCH_STALE_AFTER_S"] == "8"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUNWATCH_HEARTBEAT_S": "soon"}, "RUNWATCH_HEARTBEAT_S must be a number"),
+        ({"RUNWATCH_HEARTBEAT_S": "-1"}, "RUNWATCH_HEARTBEAT_S must be a positive"),
+        ({"RUNWATCH_STALE_AFTER_S": "nan"}, "RUNWATCH_STALE_AFTER_S must be a positive"),
+        (
+            {"RUNWATCH_HEARTBEAT_S": "60", "RUNWATCH_STALE_AFTER_S": "30"},
+            "RUNWATCH_STALE_AFTER_S (30) must be longer than RUNWATCH_HEARTBEAT_S (60)",
+        ),
+    ],
+)
+def test_bad_heartbeat_settings_are_one_line_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env, dotenv=None)
+    assert message in str(raised.value) and "\n" not in str(raised.value)

@@ -27,7 +27,7 @@ class FederatedResult:
     run_id: str
     engine: str
     status: str
-    """The run's status in the store (``completed``, ``failed``, ``in_progress`` if the server
+    """The run's status in the store (``completed``, ``failed``, ``crashed`` if the server
     died, ``unknown`` when the store cannot be read)."""
     flower: FlowerRunResult
     rounds_completed: int
@@ -94,6 +94,8 @@ def _result(
 
         store = Store.from_settings(settings)
         try:
+            # Every Flower process is gone now: a run still in progress lost its ServerApp.
+            store.mark_crashed(config.run_id)
             summary = store.get_run(config.run_id)
             status = summary.status
             finished = [r for r in summary.rounds if r.status == "completed"]

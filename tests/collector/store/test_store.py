@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -96,6 +97,56 @@ def test_stale_runs_are_marked_crashed_and_fresh_ones_are_not(store: Store) -> N
     assert store.get_run(alive).status == "in_progress"
     assert store.get_run(finished).status == "completed"
     assert store.mark_stale_runs_crashed(timedelta(seconds=0.2)) == []
+
+
+def test_reads_and_new_runs_see_stale_runs_as_crashed(new_db_url: Callable[[], str]) -> None:
+    store = Store(new_db_url(), stale_after=timedelta(seconds=0.2))
+    try:
+        dead = store.create_run("dies")
+        time.sleep(0.3)
+        assert [s.status for s in store.list_runs()] == ["crashed"]
+        assert store.get_run(dead).status == "crashed"
+
+        other = Store(store.url, stale_after=timedelta(seconds=0.2))
+        second = other.create_run("second")
+        time.sleep(0.3)
+        third = other.create_run("third")  # a new run's start marks the one before
+        assert store.mark_stale_runs_crashed(timedelta(seconds=0.2)) == []
+        assert {s.run_id: s.status for s in store.list_runs()} == {
+            dead: "crashed",
+            second: "crashed",
+            third: "in_progress",
+        }
+        other.dispose()
+    finally:
+        store.dispose()
+
+
+def test_a_crashed_run_that_heartbeats_again_is_in_progress(store: Store) -> None:
+    run_id = store.create_run("outage")
+    time.sleep(0.3)
+    store.mark_stale_runs_crashed(timedelta(seconds=0.2))
+    assert store.get_run(run_id).status == "crashed"
+
+    store.heartbeat(run_id)
+
+    summary = store.get_run(run_id)
+    assert summary.status == "in_progress" and summary.end_time is None
+    store.complete_run(run_id)
+    store.heartbeat(run_id)  # a late beat never reopens a finished run
+    assert store.get_run(run_id).status == "completed"
+
+
+def test_mark_crashed_changes_only_a_run_in_progress(store: Store) -> None:
+    running, finished = store.create_run("running"), store.create_run("finished")
+    store.complete_run(finished, "failed")
+
+    assert store.mark_crashed(running) is True
+    assert store.mark_crashed(finished) is False
+    assert store.get_run(running).status == "crashed"
+    assert store.get_run(finished).status == "failed"
+    with pytest.raises(UnknownRunError):
+        store.mark_crashed("no-such-run")
 
 
 @pytest.mark.parametrize(
