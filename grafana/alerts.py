@@ -44,6 +44,7 @@ SIX_HOURS_S = 6 * ONE_HOUR_S
 Reducer = Literal["sum", "mean", "min", "max", "count", "last", "median"]
 
 RUN_LABELS = (schema.RUN_ID, schema.EXPERIMENT)
+FAILURE_LABELS = (*RUN_LABELS, schema.ROUND, schema.CLIENT_ID)
 RUN_CURVE = f"not exists r.{schema.CLIENT_ID}"
 
 
@@ -110,6 +111,14 @@ def _above(ref_id: str, source: str, threshold: float) -> alerting.Query:
 # --- the Flux of each rule ---------------------------------------------------------------
 
 
+def _as_series(labels: Sequence[str]) -> str:
+    """The last stage of a rule's query: only ``_time``, ``_value`` and the ``labels`` columns
+    (the group key). Grafana turns such a table into one plain series labelled by ``labels``;
+    any other column (``_start``/``_stop``, ``_field``, tags) would become a label of the alert
+    instance too, and ``_start``/``_stop`` change at every evaluation."""
+    return f"keep(columns: {columns(('_time', '_value', *labels))})"
+
+
 def nonfinite_loss_query() -> str:
     """Per run: ``*_nonfinite`` flags of train or validation losses, summed per minute."""
     nonfinite = schema.nonfinite_field
@@ -128,6 +137,7 @@ def nonfinite_loss_query() -> str:
         f"filter(fn: (r) => {sources})",
         f"group(columns: {columns(RUN_LABELS)})",
         "aggregateWindow(every: 1m, fn: sum, createEmpty: false)",
+        _as_series(RUN_LABELS),
     )
 
 
@@ -140,6 +150,7 @@ def val_loss_rising_query(epochs: int = VAL_LOSS_RISING_EPOCHS) -> str:
         f"tail(n: {epochs + 1})",
         "difference()",
         "map(fn: (r) => ({r with _value: if r._value > 0.0 then 1.0 else 0.0}))",
+        _as_series(RUN_LABELS),
     )
 
 
@@ -149,6 +160,7 @@ def val_recall_query() -> str:
         *select(schema.M_EPOCH, (schema.VAL_RECALL,), RUN_CURVE, selected_runs=False),
         f"group(columns: {columns(RUN_LABELS)})",
         'sort(columns: ["_time"])',
+        _as_series(RUN_LABELS),
     )
 
 
@@ -161,8 +173,9 @@ def client_failures_query() -> str:
             equals(schema.EVENT, schema.EVENT_CLIENT_FAILURE),
             selected_runs=False,
         ),
-        f"group(columns: {columns((*RUN_LABELS, schema.ROUND, schema.CLIENT_ID))})",
+        f"group(columns: {columns(FAILURE_LABELS)})",
         "aggregateWindow(every: 1m, fn: sum, createEmpty: false)",
+        _as_series(FAILURE_LABELS),
     )
 
 

@@ -142,7 +142,7 @@ def select(
         predicate.append(SELECTED_RUNS)
     predicate.extend(conditions)
     stages = [FROM_BUCKET, DASHBOARD_RANGE, f"filter(fn: (r) => {' and '.join(predicate)})"]
-    field_list = list(fields)
+    field_list = list(dict.fromkeys(fields))  # each field once, in order
     if field_list:
         stages.append(f"filter(fn: (r) => {any_of('_field', field_list)})")
     return stages

@@ -238,7 +238,8 @@ def events_table(*event_names: str) -> str:
 
 
 def event_annotations() -> str:
-    """Events as Grafana annotations: ``_time``, ``title``, ``text`` and ``tags`` columns."""
+    """Events as Grafana annotations: ``_time``, ``title``, ``text`` and ``tags`` columns,
+    oldest first."""
     return query(
         *select(schema.M_EVENT, (schema.TEXT,)),
         "group()",
@@ -249,6 +250,8 @@ def event_annotations() -> str:
             f'tags: r.{schema.EVENT} + "," + r.{schema.RUN_ID}'
             "}))"
         ),
+        # group() leaves rows in storage order, which depends on the selection: oldest first
+        'sort(columns: ["_time"])',
     )
 
 
@@ -265,13 +268,17 @@ def layer_norm_heatmap() -> str:
 
 
 def top_layers(count: int = TOP_LAYERS) -> str:
-    """Per selected run, the ``count`` layers with the largest gradient norm in the range."""
+    """Per selected run, the ``count`` layers with the largest gradient norm in the range:
+    one table (Grafana's table panel shows one frame at a time, and a group key would hide
+    ``run_id`` in labels), a row per run and layer, each run's largest first."""
     return query(
         *select(schema.M_GRADIENT_LAYER, (schema.NORM,)),
         f'group(columns: ["{schema.RUN_ID}", "{schema.LAYER}"])',
         "max()",
         f'group(columns: ["{schema.RUN_ID}"])',
         f"top(n: {count})",
+        "group()",
         f"keep(columns: {columns((schema.RUN_ID, schema.LAYER, '_value'))})",
+        f'sort(columns: ["{schema.RUN_ID}", "_value"], desc: true)',
         'rename(columns: {_value: "largest_norm"})',
     )
