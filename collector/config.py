@@ -5,7 +5,10 @@ Variables (the InfluxDB ones use influxdb-client's own names):
 - ``RUNWATCH_HOME``: spool files and the default SQLite database (default ``~/.runwatch``)
 - ``RUNWATCH_DB_URL``: any SQLAlchemy URL (default ``sqlite:///<RUNWATCH_HOME>/runs.db``)
 - ``INFLUXDB_V2_URL``, ``INFLUXDB_V2_ORG``, ``INFLUXDB_V2_TOKEN``, ``INFLUXDB_V2_BUCKET``
-  (bucket default ``training``); no URL means spool only, ship later with ``runwatch sync``
+  (bucket default ``training``); no URL means spool only, ship later with ``runwatch sync``.
+  ``INFLUXDB_V2_TOKEN_FILE``: a file holding the token, read when ``INFLUXDB_V2_TOKEN`` is unset
+  (the compose stack's trainer reads its write-only token so). A token still at .env.example's
+  ``change-me`` placeholder is refused.
 - ``RUNWATCH_PROMETHEUS_ADDR`` (default ``127.0.0.1``), ``RUNWATCH_PROMETHEUS_PORT``
   (default 9464; 0 disables the exporter)
 - ``RUNWATCH_HEARTBEAT_S`` (default 30): how often a training stamps its run row;
@@ -13,13 +16,15 @@ Variables (the InfluxDB ones use influxdb-client's own names):
   older is shown as ``crashed`` (its process died without finishing it)
 
 Secrets (the token, passwords inside URLs) never appear in ``repr`` or in ``describe()``.
+A malformed value raises ``ConfigError``: one line naming the variable and what is wrong (the
+CLI prints it and exits 2).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,10 @@ from urllib.parse import urlsplit
 
 from collector.errors import ConfigError
 
+SETTING_GROUPS: Mapping[str, str] = {"influx": "INFLUXDB_V2_", "prometheus": "RUNWATCH_PROMETHEUS_"}
+"""Settings a command may leave unread, by the prefix of their variables."""
+PLACEHOLDER_MARK = "change-me"
+"""What every secret in .env.example holds until the user replaces it."""
 DEFAULT_BUCKET = "training"
 DEFAULT_PROMETHEUS_PORT = 9464
 DEFAULT_HEARTBEAT_S = 30.0
@@ -110,7 +119,11 @@ def read_dotenv(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if not path.is_file():
         return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -123,15 +136,24 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+    environ: Mapping[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+    *,
+    unused: Collection[str] = (),
 ) -> Settings:
-    """Build settings from the environment; the environment wins over ``.env``."""
+    """Build settings from the environment; the environment wins over ``.env``.
+
+    ``unused``: groups of ``SETTING_GROUPS`` a caller never uses (``runs list`` talks to
+    neither InfluxDB nor Prometheus); their variables are not read, so a malformed one does not
+    stop it, and they keep their defaults."""
     env: dict[str, str] = dict(read_dotenv(dotenv)) if dotenv is not None else {}
     env.update(os.environ if environ is None else environ)
 
     home = Path(env.get("RUNWATCH_HOME") or Path.home() / ".runwatch").expanduser()
     db_url = env.get("RUNWATCH_DB_URL") or f"sqlite:///{home / 'runs.db'}"
     _validate_db_url(db_url)
+    prefixes = tuple(SETTING_GROUPS[group] for group in unused)
+    env = {k: v for k, v in env.items() if not k.startswith(prefixes)}
     influx_url = env.get("INFLUXDB_V2_URL") or None
     if influx_url is not None:
         _validate_http_url("INFLUXDB_V2_URL", influx_url)
@@ -147,13 +169,30 @@ def load_settings(
         db_url=db_url,
         influx_url=influx_url,
         influx_org=env.get("INFLUXDB_V2_ORG") or None,
-        influx_token=env.get("INFLUXDB_V2_TOKEN") or None,
+        influx_token=_influx_token(env),
         influx_bucket=env.get("INFLUXDB_V2_BUCKET") or DEFAULT_BUCKET,
         prometheus_addr=env.get("RUNWATCH_PROMETHEUS_ADDR") or "127.0.0.1",
         prometheus_port=_parse_port(env.get("RUNWATCH_PROMETHEUS_PORT")),
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
     )
+
+
+def _influx_token(env: Mapping[str, str]) -> str | None:
+    name, token = "INFLUXDB_V2_TOKEN", env.get("INFLUXDB_V2_TOKEN") or None
+    path = env.get("INFLUXDB_V2_TOKEN_FILE") or None
+    if token is None and path is not None:
+        name = "INFLUXDB_V2_TOKEN_FILE"
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"INFLUXDB_V2_TOKEN_FILE cannot be read: {exc}") from None
+    if token is not None and PLACEHOLDER_MARK in token.lower():
+        raise ConfigError(
+            f"{name} is still the .env.example placeholder: set the real token "
+            "(the compose stack's write-only one, see .env.example)"
+        )
+    return token
 
 
 def _parse_seconds(name: str, env: Mapping[str, str], default: float) -> float:
@@ -182,9 +221,19 @@ def _validate_db_url(url: str) -> None:
 
 
 def _validate_http_url(name: str, url: str) -> None:
-    parts = urlsplit(url)
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ConfigError(
+            f"{name} is not a valid URL: it contains whitespace or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+        raise ConfigError(f"{name} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{name} must be an http(s) URL with a host, got {mask_url(url)!r}")
+    if port == 0:
+        raise ConfigError(f"{name} has port 0: a server port is 1..65535")
 
 
 def _parse_port(text: str | None) -> int:

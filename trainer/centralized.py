@@ -3,12 +3,13 @@ module, by import path), with runwatch telemetry, checkpointing and early stoppi
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from collector.lightning import Telemetry, runwatch_telemetry
 from trainer.data import BreastCancerDataModule
 from trainer.defaults import DEFAULT_EXPERIMENT, DEFAULT_SEED
 from trainer.model import MLPClassifier
+
+log = logging.getLogger("trainer")
 
 
 @dataclass(frozen=True)
@@ -170,13 +173,57 @@ def _monitoring_callbacks(
     module may log other names, so it gets the last checkpoint only."""
     dirpath = settings.home / "checkpoints" / run_id
     if config.model is not None:
-        return [ModelCheckpoint(dirpath=dirpath, filename="last-{epoch}")]
+        return [DiskTolerantCheckpoint(dirpath=dirpath, filename="last-{epoch}")]
     return [
-        ModelCheckpoint(
+        DiskTolerantCheckpoint(
             dirpath=dirpath, monitor="val_recall", mode="max", save_top_k=1, filename="best-{epoch}"
         ),
         EarlyStopping(monitor="val_loss", mode="min", patience=config.patience),
     ]
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
+"""The disk refused to write (full, read-only, over quota, not writable)."""
+
+
+class DiskTolerantCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that never ends a training: the first checkpoint the disk refuses is
+    removed, one warning says so, and the run trains on without further checkpoints (keeping
+    the last one saved, if any)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.disk_error: OSError | None = None
+
+    def _should_skip_saving_checkpoint(self, trainer: pl.Trainer) -> bool:
+        return self.disk_error is not None or super()._should_skip_saving_checkpoint(trainer)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self.disk_error is not None:
+            return
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            self._give_up(filepath, exc)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self.disk_error is None:  # after a refused save, the older one is the only one left
+            super()._remove_checkpoint(trainer, filepath)
+
+    def _give_up(self, filepath: str, exc: OSError) -> None:
+        self.disk_error = exc
+        with suppress(OSError):
+            Path(filepath).unlink(missing_ok=True)  # a torn, partly written file
+        self.best_k_models.pop(filepath, None)
+        saved = self._last_checkpoint_saved
+        self.best_model_path = saved if saved and Path(saved).exists() else ""
+        log.warning(
+            "runwatch: checkpoint not saved (%s: %s); training goes on without checkpoints",
+            exc.strerror or exc,
+            Path(filepath).parent,
+        )
 
 
 def _trainer(config: CentralizedConfig, settings: Settings, telemetry: Telemetry) -> pl.Trainer:

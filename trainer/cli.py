@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,19 @@ def run_train_centralized(args: argparse.Namespace, settings: Settings) -> int:
     result = run_centralized(config, settings)
     print(f"run {result.run_id}: {result.status}, {result.epochs_run} epochs")
     _print_metrics(result)
+    if not _metadata_stored(result.run_id, settings):
+        return 1
     return 0 if result.status == "completed" else 1
+
+
+def _metadata_stored(run_id: str, settings: Settings) -> bool:
+    """False, after one line on stderr, when the run's metadata waits in its journal."""
+    from collector.store.journal import describe_pending
+
+    pending = describe_pending(settings, run_id)
+    if pending is not None:
+        print(f"runwatch: {pending}", file=sys.stderr)
+    return pending is None
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,6 +122,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     result = run_centralized(config, settings)
     print()
     print(summary(result, settings))
+    if not _metadata_stored(result.run_id, settings):
+        return 1
     if args.no_federated:
         return 0 if result.status == "completed" else 1
     print()

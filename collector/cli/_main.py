@@ -1,8 +1,11 @@
 """Parser assembly and dispatch; errors become one line on stderr.
 
 A command module exposes ``register(subparsers)``; the parser it adds sets
-``handler=<function(args, settings) -> int>`` through ``set_defaults``.
-Exit codes: 0 success, 1 failure, 2 usage error (argparse's own).
+``handler=<function(args, settings) -> int>`` through ``set_defaults``, and may set
+``unused_settings`` (groups of ``collector.config.SETTING_GROUPS``, e.g. ``("influx",)``) when
+it never uses them, so a malformed ``INFLUXDB_V2_*`` variable does not stop it.
+Exit codes: 0 success, 1 failure, 2 usage or configuration error. An error is one line on
+stderr; ``-v`` adds its traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+from collector.cli.output import printable
 from collector.config import Settings, load_settings
-from collector.errors import RunwatchError
+from collector.errors import ConfigError, RunwatchError
 
 log = logging.getLogger("runwatch")
 
@@ -60,14 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
-        settings = load_settings()
+        settings = load_settings(unused=getattr(args, "unused_settings", ()))
         return handler(args, settings)
+    except ConfigError as exc:
+        _print_error(exc, args.verbose)
+        return 2
     except RunwatchError as exc:
-        print(f"runwatch: error: {exc}", file=sys.stderr)
+        _print_error(exc, args.verbose)
         return 1
     except KeyboardInterrupt:
         print("runwatch: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_error(exc: RunwatchError, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"runwatch: error: {printable(exc)}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,13 @@
-"""Number types for argparse options, shared by runwatch's commands and plugins: a bad value is
-a usage error (exit 2) with one line saying why."""
+"""Argument types for argparse, shared by runwatch's commands and plugins: a bad value is a
+usage error (exit 2) with one line saying why."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+from collector.errors import InvalidRunIdError
+from collector.ids import validate_run_id
 
 
 def positive_int(text: str) -> int:
@@ -39,3 +42,10 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+def run_id_arg(text: str) -> str:
+    try:
+        return validate_run_id(text)
+    except InvalidRunIdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,4 +1,7 @@
-"""``runwatch runs list|show|export``: what the relational store holds about runs."""
+"""``runwatch runs list|show|export``: what the relational store holds about runs.
+
+Text output escapes non-printable characters in every cell (``collector.cli.output``);
+``--json`` output is exact."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector.cli.argtypes import positive_int
+from collector.cli.argtypes import positive_int, run_id_arg
+from collector.cli.output import printable
 from collector.config import Settings
 from collector.errors import RunwatchError
 from collector.store import RunSummary, Store
@@ -30,6 +34,8 @@ CSV_COLUMNS = (
     "recorded_at",
 )
 MAX_STEM = 120
+UNUSED_SETTINGS = ("influx", "prometheus")
+"""Only the store is read: malformed InfluxDB or Prometheus variables never stop these."""
 
 
 def register(sub: Any) -> None:
@@ -39,18 +45,18 @@ def register(sub: Any) -> None:
     list_parser = runs.add_parser("list", help="list runs, newest first")
     list_parser.add_argument("--json", action="store_true", help="machine-readable output")
     list_parser.add_argument("--limit", type=positive_int, help="show at most N runs")
-    list_parser.set_defaults(handler=list_runs)
+    list_parser.set_defaults(handler=list_runs, unused_settings=UNUSED_SETTINGS)
 
     show = runs.add_parser("show", help="one run: settings, final stats, last metrics")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("run_id", metavar="RUN_ID", type=run_id_arg)
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(handler=show_run)
+    show.set_defaults(handler=show_run, unused_settings=UNUSED_SETTINGS)
 
     export = runs.add_parser("export", help="write a run's metrics to a CSV or JSON file")
-    export.add_argument("run_id", metavar="RUN_ID")
+    export.add_argument("run_id", metavar="RUN_ID", type=run_id_arg)
     export.add_argument("--format", choices=("csv", "json"), required=True)
     export.add_argument("--out", type=Path, default=Path("."), help="directory (default: current)")
-    export.set_defaults(handler=export_run)
+    export.set_defaults(handler=export_run, unused_settings=UNUSED_SETTINGS)
 
 
 def list_runs(args: argparse.Namespace, settings: Settings) -> int:
@@ -147,6 +153,7 @@ def write_metrics_csv(target: Path, summary: RunSummary) -> None:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [
         max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
     ]
@@ -191,6 +198,7 @@ def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
 def _section(title: str, rows: Sequence[Sequence[str]]) -> None:
     if not rows:
         return
+    rows = [[printable(cell) for cell in row] for row in rows]
     print(f"\n{title}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -4,8 +4,11 @@ not acknowledged (of every run, or of one run).
 Re-shipping is harmless (InfluxDB overwrites a point with the same series and timestamp).
 Streams a live recorder is still writing are left to that recorder's own shipper. A progress
 bar is drawn when stdout is a terminal; otherwise one summary line is printed.
+Run metadata a training could not store (its database was unavailable) is stored first, from
+its journal (``collector.store.journal``); without InfluxDB that is all sync does.
 Exit 0 when nothing is left to ship, 1 (one error line) when InfluxDB is not configured, the
-run is unknown, or points remain because InfluxDB failed or the time ran out.
+run is unknown, metadata could not be stored, or points remain because InfluxDB failed or the
+time ran out.
 """
 
 from __future__ import annotations
@@ -189,6 +192,9 @@ def register(sub: Any) -> None:
 
 def run_sync(args: argparse.Namespace, settings: Settings) -> int:
     out = sys.stdout
+    stored = store_journaled_metadata(settings, args.run_id)
+    if stored and not settings.influx_url:
+        return 0  # the metadata was all there was to do: points stay in the spool
     bar = ProgressBar(out) if out.isatty() else None
     result = ship_backlog(settings, args.run_id, bar, timeout_s=args.timeout)
     if bar is not None:
@@ -208,6 +214,27 @@ def run_sync(args: argparse.Namespace, settings: Settings) -> int:
             f"{result.remaining_bytes} bytes stay in the spool (run `runwatch sync` again)"
         )
     return 0
+
+
+def store_journaled_metadata(settings: Settings, run_id: str | None) -> bool:
+    """Replay run metadata the database could not take while training (one line per run);
+    True when there was some. Raises one RunwatchError line if some could not be stored."""
+    from collector.store.journal import replay_journals
+
+    replays = replay_journals(settings, run_id)
+    for replay in replays:
+        state = "complete" if replay.finished else "still open"
+        print(
+            f"stored {replay.replayed} metadata writes of run {replay.run_id} in "
+            f"{mask_url(settings.db_url)} ({state})"
+        )
+    failed = [r for r in replays if r.error is not None]
+    if failed:
+        raise RunwatchError(
+            f"run metadata of {', '.join(r.run_id for r in failed)} not stored "
+            f"({failed[0].error}); it stays in the journal (run `runwatch sync` again)"
+        )
+    return bool(replays)
 
 
 def summary(result: SyncResult, settings: Settings) -> str:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from collector.ids import is_valid_run_id
+
 log = logging.getLogger("collector.flower")
 
 RECORD_NAME = "runwatch"
@@ -64,6 +66,9 @@ def read_run_note(message: Message) -> RunNote | None:
     experiment = record.get(KEY_EXPERIMENT)
     round_number = record.get(KEY_ROUND)
     if not isinstance(run_id, str) or not isinstance(experiment, str):
+        return None
+    if not is_valid_run_id(run_id):  # it would name files under this client's RUNWATCH_HOME
+        log.warning("runwatch: ignoring a run note with an invalid run id %s", ascii(run_id)[:80])
         return None
     if not isinstance(round_number, int) or isinstance(round_number, bool):
         return None

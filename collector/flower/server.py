@@ -33,8 +33,9 @@ from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from collector import schema
 from collector.config import Settings, load_settings
+from collector.errors import RunIdInUseError
 from collector.flower.protocol import RunNote, attach_run_note, read_client_report
-from collector.ids import new_run_id
+from collector.ids import new_run_id, refuse_reused_run_id, validate_run_id
 
 if TYPE_CHECKING:
     from collector.prometheus import PrometheusExporter
@@ -154,7 +155,7 @@ class FederatedRun:
         heartbeat_interval_s: float | None = None,
     ) -> None:
         self.experiment = experiment
-        self.run_id = run_id or new_run_id()
+        self.run_id = validate_run_id(run_id) if run_id else new_run_id()
         self.num_rounds = num_rounds
         self.errors = _ErrorLedger()
         self.status: str | None = None
@@ -210,11 +211,17 @@ class FederatedRun:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> FederatedRun:
+        """Raises RunIdInUseError when the run id belongs to an earlier run (nothing started,
+        no point written)."""
         with self._lock:
             if self.started:
                 return self
             self.started = True
-        self._start_store()
+        try:
+            self._start_store()
+        except RunIdInUseError:
+            self.started = False
+            raise
         self._start_exporter()
         self._open_recorder()
         self.event(schema.EVENT_TRAINING_START, text=f"federated run {self.run_id}")
@@ -222,10 +229,11 @@ class FederatedRun:
 
     def _start_store(self) -> None:
         try:
+            refuse_reused_run_id(self.settings, self.run_id)
             if self._store is None:
-                from collector.store import Store
+                from collector.store.journal import JournalingStore
 
-                self._store = Store.from_settings(self.settings)
+                self._store = JournalingStore.for_run(self.settings, self.run_id)
             self._store.create_run(
                 self.experiment,
                 schema.MODE_FEDERATED,
@@ -234,6 +242,11 @@ class FederatedRun:
                 host=socket.gethostname(),
                 hyperparams=self._hyperparams or None,
             )
+        except RunIdInUseError:
+            if self._owns_store and self._store is not None:
+                self._store.dispose()
+                self._store = None
+            raise
         except Exception as exc:
             self.report_error("FederatedRun.start (store)", exc)
             self._store = None

@@ -1,4 +1,7 @@
-"""Telemetry never raises into training: hook exceptions are logged once per hook and counted."""
+"""Telemetry never raises into training: hook exceptions are logged once per hook and counted.
+
+The one exception is a refused run id (``RunIdInUseError``), raised from the first hook, before
+training starts and before any point is written."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
+
+from collector.errors import RunIdInUseError
 
 log = logging.getLogger("collector.lightning")
 
@@ -61,6 +66,8 @@ def guarded(method: F) -> F:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
+        except RunIdInUseError:
+            raise  # refused before anything was written: the caller must see it
         except Exception as exc:
             ledger = getattr(self, "error_ledger", None) or GLOBAL_LEDGER
             ledger.report(where, exc, getattr(self, "error_sink", None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import math
 import socket
 import time
@@ -36,6 +37,9 @@ from collector.lightning.session import (
     RunSession,
 )
 from collector.points import normalise_name
+from collector.store.values import storable_text
+
+log = logging.getLogger("collector.lightning")
 
 DEFAULT_BATCH_EVERY_N = 10
 DEFAULT_GRADIENT_EVERY_N = 20
@@ -518,8 +522,12 @@ class MetricsFileExporter(SessionCallback):
 
     @guarded
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             self.export(trainer)
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback
+            log.warning("runwatch: metrics files not written: %s", exc)
 
     def export(self, trainer: pl.Trainer) -> list[Path]:
         session = self.session
@@ -550,17 +558,20 @@ class MetricsFileExporter(SessionCallback):
 
 
 def _write_csv(path: Path, history: Sequence[Mapping[str, float]]) -> None:
-    columns = ["epoch", *sorted({k for row in history for k in row} - {"epoch"})]
+    rows = [{storable_text(k): v for k, v in row.items()} for row in history]
+    columns = ["epoch", *sorted({k for row in rows for k in row} - {"epoch"})]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        for row in history:
+        for row in rows:
             writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
 
 
 def _json_row(row: Mapping[str, float]) -> dict[str, float | int | None]:
+    # storable_text: a lone surrogate in a name would make the file invalid UTF-8 / JSON.
     return {
-        k: (int(v) if k == "epoch" else (v if math.isfinite(v) else None)) for k, v in row.items()
+        storable_text(k): (int(v) if k == "epoch" else (v if math.isfinite(v) else None))
+        for k, v in row.items()
     }
 
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities import rank_zero_only
 
 from collector.config import Settings, load_settings
-from collector.ids import new_run_id
+from collector.errors import RunIdInUseError
+from collector.ids import new_run_id, refuse_reused_run_id, validate_run_id
 from collector.lightning._guard import ErrorLedger
 from collector.prometheus import (
     PrometheusExporter,
@@ -134,7 +135,8 @@ class RunSession:
         whose server owns the run's records); ``tags`` go on every point of the run."""
         self.experiment = experiment
         self.mode = mode
-        self.run_id = run_id or new_run_id()
+        self.run_id = validate_run_id(run_id) if run_id else new_run_id()
+        self._refused: RunIdInUseError | None = None
         self.source_path = source_path
         self.tags = dict(tags or {})
         self._settings = settings
@@ -198,7 +200,10 @@ class RunSession:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> bool:
-        """Create the run, recorder, exporter and heartbeat (rank zero only); idempotent."""
+        """Create the run, recorder, exporter and heartbeat (rank zero only); idempotent.
+
+        Raises RunIdInUseError, every time, when the run id belongs to an earlier run: then
+        nothing is started and no point is written."""
         if self.started:
             return not self.finished
         if not is_global_rank_zero():
@@ -206,9 +211,11 @@ class RunSession:
         with self._lock:
             if self.started:
                 return not self.finished
+            if self._refused is not None:
+                raise self._refused
+            self._start_store()
             self.started = True
             self.start_time = time.time()
-            self._start_store()
             self._start_exporter()
             self._open_recorder()
         return True
@@ -217,10 +224,11 @@ class RunSession:
         if not self._use_store:
             return
         try:
+            refuse_reused_run_id(self.settings, self.run_id)
             if self._store is None:
-                from collector.store import Store
+                from collector.store.journal import JournalingStore
 
-                self._store = Store.from_settings(self.settings)
+                self._store = JournalingStore.for_run(self.settings, self.run_id)
             self._store.create_run(
                 self.experiment,
                 self.mode,
@@ -229,6 +237,12 @@ class RunSession:
                 host=socket.gethostname(),
                 hyperparams=jsonable_params(self._initial_hyperparams) or None,
             )
+        except RunIdInUseError as exc:
+            self._refused = exc
+            if self._owns_store and self._store is not None:
+                self._store.dispose()
+                self._store = None
+            raise
         except Exception as exc:
             self.report_error("RunSession.start (store)", exc)
             self._store = None

@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from collector.config import Settings, mask_url
-from collector.errors import RunwatchError, UnknownRunError
-from collector.ids import new_run_id
+from collector.errors import RunIdInUseError, UnknownRunError
+from collector.ids import new_run_id, validate_run_id
 from collector.store import queries, writes
 from collector.store.bulk import insert_metric_rows
 from collector.store.engine import (
@@ -46,15 +46,15 @@ from collector.store.models import (
 )
 from collector.store.records import MetricRecord, RoundRecord, RunSummary, ServerEvaluationRecord
 from collector.store.session import session_scope
-from collector.store.values import FiniteValues
+from collector.store.values import FiniteValues, storable_name, storable_text
 
 FINISHED_STATUSES = ("completed", "failed")
+ARTIFACT_KIND_CHARS = 32
 
 
-class RunExistsError(RunwatchError):
+class RunExistsError(RunIdInUseError):
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run already exists: {run_id!r}")
-        self.run_id = run_id
+        super().__init__(run_id, "a run with this id is in the store")
 
 
 class Store:
@@ -125,25 +125,27 @@ class Store:
         source_path: str | None = None,
         host: str | None = None,
         hyperparams: Mapping[str, object] | None = None,
+        started_at: datetime | None = None,
     ) -> str:
-        """A new run in status ``in_progress``; returns its run_id."""
+        """A new run in status ``in_progress``; returns its run_id. ``started_at`` (default
+        now) is for runs recorded earlier (a replayed journal)."""
         if mode not in TRAINING_MODES:
             raise ValueError(f"mode must be one of {TRAINING_MODES}, got {mode!r}")
         self._mark_stale_runs()
-        now = utc_now()
-        run_id = run_id or new_run_id(now)
+        now = started_at or utc_now()
+        run_id = validate_run_id(run_id or new_run_id(now))
         with self.session() as session:
             if session.scalar(select(Run.id).where(Run.run_id == run_id)) is not None:
                 raise RunExistsError(run_id)
             run = Run(
                 run_id=run_id,
-                experiment_name=experiment,
+                experiment_name=storable_name(experiment),
                 training_mode=mode,
                 status="in_progress",
                 start_time=now,
                 heartbeat_at=now,
-                host=host if host is not None else socket.gethostname(),
-                source_path=source_path,
+                host=storable_name(host if host is not None else socket.gethostname()),
+                source_path=None if source_path is None else storable_text(source_path),
             )
             session.add(run)
             session.flush()
@@ -166,11 +168,13 @@ class Store:
                 .values(status="in_progress", end_time=None)
             )
 
-    def complete_run(self, run_id: str, status: str = "completed") -> None:
+    def complete_run(
+        self, run_id: str, status: str = "completed", *, ended_at: datetime | None = None
+    ) -> None:
         """Finish a run and store its final confusion-matrix stats (context ``final_epoch``)."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
-        now = utc_now()
+        now = ended_at or utc_now()
         with self.session() as session:
             run = writes.find_run(session, run_id)
             run.status, run.end_time, run.heartbeat_at = status, now, now
@@ -217,6 +221,7 @@ class Store:
         client_id: str | None = None,
         round_number: int | None = None,
         context: str = "epoch_end",
+        recorded_at: datetime | None = None,
     ) -> int:
         """Bulk-insert every finite metric of ``epochs`` (one Core INSERT); returns rows written."""
         if context not in METRIC_CONTEXTS:
@@ -232,7 +237,7 @@ class Store:
                 else None,
             )
             rows = epoch_rows(epochs, target, self._values)
-            insert_metric_rows(session, rows, utc_now())
+            insert_metric_rows(session, rows, recorded_at or utc_now())
             return len(rows)
 
     def record_round(
@@ -270,7 +275,12 @@ class Store:
                 )
 
     def add_server_evaluation(
-        self, run_id: str, round_number: int, metrics: Mapping[str, object]
+        self,
+        run_id: str,
+        round_number: int,
+        metrics: Mapping[str, object],
+        *,
+        recorded_at: datetime | None = None,
     ) -> None:
         """Store the server's evaluation of a round (one row per round; a repeat replaces it).
 
@@ -294,7 +304,7 @@ class Store:
                     round_pk=round_pk,
                     round_number=round_number,
                     metrics=finite,
-                    recorded_at=utc_now(),
+                    recorded_at=recorded_at or utc_now(),
                     **columns,
                 )
             )
@@ -314,6 +324,7 @@ class Store:
         epoch: int | None = None,
         metric_name: str | None = None,
         metric_value: float | None = None,
+        created_at: datetime | None = None,
     ) -> None:
         value = None
         if metric_value is not None:
@@ -322,13 +333,13 @@ class Store:
             session.add(
                 RunArtifact(
                     run_pk=writes.run_pk_of(session, run_id),
-                    kind=kind,
-                    path=path,
+                    kind=storable_text(kind, ARTIFACT_KIND_CHARS),
+                    path=storable_text(path),
                     step=step,
                     epoch=epoch,
-                    metric_name=metric_name,
+                    metric_name=None if metric_name is None else storable_name(metric_name),
                     metric_value=value,
-                    created_at=utc_now(),
+                    created_at=created_at or utc_now(),
                 )
             )
 

@@ -30,6 +30,7 @@ from collector.store.models import (
     ServerEvaluation,
     utc_now,
 )
+from collector.store.values import storable_name
 
 
 def find_run(session: Session, run_id: str) -> Run:
@@ -48,7 +49,7 @@ def run_pk_of(session: Session, run_id: str) -> int:
 
 def client_pk_of(session: Session, run_pk: int, client_id: str) -> int:
     """Get or create, resolved within the run; a concurrent creator wins without an error."""
-    client_id = str(client_id)  # Flower node ids arrive as ints despite the annotation
+    client_id = storable_name(client_id)  # Flower node ids arrive as ints despite the annotation
     query = select(Client.id).where(Client.run_pk == run_pk, Client.client_identifier == client_id)
     found = session.scalar(query)
     if found is None:
@@ -88,7 +89,8 @@ def flatten(params: Mapping[str, object], prefix: str = "") -> dict[str, object]
 
 
 def upsert_hyperparams(session: Session, run_pk: int, params: Mapping[str, object]) -> None:
-    flat = flatten(params)
+    # Keys as stored: two spellings that store alike keep the later value, never fail both.
+    flat = {storable_name(key): value for key, value in flatten(params).items()}
     if not flat:
         return
     session.execute(

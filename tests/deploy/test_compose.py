@@ -119,13 +119,83 @@ class TestComposeConfig:
         grafana = resolved["services"]["grafana"]["environment"]
         assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == example["GRAFANA_ADMIN_PASSWORD"]
         assert grafana["GF_SECURITY_ADMIN_PASSWORD"] != "admin"
-        assert grafana["INFLUXDB_TOKEN"] == example["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
         influxdb = resolved["services"]["influxdb"]["environment"]
         assert influxdb["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
         assert influxdb["DOCKER_INFLUXDB_INIT_BUCKET"] == example["DOCKER_INFLUXDB_INIT_BUCKET"]
         trainer = resolved["services"]["trainer"]["environment"]
         assert trainer["INFLUXDB_V2_URL"] == "http://influxdb:8086"
-        assert trainer["INFLUXDB_V2_TOKEN"] == example["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+
+    def test_only_influxdb_holds_the_operator_token(self, resolved: dict[str, Any]) -> None:
+        operator = env_example()["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+        holders = {
+            name
+            for name, service in resolved["services"].items()
+            if operator in (service.get("environment") or {}).values()
+        }
+        assert holders == {"influxdb"}
+
+    def test_trainer_writes_and_grafana_reads_with_their_own_tokens(
+        self, resolved: dict[str, Any]
+    ) -> None:
+        services = resolved["services"]
+        influxdb, grafana, trainer = (services[n] for n in ("influxdb", "grafana", "trainer"))
+        init_scripts = _mounts(influxdb)
+        assert init_scripts["/docker-entrypoint-initdb.d/runwatch-tokens.sh"].endswith(
+            "deploy/influxdb/init-tokens.sh"
+        )
+        env = influxdb["environment"]
+        token_dirs = {env["RUNWATCH_TRAINER_TOKEN_DIR"], env["RUNWATCH_GRAFANA_TOKEN_DIR"]}
+        assert set(env["RUNWATCH_TOKEN_DIRS"].split()) == token_dirs
+        trainer_dir = env["RUNWATCH_TRAINER_TOKEN_DIR"]
+        grafana_dir = env["RUNWATCH_GRAFANA_TOKEN_DIR"]
+        # Each token's volume is mounted, read-only, into its own service only.
+        trainer_volume = init_scripts[trainer_dir]
+        grafana_volume = init_scripts[grafana_dir]
+        assert _mounts(trainer) == {
+            "/home/runwatch/.runwatch": "runwatch-home",
+            trainer_dir: trainer_volume,
+        }
+        assert trainer["environment"]["INFLUXDB_V2_TOKEN_FILE"] == f"{trainer_dir}/token"
+        assert "INFLUXDB_V2_TOKEN" not in trainer["environment"]
+        assert _mounts(grafana)[grafana_dir] == grafana_volume
+        assert grafana_volume not in _mounts(trainer).values()
+        assert trainer_volume not in _mounts(grafana).values()
+        assert _read_only(trainer, trainer_dir) and _read_only(grafana, grafana_dir)
+        assert grafana["environment"]["RUNWATCH_INFLUXDB_TOKEN_FILE"] == f"{grafana_dir}/token"
+        assert "INFLUXDB_TOKEN" not in grafana["environment"]
+
+    def test_influxdb_and_grafana_start_through_the_secret_check(
+        self, resolved: dict[str, Any]
+    ) -> None:
+        services = resolved["services"]
+        expected = {
+            "influxdb": (
+                ["/entrypoint.sh"],
+                {"DOCKER_INFLUXDB_INIT_PASSWORD", "DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"},
+                {"DOCKER_INFLUXDB_INIT_USERNAME"},
+            ),
+            "grafana": (["/run.sh"], {"GF_SECURITY_ADMIN_PASSWORD"}, {"GF_SECURITY_ADMIN_USER"}),
+        }
+        for name, (image_entrypoint, secrets, users) in expected.items():
+            service = services[name]
+            assert service["entrypoint"] == [
+                "/bin/sh",
+                "/etc/runwatch/check-secrets.sh",
+                *image_entrypoint,
+            ]
+            assert _mounts(service)["/etc/runwatch/check-secrets.sh"].endswith(
+                "deploy/check-secrets.sh"
+            )
+            assert set(service["environment"]["RUNWATCH_SECRETS"].split()) == secrets
+            assert set(service["environment"]["RUNWATCH_ADMIN_USERS"].split()) == users
+        assert services["influxdb"]["command"] == ["influxd"]  # the image's CMD, kept
+
+    def test_grafana_admin_user_has_no_default(self, project: Path) -> None:
+        env = project / ".env"
+        lines = env.read_text().splitlines()
+        env.write_text("\n".join(x for x in lines if not x.startswith("GRAFANA_ADMIN_USER=")))
+        result = compose(project, "config")
+        assert result.returncode != 0 and "GRAFANA_ADMIN_USER" in result.stderr
 
     def test_trainer_exporter_is_what_prometheus_scrapes(self, resolved: dict[str, Any]) -> None:
         trainer = resolved["services"]["trainer"]["environment"]
@@ -210,3 +280,24 @@ class TestTrainerImage:
         assert not any(
             rule.startswith("!") and (".env" in rule or ".venv" in rule) for rule in rules
         )
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target -> source of a resolved service's volumes."""
+    found: dict[str, str] = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found[volume["target"]] = str(volume["source"])
+        else:
+            source, target = str(volume).split(":")[:2]
+            found[target] = source
+    return found
+
+
+def _read_only(service: dict[str, Any], target: str) -> bool:
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict) and volume["target"] == target:
+            return bool(volume.get("read_only"))
+        if isinstance(volume, str) and volume.split(":")[1] == target:
+            return volume.endswith(":ro")
+    raise AssertionError(f"{target} is not mounted")

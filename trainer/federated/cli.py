@@ -78,6 +78,11 @@ def run_train_federated(args: argparse.Namespace, settings: Settings) -> int:
     )
     result = run_federated(config, settings, engine=args.engine, timeout_s=args.timeout)
     print(federated_summary(result, settings))
+    from collector.store.journal import describe_pending
+
+    pending = describe_pending(settings, result.run_id)
+    if pending is not None:
+        raise FederatedRunFailed(pending)
     _raise_unless_ok(result)
     return 0
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from collector.ids import validate_run_id
 from trainer.defaults import DEFAULT_SEED
 
 RunConfigValue = bool | int | float | str
@@ -49,6 +50,8 @@ class FederatedConfig:
             raise ValueError(f"num-clients must be at least 1, got {self.num_clients}")
         if self.local_epochs < 1:
             raise ValueError(f"local-epochs must be at least 1, got {self.local_epochs}")
+        if self.run_id:
+            validate_run_id(self.run_id)  # it names the run's directory under RUNWATCH_HOME
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> FederatedConfig:
