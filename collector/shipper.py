@@ -12,7 +12,9 @@ Failures:
 - 400, 413 and 422 mean InfluxDB refused *lines* (malformed, too large, outside retention):
   the batch is split in halves until the refused lines are alone, those are moved to
   ``<run>.rejected`` with a warning, the rest is shipped (re-sending the lines InfluxDB
-  already took from a partial write is harmless);
+  already took from a partial write is harmless). A 422 saying InfluxDB dropped as many
+  points as the request held (``dropped=N``: all beyond the bucket's retention) moves the
+  whole request there at once;
 - other 4xx (401, 403, 404: token, org or bucket) are *configuration* errors: nothing is
   dropped, the data waits on disk.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -51,9 +54,11 @@ DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 class WriteError(Exception):
     """A write InfluxDB did not acknowledge."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, dropped: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.dropped = dropped
+        """Points InfluxDB says it dropped (its 422 partial write ``dropped=N``), when told."""
 
 
 class TransientWriteError(WriteError):
@@ -68,11 +73,15 @@ class ConfigWriteError(WriteError):
     """Token, org or bucket is wrong: retrying the same request will not help."""
 
 
+_DROPPED = re.compile(r"\bdropped=(\d+)")
+
+
 def classify_status(status: int, body: str) -> WriteError:
     summary = " ".join(body.split())[:300] or "no details"
     message = f"HTTP {status}: {summary}"
     if status in (400, 413, 422):
-        return RejectedLinesError(message, status)
+        dropped = _DROPPED.search(body) if status == 422 else None
+        return RejectedLinesError(message, status, int(dropped[1]) if dropped else None)
     if status in (408, 429) or status >= 500:
         return TransientWriteError(message, status)
     return ConfigWriteError(message, status)
@@ -143,18 +152,25 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else ""
 
 
+_jitter = random.Random()
+"""runwatch's own generator: backoff never draws from (or reseeds) the global one that
+training code and Flower's node sampling use."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter: attempt n waits a random 50-100% of
-    ``min(max_delay_s, base_delay_s * 2**(n-1))``."""
+    ``min(max_delay_s, base_delay_s * 2**(n-1))``, for any n (hours of failures included)."""
 
     max_attempts: int = 5
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
 
     def delay(self, attempt: int) -> float:
-        capped = min(self.max_delay_s, self.base_delay_s * 2.0 ** max(0, attempt - 1))
-        return capped * random.uniform(0.5, 1.0)
+        # 2**64 already dwarfs any max_delay_s; a larger exponent would overflow a float.
+        doublings = min(max(0, attempt - 1), 64)
+        capped = min(self.max_delay_s, self.base_delay_s * 2.0**doublings)
+        return capped * _jitter.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -212,18 +228,27 @@ class StreamShipper:
         try:
             self._target.write(to_wire(data), timeout_s)
         except RejectedLinesError as exc:
+            lines = data.count(b"\n")
+            if exc.dropped is not None and exc.dropped >= lines:
+                # InfluxDB refused every line (all beyond retention, say): splitting would
+                # cost two requests per line and find the same.
+                self._reject(data, lines, exc)
+                return
             first, second = split_lines(data)
             if not second:
-                self._reject(data, exc)
+                self._reject(data, lines, exc)
                 return
             self._send(first, timeout_s)
             self._send(second, timeout_s)
 
-    def _reject(self, line: bytes, exc: WriteError) -> None:
-        quarantine(self.stream, line, f"InfluxDB refused this line: {exc}")
-        self.lines_rejected += 1
+    def _reject(self, data: bytes, lines: int, exc: WriteError) -> None:
+        what = "this line" if lines == 1 else f"these {lines} lines"
+        quarantine(self.stream, data, f"InfluxDB refused {what}: {exc}")
+        self.lines_rejected += lines
         log.warning(
-            "runwatch: InfluxDB refused a line of run %s (%s); moved it to %s",
+            "runwatch: InfluxDB refused %d line%s of run %s (%s); moved to %s",
+            lines,
+            "" if lines == 1 else "s",
             self.stream.run_id,
             exc,
             self.stream.rejected_path,
@@ -250,8 +275,9 @@ def ship_until_caught_up(
     """Ship until the stream is acknowledged up to ``end()``, the monotonic ``deadline()``
     passes, or ``max_attempts`` consecutive failures (None: keep retrying, capped backoff).
 
-    A configuration error ends at once when ``max_attempts`` is set. Backoff waits wake
-    early when ``interrupt`` is set (the deadline is then re-read).
+    A configuration error ends at once when ``max_attempts`` is set. A backoff wait wakes
+    early when ``interrupt`` becomes set (the deadline is then re-read); once it is set, the
+    waits are served in full, so a closing shipper backs off like a live one.
     """
     attempts = 0
     last_error: WriteError | None = None
@@ -284,7 +310,7 @@ def ship_until_caught_up(
             limit = deadline()
             if limit is not None:
                 pause = min(pause, max(0.0, limit - time.monotonic()))
-            if interrupt is not None:
+            if interrupt is not None and not interrupt.is_set():
                 interrupt.wait(pause)
             else:
                 time.sleep(pause)
@@ -324,6 +350,8 @@ class ShipperThread:
         self._shipper = StreamShipper(stream, self._fd, target, tuning)
         self._failing = False
         self.last_error: str | None = None
+        self.failed_attempts = 0
+        """Writes that failed since the thread started (each was retried after a backoff)."""
         self._thread = threading.Thread(
             target=self._run, name=f"runwatch-shipper-{stream.path.stem}", daemon=True
         )
@@ -357,8 +385,8 @@ class ShipperThread:
         return caught_up
 
     def _run(self) -> None:
-        try:
-            while True:
+        while True:
+            try:
                 outcome = ship_until_caught_up(
                     self._shipper,
                     self._end,
@@ -370,15 +398,25 @@ class ShipperThread:
                 )
                 if outcome.caught_up:
                     self._recovered(self._shipper)
-                if self._closing.is_set():
-                    return
-                self._wake.wait(self._idle_poll_s)
-                self._wake.clear()
-        except Exception as exc:  # never let the thread die silently
-            self.last_error = f"shipper stopped: {type(exc).__name__}: {_first_line(exc)}"
-            log.error("runwatch: %s; points stay in %s", self.last_error, self._stream.path)
+            except Exception as exc:  # a bug here must not stop shipping for the whole run
+                self._unexpected(exc)
+            if self._closing.is_set():
+                return
+            self._wake.wait(self._idle_poll_s)
+            self._wake.clear()
+
+    def _unexpected(self, exc: Exception) -> None:
+        self.last_error = f"shipper error: {type(exc).__name__}: {_first_line(exc)}"
+        log.error(
+            "runwatch: %s; points stay in %s and shipping is retried",
+            self.last_error,
+            self._stream.path,
+        )
+        if not self._closing.is_set():
+            self._closing.wait(self._idle_poll_s)
 
     def _failed(self, exc: WriteError) -> None:
+        self.failed_attempts += 1
         self.last_error = str(exc)
         if not self._failing:
             self._failing = True
