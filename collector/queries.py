@@ -144,6 +144,9 @@ from(bucket: bucket)
     |> filter(fn: (r) => length(arr: run_ids) == 0 or contains(value: r.run_id, set: run_ids))
     |> filter(fn: (r) => experiment == "" or r.experiment == experiment)
     |> filter(fn: (r) => training_mode == "" or r.mode == training_mode)
+    // event points carry a string field beside float ones: drop _value, or the regrouped
+    // tables collide ("schema collision detected: column _value is both string and float")
+    |> keep(columns: ["_time", "run_id", "experiment", "mode"])
     |> group(columns: ["run_id", "experiment", "mode"])
     |> reduce(
         identity: {first_seen: 2262-04-11T00:00:00Z, last_seen: 1970-01-01T00:00:00Z},

@@ -15,7 +15,6 @@ pytest_plugins = [
     "tests.servers.influx_runs",
     "tests.servers.prometheus",
     "tests.servers.flux",
-    "tests.servers.influx_query",
 ]
 
 

@@ -1,26 +1,28 @@
 """``runwatch compare``: the SQL path against a real SQLite store (known metrics, and a real
-short training run), the InfluxDB path end to end through influxdb-client against a local HTTP
-server answering annotated CSV, and the same table shape from both."""
+short training run); the InfluxDB path end to end through the CLI against the real InfluxDB 2
+holding real centralized and federated runs, giving the same table as the store for every
+metric the dashboards compare, and failing in one line."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from collector.cli import main
-from collector.config import load_settings
-from collector.queries import METRIC_SUMMARY, ROUND_SUMMARY, RUNS
+from collector.config import Settings, load_settings
+from collector.queries import METRIC_SUMMARY, RUNS
+from collector.schema import evaluation_field
 from collector.store import Store
-from tests.servers.influx_query import InfluxQueryServer
-
-SEEN = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+from grafana.dashboards import LOSSES, VALIDATION_SCORES
+from tests.collector.influx_wire import RecordingProxy, recording_proxy
+from tests.servers._process import free_port
+from tests.servers.influx_runs import EPOCHS_DIVERGING, EPOCHS_HEALTHY, ROUNDS, LoadedRuns
 
 # Epoch histories with known best and last values (different lengths on purpose).
 LONG_RUN = [
@@ -73,8 +75,8 @@ def compare_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, An
     return document
 
 
-def error_line(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    assert main(["compare", *argv]) == 1
+def error_line(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 1) -> str:
+    assert main(["compare", *argv]) == code
     out, err = capsys.readouterr()
     assert out == ""
     assert err.endswith("\n") and err.count("\n") == 1, err
@@ -141,7 +143,7 @@ def test_unknown_runs_are_all_named_in_one_line(
 def test_influx_source_without_url_is_one_line(
     three_runs: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = error_line(capsys, three_runs[0], "--source", "influx")
+    line = error_line(capsys, three_runs[0], "--source", "influx", code=2)  # configuration
     assert line == "runwatch: error: --source influx needs INFLUXDB_V2_URL (or use --source sql)"
 
 
@@ -175,156 +177,6 @@ def test_sql_path_returns_the_values_of_a_real_training_run(
         assert row["best_epoch"] == values.index(best)
         assert row["last_value"] == pytest.approx(values[-1], rel=1e-12)
         assert row["last_epoch"] == 2
-
-
-# -- InfluxDB ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def influx_env(
-    runwatch_env: Path, influx_query_server: InfluxQueryServer, monkeypatch: pytest.MonkeyPatch
-) -> InfluxQueryServer:
-    monkeypatch.setenv("INFLUXDB_V2_URL", influx_query_server.url)
-    monkeypatch.setenv("INFLUXDB_V2_ORG", "runwatch")
-    monkeypatch.setenv("INFLUXDB_V2_TOKEN", "s3cret-token")
-    monkeypatch.setenv("INFLUXDB_V2_BUCKET", "training")
-    return influx_query_server
-
-
-def answer_runs(server: InfluxQueryServer, runs: list[tuple[str, str, str]]) -> None:
-    """RUNS as InfluxDB answers it: one table (grouped) with a row per run found."""
-    rows = [
-        {
-            "run_id": run_id,
-            "experiment": experiment,
-            "mode": mode,
-            "first_seen": SEEN,
-            "last_seen": SEEN,
-        }
-        for run_id, experiment, mode in runs
-    ]
-    server.answer(RUNS.flux, [rows], result="runs")
-
-
-def answer_val_loss_summary(server: InfluxQueryServer, long_id: str, short_id: str) -> None:
-    """METRIC_SUMMARY for LONG_RUN and SHORT_RUN as InfluxDB would compute it (epoch is a
-    float field, so best_epoch/last_epoch come back as doubles; epochs is a count)."""
-    rows = [
-        {
-            "run_id": long_id,
-            "experiment": "baseline",
-            "mode": "centralized",
-            "epochs": 4,
-            "best_value": 0.5,
-            "best_epoch": 1.0,
-            "last_value": 0.5,
-            "last_epoch": 3.0,
-        },
-        {
-            "run_id": short_id,
-            "experiment": "wider",
-            "mode": "centralized",
-            "epochs": 2,
-            "best_value": 0.4,
-            "best_epoch": 1.0,
-            "last_value": 0.4,
-            "last_epoch": 1.0,
-        },
-    ]
-    server.answer(METRIC_SUMMARY.flux, [rows], result="metric_summary")
-
-
-def assert_same_table_from_both_sources(
-    capsys: pytest.CaptureFixture[str], run_ids: list[str]
-) -> None:
-    """``compare --json`` gives the same rows, values, column order and types from both."""
-    from_influx = compare_json(capsys, *run_ids)
-    from_sql = compare_json(capsys, *run_ids, "--source", "sql")
-    assert from_influx["source"] == "influx" and from_sql["source"] == "sql"
-    assert {**from_influx, "source": "sql"} == from_sql
-    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
-        assert list(influx_row) == list(sql_row)
-        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
-
-
-def test_influx_is_the_default_with_a_url_and_matches_the_sql_table(
-    three_runs: list[str], influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    long_id, short_id, other_id = three_runs
-    answer_runs(
-        influx_env,
-        [
-            (long_id, "baseline", "centralized"),
-            (short_id, "wider", "centralized"),
-            (other_id, "no-val", "centralized"),
-        ],
-    )
-    answer_val_loss_summary(influx_env, long_id, short_id)
-
-    assert_same_table_from_both_sources(capsys, three_runs)
-
-    runs_request, summary_request = influx_env.requests
-    assert runs_request.query == RUNS.flux and summary_request.query == METRIC_SUMMARY.flux
-    options = summary_request.extern_options
-    assert [e["value"] for e in options["run_ids"]["elements"]] == three_runs
-    assert options["metric"] == {"type": "StringLiteral", "value": "val_loss"}
-    assert options["higher_is_better"] == {"type": "BooleanLiteral", "value": False}
-    assert options["bucket"] == {"type": "StringLiteral", "value": "training"}
-    assert runs_request.headers["Authorization"] == "Token s3cret-token"
-
-
-def test_influx_text_output(
-    influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    answer_runs(
-        influx_env, [("run-a", "baseline", "centralized"), ("run-b", "wider", "centralized")]
-    )
-    answer_val_loss_summary(influx_env, "run-a", "run-b")
-    assert main(["compare", "run-a", "run-b"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "val_loss (lower is better), from influx"
-    assert lines[2].split() == ["run-a", "baseline", "centralized", "4", "0.5", "1", "0.5", "3"]
-    assert lines[-1] == "best: run-b (val_loss=0.4 at epoch 1)"
-
-
-def test_influx_unknown_runs_are_named_in_one_line(
-    influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    answer_runs(influx_env, [("run-a", "baseline", "centralized")])
-    line = error_line(capsys, "run-a", "run-b", "run-c")
-    assert line == (
-        "runwatch: error: unknown runs in InfluxDB bucket 'training' (not shipped yet? "
-        "`runwatch sync`, or --source sql): 'run-b', 'run-c'"
-    )
-    assert len(influx_env.requests) == 1  # no summary query for an incomplete set
-
-
-@pytest.mark.parametrize(
-    "hostile",
-    ['run") |> drop(columns: ["_value"]) //', "x\n|> yield()", "// comment", 'a"b'],
-)
-def test_influx_hostile_input_never_changes_the_query_text(
-    influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str], hostile: str
-) -> None:
-    answer_runs(influx_env, [(hostile, "e", "centralized")])
-    document = compare_json(capsys, hostile, "--metric", hostile)
-    assert document["runs"][0]["run_id"] == hostile and document["runs"][0]["epochs"] == 0
-    runs_request, summary_request = influx_env.requests
-    assert (runs_request.query, summary_request.query) == (RUNS.flux, METRIC_SUMMARY.flux)
-    assert summary_request.extern_options["metric"] == {"type": "StringLiteral", "value": hostile}
-    assert summary_request.extern_options["run_ids"]["elements"] == [
-        {"type": "StringLiteral", "value": hostile}
-    ]
-
-
-def test_influx_failure_is_one_line(
-    influx_env: InfluxQueryServer, capsys: pytest.CaptureFixture[str]
-) -> None:
-    influx_env.fail(
-        RUNS.flux, 401, json.dumps({"code": "unauthorized", "message": "unauthorized access"})
-    )
-    line = error_line(capsys, "run-a")
-    assert line == "runwatch: error: InfluxDB query runs failed (HTTP 401): unauthorized access"
 
 
 # -- federated runs: rounds of the clients' weighted aggregate ---------------------------------
@@ -376,36 +228,200 @@ EXPECTED_FEDERATED_VAL_LOSS = {
 }
 
 
-def test_influx_federated_rows_read_the_aggregated_round_points(
-    three_runs: list[str],
-    federated_run: str,
-    influx_env: InfluxQueryServer,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    long_id, short_id, _ = three_runs
-    answer_runs(
-        influx_env,
-        [
-            (long_id, "baseline", "centralized"),
-            (short_id, "wider", "centralized"),
-            (federated_run, "fed", "federated"),
-        ],
-    )
-    answer_val_loss_summary(influx_env, long_id, short_id)
-    round_row = {
-        "run_id": federated_run,
-        "experiment": "fed",
-        "mode": "federated",
-        **{k: float(v) for k, v in EXPECTED_FEDERATED_VAL_LOSS.items() if k != "epochs"},
-        "epochs": 3,
+# -- InfluxDB: the real server, real runs, the same table as the store ----------------------
+
+DASHBOARD_METRICS = (*LOSSES, *VALIDATION_SCORES)
+"""Every epoch metric the dashboards compare runs on."""
+
+
+def point_env_at(monkeypatch: pytest.MonkeyPatch, settings: Settings, cwd: Path) -> None:
+    """The environment ``runwatch`` reads for these settings (the read-only token)."""
+    env = {
+        "RUNWATCH_HOME": str(settings.home),
+        "RUNWATCH_DB_URL": settings.db_url,
+        "INFLUXDB_V2_URL": settings.influx_url or "",
+        "INFLUXDB_V2_ORG": settings.influx_org or "",
+        "INFLUXDB_V2_TOKEN": settings.influx_token or "",
+        "INFLUXDB_V2_BUCKET": settings.influx_bucket,
+        "RUNWATCH_PROMETHEUS_PORT": "0",
     }
-    influx_env.answer(ROUND_SUMMARY.flux, [[round_row]], result="round_summary")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cwd)  # no stray .env is read
 
-    wanted = [long_id, short_id, federated_run]
-    assert_same_table_from_both_sources(capsys, wanted)
 
-    _, _, round_request = influx_env.requests
-    assert round_request.query == ROUND_SUMMARY.flux
-    options = round_request.extern_options
-    assert [e["value"] for e in options["run_ids"]["elements"]] == [federated_run]
-    assert options["metric"] == {"type": "StringLiteral", "value": "loss"}  # the round field
+@pytest.fixture
+def real_runs(
+    influx_runs: LoadedRuns, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> LoadedRuns:
+    point_env_at(monkeypatch, influx_runs.reader, tmp_path)
+    return influx_runs
+
+
+@pytest.fixture
+def proxied_runs(
+    influx_runs: LoadedRuns, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[RecordingProxy]:
+    """As ``real_runs``, through a proxy that records what reaches the real server."""
+    with recording_proxy(influx_runs.influxdb2.url) as proxy:
+        point_env_at(monkeypatch, influx_runs.reader.with_overrides(influx_url=proxy.url), tmp_path)
+        yield proxy
+
+
+def assert_same_table_from_both_sources(
+    capsys: pytest.CaptureFixture[str], run_ids: Sequence[str], *options: str
+) -> dict[str, Any]:
+    """``compare --json`` gives the same rows, values, column order and types from both;
+    returns InfluxDB's document."""
+    from_influx = compare_json(capsys, *run_ids, *options)
+    from_sql = compare_json(capsys, *run_ids, *options, "--source", "sql")
+    assert from_influx["source"] == "influx" and from_sql["source"] == "sql"
+    assert {**from_influx, "source": "sql"} == from_sql
+    for influx_row, sql_row in zip(from_influx["runs"], from_sql["runs"], strict=True):
+        assert list(influx_row) == list(sql_row)
+        assert [type(v) for v in influx_row.values()] == [type(v) for v in sql_row.values()]
+    return from_influx
+
+
+def expected_row(store: Store, run_id: str, metric: str) -> dict[str, Any]:
+    """What the comparison must say about one run, worked out here from the store's rows:
+    client-less epoch-end values, or a federated run's aggregated rounds of an evaluation
+    metric."""
+    run = store.get_run(run_id)
+    if run.mode == "federated":
+        rounds = store.aggregated_metrics(run_id) if evaluation_field(metric) else []
+        values = {cast(int, r.round_number): r.value for r in rounds if r.name == metric}
+    else:
+        values = {
+            r.step: r.value
+            for r in store.metrics_by_context(run_id, "epoch_end")
+            if r.name == metric and r.client_id is None
+        }
+    row: dict[str, Any] = {"run_id": run_id, "experiment": run.experiment, "mode": run.mode}
+    if not values:
+        return {**row, "epochs": 0, "best_value": None, "last_value": None}
+    order = sorted(values)
+    pick = min if metric.endswith("loss") else max
+    best = pick(values.values())
+    return {
+        **row,
+        "epochs": len(order),
+        "best_value": best,
+        "best_epoch": next(e for e in order if values[e] == best),
+        "last_value": values[order[-1]],
+        "last_epoch": order[-1],
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", DASHBOARD_METRICS)
+def test_influx_and_sql_agree_on_real_runs(
+    real_runs: LoadedRuns, capsys: pytest.CaptureFixture[str], metric: str
+) -> None:
+    # influx is the default with a URL set: the first call reads InfluxDB
+    document = assert_same_table_from_both_sources(capsys, real_runs.all, "--metric", metric)
+    assert document["metric"] == metric
+    assert [r["run_id"] for r in document["runs"]] == list(real_runs.all)
+    store = real_runs.store()
+    try:
+        for row in document["runs"]:
+            expected = expected_row(store, row["run_id"], metric)
+            assert {k: row[k] for k in expected} == expected
+    finally:
+        store.dispose()
+    by_run = {r["run_id"]: r for r in document["runs"]}
+    assert by_run[real_runs.healthy]["epochs"] == EPOCHS_HEALTHY
+    assert by_run[real_runs.diverging]["epochs"] == EPOCHS_DIVERGING
+    federated = by_run[real_runs.federated]
+    assert federated["unit"] == "round"
+    if evaluation_field(metric) is not None:
+        assert (federated["epochs"], federated["last_epoch"]) == (ROUNDS, ROUNDS)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_influx_text_output_on_real_runs(
+    real_runs: LoadedRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from_influx = compare_json(capsys, real_runs.healthy, real_runs.federated)
+    assert main(["compare", real_runs.healthy, real_runs.federated]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "val_loss (lower is better), from influx"
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    for row in from_influx["runs"]:
+        cells = rows[row["run_id"]]
+        assert cells[1:4] == [row["experiment"], row["mode"], str(row["epochs"])]
+        assert float(cells[4]) == pytest.approx(row["best_value"], rel=1e-5)
+        assert cells[5] == str(row["best_epoch"])
+    best = min(from_influx["runs"], key=lambda r: r["best_value"])
+    assert f"best: {best['run_id']} (val_loss=" in lines[-2]
+    assert lines[-1].startswith("federated runs: their EPOCHS count rounds")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_influx_unknown_runs_are_named_in_one_line(
+    influx_runs: LoadedRuns, proxied_runs: RecordingProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = error_line(capsys, influx_runs.healthy, "run-b", "run-c")
+    assert line == (
+        f"runwatch: error: unknown runs in InfluxDB bucket {influx_runs.bucket!r} (not shipped "
+        "yet? `runwatch sync`, or --source sql): 'run-b', 'run-c'"
+    )
+    assert len(proxied_runs.queries) == 1  # no summary query for an incomplete set
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "hostile",
+    ['run") |> drop(columns: ["_value"]) //', "x\n|> yield()", "// comment", 'a"b', '" or true'],
+)
+def test_influx_hostile_input_never_changes_the_query_text(
+    influx_runs: LoadedRuns,
+    proxied_runs: RecordingProxy,
+    capsys: pytest.CaptureFixture[str],
+    hostile: str,
+) -> None:
+    # as a run id: the real server finds no such run
+    line = error_line(capsys, hostile)
+    assert line.startswith("runwatch: error: unknown run in InfluxDB bucket")
+    assert line.endswith(f": {hostile!r}")
+    # as a metric: a real run is found, with no epochs of that metric
+    document = compare_json(capsys, influx_runs.healthy, "--metric", hostile)
+    assert [(r["run_id"], r["epochs"]) for r in document["runs"]] == [(influx_runs.healthy, 0)]
+
+    lookup, runs_request, summary_request = proxied_runs.queries
+    assert (lookup.query, runs_request.query, summary_request.query) == (
+        RUNS.flux,
+        RUNS.flux,
+        METRIC_SUMMARY.flux,
+    )
+    assert lookup.extern_options["run_ids"]["elements"] == [
+        {"type": "StringLiteral", "value": hostile}
+    ]
+    assert summary_request.extern_options["metric"] == {"type": "StringLiteral", "value": hostile}
+    for request in proxied_runs.queries:
+        assert hostile not in json.dumps({k: v for k, v in request.body.items() if k != "extern"})
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_influx_wrong_token_is_one_line_without_the_token(
+    real_runs: LoadedRuns, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INFLUXDB_V2_TOKEN", "s3cret-wrong-token")
+    line = error_line(capsys, real_runs.healthy)
+    assert line == "runwatch: error: InfluxDB query runs failed (HTTP 401): unauthorized access"
+
+
+def test_influx_unreachable_is_one_line(
+    runwatch_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INFLUXDB_V2_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("INFLUXDB_V2_ORG", "runwatch")
+    monkeypatch.setenv("INFLUXDB_V2_TOKEN", "s3cret-token")
+    line = error_line(capsys, "20240101T000000Z-aaaa")
+    assert line.startswith("runwatch: error: InfluxDB at http://127.0.0.1:")
+    assert "unreachable" in line and "s3cret" not in line
