@@ -33,7 +33,7 @@ typecheck: $(VENV)/.installed-dev
 	$(PY) -m mypy
 
 # InfluxDB 2 built from source into ~/.cache/runwatch/servers (deploy/servers/influxd.sh):
-# 25-40 min the first time on 2 cores, nothing afterwards.
+# ~8 min the first time on 2 cores, nothing afterwards.
 servers:
 	deploy/servers/influxd.sh
 
