@@ -14,13 +14,13 @@ Conventions, all enforced here and never raised to the caller:
   here). Strings are only accepted where the schema says (``event.text``). NaN and ±Inf are
   dropped and ``<field>_nonfinite=1.0`` is written instead.
 - **Escaping.** Tag values escape ``,``, ``=`` and space with a backslash; newline and CR in a
-  tag value become a space. InfluxDB's own scanners disagree on a backslash *right before*
-  ``,``, ``=``, space or the end of a tag value (one pairs backslashes, another only looks
-  at the previous byte), so there an odd run of backslashes gets one more backslash, and a
-  value ending in backslashes also gets a trailing space: ``a\\,b`` reads back as
-  ``a\\\\,b``, ``C:\\`` as ``C:\\\\ `` (influxdb-client appends the space too); every other
-  backslash reads back unchanged. String field values escape ``\\`` and ``"``. Lone
-  surrogates become U+FFFD; so do NUL and U+001E.
+  tag value become a space. InfluxDB 2 then reads every tag value back exactly, but one: line
+  protocol cannot end a tag value with a backslash (the separator after it would read as
+  escaped), so a value ending in a backslash gets a trailing space: ``C:\\`` reads back as
+  ``C:\\ `` (influxdb-client appends the space too). String field values escape ``\\`` and
+  ``"``. Lone surrogates become ``?``; NUL and U+001E become U+FFFD.
+- **Long strings.** InfluxDB 2 refuses a string field value over 1 MiB (its UTF-8 bytes), so
+  a longer ``event.text`` is cut to 1 MiB (at a character boundary) and warned about once.
 - **Newlines in string fields.** InfluxDB accepts a raw newline inside a quoted string, but
   the spool keeps one point per line, so the spool stores it as U+001E (record separator)
   and ``to_wire`` turns it back into ``\\n`` just before sending. That is why U+001E from
@@ -45,11 +45,12 @@ from collector import schema
 
 log = logging.getLogger("collector.points")
 
+MAX_STRING_FIELD_BYTES: Final = 1_048_576
+"""InfluxDB 2 refuses a longer string field value (tsdb.MaxFieldValueLength)."""
 SPOOL_NEWLINE: Final = "\x1e"
 """Stands for a newline inside a string field value while the line sits in the spool."""
 
 _NON_NAME_RUN = re.compile(r"[^a-z0-9]+")
-_BACKSLASHES_BEFORE_SPECIAL = re.compile(r"\\+(?=[,= ]|\Z)")
 _RESERVED_NAMES: Final = {"time": "time_value"}
 _REPLACEMENT = "\ufffd"
 
@@ -112,17 +113,21 @@ def escape_tag_value(value: str) -> str | None:
     text = _valid_unicode(value)
     if "\n" in text or "\r" in text:
         text = text.replace("\n", " ").replace("\r", " ")
-    ends_in_backslash = False
-    if "\\" in text:
-        text = _BACKSLASHES_BEFORE_SPECIAL.sub(_even_backslashes, text)
-        ends_in_backslash = text.endswith("\\")
     escaped = text.translate(_KEY_ESCAPES)
-    return escaped + "\\ " if ends_in_backslash else escaped
+    return escaped + "\\ " if text.endswith("\\") else escaped
 
 
-def _even_backslashes(match: re.Match[str]) -> str:
-    run = match.group(0)
-    return run + "\\" if len(run) % 2 else run
+def truncate_string_field(value: str) -> str | None:
+    """``value`` cut to what InfluxDB 2 stores in one string field (1 MiB of UTF-8), or None
+    when it fits."""
+    if len(value) * 4 <= MAX_STRING_FIELD_BYTES:  # a character is at most 4 UTF-8 bytes
+        return None
+    # measured as InfluxDB sees it: NUL and U+001E become 3-byte U+FFFD before sending
+    text = _valid_unicode(value).replace("\x00", _REPLACEMENT).replace("\x1e", _REPLACEMENT)
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_STRING_FIELD_BYTES:
+        return None
+    return encoded[:MAX_STRING_FIELD_BYTES].decode("utf-8", "ignore")
 
 
 def format_string_field(value: str) -> str:
@@ -260,7 +265,7 @@ class PointBuilder:
                 continue
             key, nonfinite_key, is_string = spec
             if is_string:
-                parts.append(f"{key}={format_string_field(str(value))}")
+                parts.append(f"{key}={self._string_value(measurement, key, str(value))}")
                 continue
             kind = type(value)
             if kind is float:
@@ -300,6 +305,18 @@ class PointBuilder:
         elif observe:
             all_tags = self.base_tags
         return f"{prefix}{tag_text} {','.join(parts)} {time_ns}\n", observed, all_tags
+
+    def _string_value(self, measurement: str, key: str, text: str) -> str:
+        cut = truncate_string_field(text)
+        if cut is not None:
+            self.problems.warn_once(
+                "long",
+                f"{measurement}.{key}",
+                f"cut field {key!r} of measurement {measurement!r} to "
+                f"{MAX_STRING_FIELD_BYTES} bytes (InfluxDB stores no longer string)",
+            )
+            text = cut
+        return format_string_field(text)
 
     def _drop_point(self, kind: str, name: str, message: str) -> None:
         self.problems.dropped_points += 1

@@ -86,7 +86,8 @@ class RecorderStats:
     points_shipped: int
     """Lines InfluxDB acknowledged (a resumed stream counts its old backlog too)."""
     points_rejected: int
-    """Lines InfluxDB refused as malformed (moved to ``<run>.rejected``)."""
+    """Lines InfluxDB refused (malformed, type conflict, beyond retention: moved to
+    ``<run>.rejected``); not counted in ``points_shipped``."""
     spool_backlog_bytes: int
     """Spooled bytes InfluxDB has not acknowledged yet."""
     spool_path: str | None

@@ -74,10 +74,13 @@ class ConfigWriteError(WriteError):
 
 
 _DROPPED = re.compile(r"\bdropped=(\d+)")
+# InfluxDB echoes a line it cannot parse before saying why: keep the why within the summary.
+_ECHOED_LINE = re.compile(r"(unable to parse '.{60}).*?(': )", re.DOTALL)
 
 
 def classify_status(status: int, body: str) -> WriteError:
-    summary = " ".join(body.split())[:300] or "no details"
+    shortened = _ECHOED_LINE.sub(r"\1...\2", body)
+    summary = " ".join(shortened.split())[:300] or "no details"
     message = f"HTTP {status}: {summary}"
     if status in (400, 413, 422):
         dropped = _DROPPED.search(body) if status == 422 else None
@@ -203,6 +206,7 @@ class StreamShipper:
         self._tuning = tuning
         self.acked = read_ack(stream)
         self.lines_shipped = 0
+        """Lines InfluxDB took (refused ones are counted in ``lines_rejected`` only)."""
         self.lines_rejected = 0
         self.bytes_shipped = 0
 
@@ -215,10 +219,11 @@ class StreamShipper:
         batch = read_batch(self._fd, self.acked, end, tuning.batch_lines, tuning.batch_bytes)
         if batch is None:
             return 0
+        rejected_before = self.lines_rejected
         self._send(batch.data, timeout_s)
         write_ack(self.stream, batch.end)
         self.acked = batch.end
-        self.lines_shipped += batch.lines
+        self.lines_shipped += batch.lines - (self.lines_rejected - rejected_before)
         self.bytes_shipped += len(batch.data)
         return batch.lines
 

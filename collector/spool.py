@@ -10,7 +10,7 @@ Files under ``settings.spool_dir`` (``<RUNWATCH_HOME>/spool``), one *stream* per
 - ``<run>.ack``: the byte offset up to which InfluxDB acknowledged the stream, as decimal
   text, replaced atomically (temp file + ``os.replace``). Everything after it is re-sent by
   the stream's next shipper; re-sending is harmless (same series and timestamp overwrite).
-- ``<run>.rejected``: lines InfluxDB refused as malformed, and torn tails, each group after a
+- ``<run>.rejected``: lines InfluxDB refused (malformed, type conflict, beyond retention) and torn tails, each group after a
   ``#`` comment saying why; kept for people, never shipped.
 
 ``<run>`` is the run_id with every character outside ``[A-Za-z0-9_-]`` written ``%XX``.

@@ -10,7 +10,6 @@ import pytest
 pytest_plugins = [
     "tests.servers.postgres",
     "tests.servers.victoriametrics",
-    "tests.servers.influxd",
     "tests.servers.influxdb2",
     "tests.servers.influx_runs",
     "tests.servers.prometheus",

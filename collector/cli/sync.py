@@ -6,9 +6,9 @@ Streams a live recorder is still writing are left to that recorder's own shipper
 bar is drawn when stdout is a terminal; otherwise one summary line is printed.
 Run metadata a training could not store (its database was unavailable) is stored first, from
 its journal (``collector.store.journal``); without InfluxDB that is all sync does.
-Exit 0 when nothing is left to ship, 1 (one error line) when InfluxDB is not configured, the
-run is unknown, metadata could not be stored, or points remain because InfluxDB failed or the
-time ran out.
+Exit 0 when nothing is left to ship; 2 (one error line) when InfluxDB is not configured; 1 (one
+error line) when the run is unknown, metadata could not be stored, or points remain because
+InfluxDB failed or the time ran out.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def summary(result: SyncResult, settings: Settings) -> str:
         f"run{'s' if runs != 1 else ''} to {mask_url(settings.influx_url or '')}"
     )
     if result.lines_rejected:
-        text += f"; {result.lines_rejected} malformed lines moved to .rejected files"
+        text += f"; {result.lines_rejected} lines InfluxDB refused moved to .rejected files"
     if result.live_streams:
         text += f"; {result.live_streams} live streams left to their running recorder"
     if result.remaining_bytes:

@@ -1,5 +1,5 @@
-"""Point building: names, values, escaping, time, invalid input (no servers here; influxd's own
-parser checks the escaping in test_recorder.py)."""
+"""Point building: names, values, escaping, time, invalid input (no servers here; InfluxDB 2
+itself checks the escaping in test_influxdb2_write.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.points import (
+    MAX_STRING_FIELD_BYTES,
     SPOOL_NEWLINE,
     PointBuilder,
     coerce_float,
@@ -21,6 +22,7 @@ from collector.points import (
     normalise_name,
     to_time_ns,
     to_wire,
+    truncate_string_field,
 )
 
 BASE = {"run_id": "r-1", "experiment": "exp one", "mode": "centralized"}
@@ -187,8 +189,8 @@ def test_newline_in_text_is_kept_off_the_spool_line_and_restored_on_the_wire() -
     [
         ("plain", "plain"),
         ("a b,c=d", "a\\ b\\,c\\=d"),
-        ("C:\\dir\\", "C:\\dir\\\\\\ "),
-        ("a\\,b", "a\\\\\\,b"),
+        ("C:\\dir\\", "C:\\dir\\\\ "),
+        ("a\\,b", "a\\\\,b"),
         ("a\\\\ b", "a\\\\\\ b"),
         ("end\\\\", "end\\\\\\ "),
         ("two\nlines\r", "two\\ lines\\ "),
@@ -283,3 +285,18 @@ def test_any_input_gives_one_line_or_nothing_and_never_raises(
             assert math.isfinite(float(value)), pair
             assert not value.endswith("i")
         line.encode("utf-8")  # valid text, whatever came in
+
+
+def test_a_string_field_over_one_mib_is_cut_at_a_character_boundary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert truncate_string_field("x" * MAX_STRING_FIELD_BYTES) is None
+    cut = truncate_string_field("é" * MAX_STRING_FIELD_BYTES)
+    assert cut == "é" * (MAX_STRING_FIELD_BYTES // 2)
+    odd = truncate_string_field("a" + "😀" * MAX_STRING_FIELD_BYTES)
+    assert odd is not None and len(odd.encode()) <= MAX_STRING_FIELD_BYTES
+    assert len(odd.encode()) > MAX_STRING_FIELD_BYTES - 4
+    builder = PointBuilder({"run_id": "r"})
+    line, _, _ = builder.build("event", {"text": "\x00" * MAX_STRING_FIELD_BYTES}, None, 1)
+    assert line is not None and len(line.encode()) < MAX_STRING_FIELD_BYTES + 100
+    assert "cut field 'text'" in caplog.text

@@ -1,10 +1,10 @@
 """The shipper: batches, gzip, acks, retries with backoff, poison lines, config errors.
 
-No InfluxDB 2 server can run here, and VictoriaMetrics never answers 4xx/5xx on purpose, so
-these tests drive the real influxdb-client against a small HTTP endpoint that answers the way
-InfluxDB 2's ``/api/v2/write`` does (204; 400 "partial write" naming the bad line; 401; 503).
-The write path against real servers is in test_recorder.py and cli/test_sync.py.
-"""
+InfluxDB 2 never answers 429, 503 or 413 on ``/api/v2/write`` (see test_influxdb2_write.py,
+which drives the real influxd through every answer it does give), and VictoriaMetrics never
+answers 4xx/5xx on purpose, so these tests drive the real influxdb-client against a small HTTP
+endpoint that answers the way InfluxDB 2's ``/api/v2/write`` does (204; 400 "partial write"
+naming the bad line; 401; 503)."""
 
 from __future__ import annotations
 
@@ -306,3 +306,16 @@ def test_thread_ships_while_the_writer_appends_and_close_is_bounded(
     assert read_ack(writer.stream) == len(b"".join(_line(i, False) for i in range(20)))
     writer.close()
     assert SpoolStream.at(tmp_path, RUN).path == writer.stream.path
+
+
+def test_a_422_that_dropped_every_point_is_refused_whole_and_echoed_lines_are_cut() -> None:
+    body = (
+        '{"code":"unprocessable entity","message":"partial write: dropped 3 points outside '
+        'retention policy dropped=3 for database: x"}'
+    )
+    error = classify_status(422, body)
+    assert isinstance(error, RejectedLinesError) and error.dropped == 3
+    assert classify_status(400, body).dropped is None
+    long_line = "m,t=" + "L" * 70_000 + " f=1.0"
+    error = classify_status(400, f"unable to parse '{long_line}': max key length exceeded")
+    assert str(error).endswith("...': max key length exceeded")

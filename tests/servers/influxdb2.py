@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,8 @@ class Response:
 
 
 class InfluxDB2:
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more ``influxd run`` flags (a server a test starts for itself)."""
         self.workdir = workdir
         self.port = free_port()
         self.process = ServerProcess(
@@ -101,6 +102,7 @@ class InfluxDB2:
                 "--log-level=warn",
                 # fsync per write batch is the default; tests need no durability across crashes
                 "--storage-wal-fsync-delay=0s",
+                *extra_args,
             ],
             workdir / "influxd.log",
             env={

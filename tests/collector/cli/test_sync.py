@@ -36,7 +36,7 @@ def test_without_influxdb_url_one_error_line(
     runwatch_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spool_run(3, 1_700_000_000_000)
-    assert main(["sync"]) == 1
+    assert main(["sync"]) == 2  # a configuration error
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("runwatch: error: INFLUXDB_V2_URL is not set")
