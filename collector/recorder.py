@@ -38,6 +38,7 @@ from typing import Protocol, runtime_checkable
 
 from collector import schema
 from collector.config import Settings, load_settings
+from collector.ids import validate_run_id
 from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
 from collector.prometheus import FINAL_SCRAPE_TIMEOUT_S, PrometheusExporter, start_exporter
 from collector.shipper import ShipperThread, ShipTuning, target_for
@@ -112,8 +113,7 @@ class Recorder:
         """``prometheus=True`` also serves the run's live gauges (``collector.prometheus``)
         on ``RUNWATCH_PROMETHEUS_ADDR:PORT`` unless the port is 0; the Lightning and Flower
         adapters run their own exporter and leave this off."""
-        if not run_id:
-            raise ValueError("run_id must be a non-empty string")
+        validate_run_id(run_id)  # it names the run's spool files
         if not experiment:
             raise ValueError("experiment must be a non-empty string")
         if mode not in schema.MODES:

@@ -26,6 +26,7 @@ import collector
 from collector import Recorder, RecorderTuning, new_run_id
 from collector.cli import main as runwatch_main
 from collector.config import Settings
+from collector.errors import InvalidRunIdError
 from collector.shipper import RetryPolicy, ShipTuning
 from tests.servers.victoriametrics import VictoriaMetrics
 
@@ -262,8 +263,10 @@ def test_an_unwritable_spool_degrades_without_raising(tmp_path: Path) -> None:
 def test_invalid_constructor_arguments_fail_fast(settings: Settings) -> None:
     with pytest.raises(ValueError, match="mode"):
         Recorder("r", experiment="e", mode="distributed", settings=settings)
-    with pytest.raises(ValueError, match="run_id"):
-        Recorder("", experiment="e", settings=settings)
+    for bad in ("", "../../../escape", "a b", "x" * 65):
+        with pytest.raises(InvalidRunIdError, match="run id"):
+            Recorder(bad, experiment="e", settings=settings)
+    assert not list(settings.home.parent.glob("escape*"))
 
 
 def test_recording_from_many_threads_loses_nothing(settings: Settings) -> None:
