@@ -8,6 +8,7 @@ from collector.config import Settings, load_settings
 from collector.errors import ConfigError, RunwatchError, UnknownRunError
 from collector.ids import new_run_id
 from collector.recorder import PointObserver, Recorder, RecorderStats, RecorderTuning
+from collector.run import Run
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "Recorder",
     "RecorderStats",
     "RecorderTuning",
+    "Run",
     "RunwatchError",
     "Settings",
     "UnknownRunError",

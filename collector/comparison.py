@@ -1,8 +1,10 @@
 """Compare runs on one metric: the same table from InfluxDB (Flux) or the relational store.
 
 A row per run: run_id, experiment, mode, how many epochs carry the metric, the best value and
-its epoch, the last value and its epoch. "Best" is the smallest value for a metric whose name
-ends in ``loss`` and the largest otherwise; the earliest epoch wins a tie. A run without that
+its epoch, the last value and its epoch. The metric may be given by the name the training
+logged (``val/acc@1``) or its canonical name (``val_acc_1``): both backends hold the canonical
+one. "Best" follows :func:`collector.values.higher_is_better` (the smallest value for a loss or
+error, the largest otherwise) unless the caller says; the earliest epoch wins a tie. A run without that
 metric is listed with zero epochs and no values.
 
 - Centralized runs: client-less epoch metrics (the store's ``epoch_end`` rows, InfluxDB's
@@ -24,6 +26,8 @@ from collector import queries, schema
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError, UnknownRunError
 from collector.store import MetricRecord, Store
+from collector.values import canonical_name
+from collector.values import higher_is_better as default_higher_is_better
 
 SOURCE_SQL = "sql"
 SOURCE_INFLUX = "influx"
@@ -46,7 +50,21 @@ class UnknownRunsError(RunwatchError):
 
 
 def higher_is_better(metric: str) -> bool:
-    return not metric.endswith("loss")
+    """The default direction of ``metric`` (raw or canonical name)."""
+    return default_higher_is_better(metric)
+
+
+def metric_key(metric: str) -> str:
+    """The canonical name of ``metric`` as both backends hold it (a raw name is normalised);
+    a name with nothing left is a usage error."""
+    name = canonical_name(metric)
+    if name is None:
+        raise RunwatchError(f"--metric {metric!r} is not a metric name (no letter or digit)")
+    return name
+
+
+def _direction(metric: str, higher: bool | None) -> bool:
+    return default_higher_is_better(metric) if higher is None else higher
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,11 @@ def summarize(points: Iterable[tuple[int, float]], higher: bool) -> MetricSummar
 # -- relational store ------------------------------------------------------------------------
 
 
-def compare_from_store(store: Store, run_ids: Sequence[str], metric: str) -> Comparison:
+def compare_from_store(
+    store: Store, run_ids: Sequence[str], metric: str, *, higher: bool | None = None
+) -> Comparison:
+    """``higher``: whether larger values are better (None: read from the metric's name)."""
+    metric = metric_key(metric)
     wanted = queries.string_list(run_ids)
     runs = {}
     unknown = []
@@ -137,7 +159,7 @@ def compare_from_store(store: Store, run_ids: Sequence[str], metric: str) -> Com
             unknown.append(run_id)
     if unknown:
         raise UnknownRunsError(unknown, f"the run store ({mask_url(store.url)})")
-    higher = higher_is_better(metric)
+    higher = _direction(metric, higher)
     rows = []
     for run_id, run in runs.items():
         points = [
@@ -161,8 +183,15 @@ def _store_records(store: Store, run_id: str, mode: str, metric: str) -> list[Me
 
 
 def compare_from_influx(
-    settings: Settings, run_ids: Sequence[str], metric: str, *, now: datetime | None = None
+    settings: Settings,
+    run_ids: Sequence[str],
+    metric: str,
+    *,
+    now: datetime | None = None,
+    higher: bool | None = None,
 ) -> Comparison:
+    """``higher``: whether larger values are better (None: read from the metric's name)."""
+    metric = metric_key(metric)
     wanted = queries.string_list(run_ids)
     start, stop = queries.runs_window(wanted, now)
     window = {"start": start, "stop": stop, "run_ids": wanted}
@@ -177,7 +206,7 @@ def compare_from_influx(
             f"InfluxDB bucket {settings.influx_bucket!r} "
             "(not shipped yet? `runwatch sync`, or --source sql)",
         )
-    higher = higher_is_better(metric)
+    higher = _direction(metric, higher)
     summaries = queries.rows_by(
         queries.run_query(
             settings,

@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 from collector import schema
+from collector.values import as_number as coerce_float
+from collector.values import canonical_name as normalise_name
+
+__all__ = ["coerce_float", "normalise_name"]  # the one rule of collector.values, re-exported
 
 log = logging.getLogger("collector.points")
 
@@ -50,8 +53,6 @@ MAX_STRING_FIELD_BYTES: Final = 1_048_576
 SPOOL_NEWLINE: Final = "\x1e"
 """Stands for a newline inside a string field value while the line sits in the spool."""
 
-_NON_NAME_RUN = re.compile(r"[^a-z0-9]+")
-_RESERVED_NAMES: Final = {"time": "time_value"}
 _REPLACEMENT = "\ufffd"
 
 _MEASUREMENT_ESCAPES = str.maketrans(
@@ -80,15 +81,6 @@ _STRING_ESCAPES = str.maketrans(
 _MAX_WARNED_NAMES = 10_000
 _MAX_CACHED_TAGS = 4_096
 _MIN_PLAUSIBLE_NS = 10**15  # an int time below this is not nanoseconds (1970-01-12)
-
-
-def normalise_name(raw: object) -> str | None:
-    """The field/tag name for a user-supplied name, or None when nothing is left of it."""
-    text = raw if isinstance(raw, str) else str(raw)
-    name = _NON_NAME_RUN.sub("_", text.lower()).strip("_")
-    if not name:
-        return None
-    return _RESERVED_NAMES.get(name, name)
 
 
 def _valid_unicode(text: str) -> str:
@@ -139,28 +131,6 @@ def to_wire(spooled: bytes) -> bytes:
     """Spooled lines as the line protocol InfluxDB gets (string-field newlines restored)."""
     marker = SPOOL_NEWLINE.encode()
     return spooled.replace(marker, b"\n") if marker in spooled else spooled
-
-
-def coerce_float(value: object) -> float | None:
-    """``value`` as a float (maybe non-finite), or None when it is not a number."""
-    if isinstance(value, str | bytes | bytearray) or value is None:
-        return None
-    try:
-        return float(value)  # type: ignore[arg-type]  # duck-typed: __float__ / __index__
-    except (TypeError, ValueError, OverflowError):
-        pass
-    item = getattr(value, "item", None)
-    if callable(item):
-        try:
-            inner = item()
-        except Exception:  # a tensor with many elements, a failing device sync, ...
-            return None
-        if isinstance(inner, bool | int | float):
-            try:
-                return float(inner)
-            except OverflowError:
-                return None
-    return None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

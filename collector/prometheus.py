@@ -94,7 +94,7 @@ STEP_DURATION_BUCKETS = (
 
 NONFINITE_SUFFIX = "_nonfinite"
 
-# Point vocabulary (DESIGN.md's InfluxDB schema) the exporter reads.
+# Point vocabulary (docs/design.md, "InfluxDB schema") the exporter reads.
 _TAG_ROUND = "round"
 _TAG_SOURCE = "source"
 _TAG_CLIENT_ID = "client_id"
@@ -241,7 +241,7 @@ class _StepCollector(Collector):
 
 
 class PrometheusExporter:
-    """The DESIGN.md gauge set for one run, with an optional HTTP ``/metrics`` server."""
+    """The gauge set of docs/design.md for one run, with an optional HTTP ``/metrics`` server."""
 
     def __init__(
         self,

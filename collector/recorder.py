@@ -17,8 +17,8 @@ ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mo
 
 Observers (the Prometheus exporter) see each point's finite, normalised fields (and
 ``<field>_nonfinite`` flags) synchronously on the recording thread; an observer that raises is
-logged once and otherwise ignored. ``Recorder(..., prometheus=True)`` starts the exporter
-itself, so a plain training loop gets the live gauges too.
+logged once and otherwise ignored. The recorder never owns an exporter: a run
+(``collector.run.Run``) starts one and passes it here as an observer.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
 from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
-from collector.prometheus import FINAL_SCRAPE_TIMEOUT_S, PrometheusExporter, start_exporter
 from collector.shipper import ShipperThread, ShipTuning, target_for
 from collector.spool import SpoolWriter
 
@@ -108,11 +107,7 @@ class Recorder:
         tags: Mapping[str, str] | None = None,
         observers: Sequence[PointObserver] = (),
         tuning: RecorderTuning | None = None,
-        prometheus: bool = False,
     ) -> None:
-        """``prometheus=True`` also serves the run's live gauges (``collector.prometheus``)
-        on ``RUNWATCH_PROMETHEUS_ADDR:PORT`` unless the port is 0; the Lightning and Flower
-        adapters run their own exporter and leave this off."""
         validate_run_id(run_id)  # it names the run's spool files
         if not experiment:
             raise ValueError("experiment must be a non-empty string")
@@ -140,9 +135,6 @@ class Recorder:
         self.base_tags: Mapping[str, str] = self._builder.base_tags
         self._observers = list(observers)
         self._broken_observers: set[int] = set()
-        self.exporter: PrometheusExporter | None = self._start_exporter() if prometheus else None
-        if self.exporter is not None:
-            self._observers.append(self.exporter)
         self._observe = bool(self._observers)
         self._pending: deque[str] = deque()
         self._write_lock = threading.Lock()
@@ -318,11 +310,9 @@ class Recorder:
         except Exception as exc:
             self._fail(f"flush failed: {type(exc).__name__}: {exc}")
 
-    def close(self, timeout: float = 10.0, *, status: str = "completed") -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Flush, fsync, then ship for at most ``timeout`` seconds; what is left stays in the
-        spool for ``runwatch sync``. An exporter started by the recorder reports ``status``
-        (``completed`` or ``failed``), waits for Prometheus to scrape it, and stops.
-        Idempotent; never raises."""
+        spool for ``runwatch sync``. Idempotent; never raises."""
         with self._close_lock:
             if self._closed:
                 return
@@ -352,7 +342,6 @@ class Recorder:
                     self._writer.close()
                 except OSError as exc:
                     self._fail(f"spool close failed: {exc}")
-        self._stop_exporter(status, final_scrape_timeout_s=min(timeout, FINAL_SCRAPE_TIMEOUT_S))
 
     @property
     def closed(self) -> bool:
@@ -393,25 +382,7 @@ class Recorder:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close(status="completed" if exc_type is None else "failed")
-
-    def _start_exporter(self) -> PrometheusExporter | None:
-        try:
-            return start_exporter(
-                self.settings, self.run_id, experiment=self.experiment, mode=self.mode
-            )
-        except Exception as exc:
-            self._fail(f"Prometheus exporter not started: {type(exc).__name__}: {exc}")
-            return None
-
-    def _stop_exporter(self, status: str, *, final_scrape_timeout_s: float) -> None:
-        exporter = self.exporter
-        if exporter is None:
-            return
-        try:
-            exporter.finish(status, final_scrape_timeout_s=final_scrape_timeout_s)
-        except Exception as exc:
-            self._fail(f"Prometheus exporter stop failed: {type(exc).__name__}: {exc}")
+        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,4 @@
-"""Every InfluxDB measurement, tag and field name runwatch writes (DESIGN.md "InfluxDB schema").
+"""Every InfluxDB measurement, tag and field name runwatch writes (docs/design.md, "InfluxDB schema").
 
 This module is the single owner of those names: the recorder validates points against
 ``MEASUREMENTS``, and dashboards, alert rules and queries are generated from it, so it is
@@ -295,7 +295,7 @@ _MEASUREMENT_LIST: tuple[Measurement, ...] = (
 )
 
 MEASUREMENTS: Mapping[str, Measurement] = MappingProxyType({m.name: m for m in _MEASUREMENT_LIST})
-"""Every measurement by name, in the DESIGN.md table's order."""
+"""Every measurement by name, in the order of docs/design.md's table."""
 
 
 def describe() -> dict[str, object]:

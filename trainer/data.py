@@ -1,6 +1,6 @@
 """The bundled demo dataset: scikit-learn's breast-cancer data as a LightningDataModule.
 
-A binary task like the seeds' pneumonia detection (1 = malignant here is remapped so that the
+A binary screening task, like pneumonia detection (1 = malignant here is remapped so that the
 positive class is the one a screening model must not miss); recall matters most.
 """
 

@@ -1,4 +1,4 @@
-"""A small MLP binary classifier with torchmetrics, logging the names DESIGN.md's epoch schema uses.
+"""A small MLP binary classifier with torchmetrics, logging the names docs/design.md's epoch schema uses.
 
 Logged per epoch: ``train_loss``, ``train_acc``, ``train_recall``, ``train_f1`` and
 ``val_loss``, ``val_acc``, ``val_precision``, ``val_recall``, ``val_f1``, ``val_auroc``,

@@ -35,11 +35,29 @@ def register(sub: Any) -> None:
         "compare",
         help="compare runs on one metric: best and last value per run",
         description="Best and last value of one epoch metric per run, from InfluxDB (Flux) "
-        "or the relational store. Metrics ending in 'loss' are better when lower.",
+        "or the relational store. The metric is named as logged (val/acc@1) or by its canonical "
+        "name (val_acc_1). Losses and errors are better when lower, other metrics when higher "
+        "(--lower-is-better / --higher-is-better override).",
     )
     parser.add_argument("run_ids", metavar="RUN_ID", nargs="+", help="runs to compare")
     parser.add_argument(
         "--metric", default=DEFAULT_METRIC, help=f"epoch metric (default: {DEFAULT_METRIC})"
+    )
+    direction = parser.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--higher-is-better",
+        dest="higher",
+        action="store_const",
+        const=True,
+        default=None,
+        help="the largest value is the best (default: read from the metric's name)",
+    )
+    direction.add_argument(
+        "--lower-is-better",
+        dest="higher",
+        action="store_const",
+        const=False,
+        help="the smallest value is the best",
     )
     parser.add_argument(
         "--source",
@@ -51,7 +69,9 @@ def register(sub: Any) -> None:
 
 
 def compare_runs(args: argparse.Namespace, settings: Settings) -> int:
-    comparison = build_comparison(settings, args.run_ids, args.metric, args.source)
+    comparison = build_comparison(
+        settings, args.run_ids, args.metric, args.source, higher=getattr(args, "higher", None)
+    )
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
@@ -60,16 +80,21 @@ def compare_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_comparison(
-    settings: Settings, run_ids: list[str], metric: str, source: str | None
+    settings: Settings,
+    run_ids: list[str],
+    metric: str,
+    source: str | None,
+    *,
+    higher: bool | None = None,
 ) -> Comparison:
     chosen = source or (SOURCE_INFLUX if settings.influx_enabled else SOURCE_SQL)
     if chosen == SOURCE_INFLUX:
         if not settings.influx_enabled:
             raise ConfigError("--source influx needs INFLUXDB_V2_URL (or use --source sql)")
-        return compare_from_influx(settings, run_ids, metric)
+        return compare_from_influx(settings, run_ids, metric, higher=higher)
     store = Store.from_settings(settings)
     try:
-        return compare_from_store(store, run_ids, metric)
+        return compare_from_store(store, run_ids, metric, higher=higher)
     finally:
         store.dispose()
 

@@ -17,30 +17,22 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from collector import schema
-from collector.config import Settings, load_settings
-from collector.errors import RunIdInUseError
 from collector.flower.protocol import RunNote, attach_run_note, read_client_report
-from collector.ids import new_run_id, refuse_reused_run_id, validate_run_id
+from collector.run import Run, RunOptions
 
 if TYPE_CHECKING:
-    from collector.prometheus import PrometheusExporter
-    from collector.recorder import Recorder
-    from collector.store import Store
+    pass
 
 log = logging.getLogger("collector.flower")
 
@@ -90,276 +82,36 @@ def _utc(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-class _ErrorLedger:
-    """Counts caught exceptions per place; the first of each place is logged with its trace."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def report(self, where: str, exc: BaseException) -> bool:
-        with self._lock:
-            self.counts[where] = self.counts.get(where, 0) + 1
-            first = self.counts[where] == 1
-        if first:
-            log.warning(
-                "runwatch: telemetry error in %s (training goes on; later ones are only counted)",
-                where,
-                exc_info=exc,
-            )
-        return first
-
-    @property
-    def total(self) -> int:
-        with self._lock:
-            return sum(self.counts.values())
-
-
-class _Heartbeat(threading.Thread):
-    def __init__(self, beat: Callable[[], None], interval_s: float) -> None:
-        super().__init__(name="runwatch-federated-heartbeat", daemon=True)
-        self._beat = beat
-        self._interval_s = interval_s
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self._interval_s):
-            self._beat()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive() and self is not threading.current_thread():
-            self.join(timeout=5.0)
-
-
-class FederatedRun:
-    """One federated run as the ServerApp process records it: run row, recorder, exporter.
+class FederatedRun(Run):
+    """One federated run as the ServerApp process records it (:class:`collector.run.Run`).
 
     ``start()`` (or ``with``) creates the run in the store, opens the recorder (spool, and
     InfluxDB when configured), starts the Prometheus exporter and a heartbeat thread.
     ``finish(status)`` closes them; ``with`` finishes ``failed`` when the body raises.
     Any of the three may be unavailable (database down, port busy): the others go on.
+    It adds the rounds: the planned count on the exporter and ``wrap`` for the strategy.
     """
 
     def __init__(
         self,
         experiment: str = "default",
         *,
-        settings: Settings | None = None,
-        run_id: str | None = None,
         num_rounds: int | None = None,
-        hyperparams: Mapping[str, object] | None = None,
-        source_path: str | None = None,
-        store: Store | None = None,
-        prometheus: bool = True,
-        heartbeat_interval_s: float | None = None,
+        **options: Unpack[RunOptions],
     ) -> None:
-        self.experiment = experiment
-        self.run_id = validate_run_id(run_id) if run_id else new_run_id()
+        super().__init__(experiment, mode=schema.MODE_FEDERATED, **options)
         self.num_rounds = num_rounds
-        self.errors = _ErrorLedger()
-        self.status: str | None = None
-        self._settings = settings
-        self._hyperparams = dict(hyperparams or {})
-        self._source_path = source_path
-        self._store = store
-        self._owns_store = store is None
-        self._want_prometheus = prometheus
-        self._heartbeat_interval_s = heartbeat_interval_s
-        self._recorder: Recorder | None = None
-        self._exporter: PrometheusExporter | None = None
-        self._heartbeat: _Heartbeat | None = None
-        self._lock = threading.Lock()
-        self.started = False
-        self.finished = False
-
-    # -- resources ---------------------------------------------------------------------
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings()
-        return self._settings
-
-    @property
-    def store(self) -> Store | None:
-        return self._store
-
-    @property
-    def recorder(self) -> Recorder | None:
-        return self._recorder
-
-    @property
-    def exporter(self) -> PrometheusExporter | None:
-        return self._exporter
-
-    def report_error(self, where: str, exc: BaseException) -> None:
-        self.errors.report(where, exc)
-        exporter = self._exporter
-        if exporter is not None:
-            with suppress(Exception):  # the error counter itself must not raise
-                exporter.telemetry_error()
-
-    @contextmanager
-    def guard(self, where: str) -> Iterator[None]:
-        """Run a telemetry step; an exception is reported and swallowed."""
-        try:
-            yield
-        except Exception as exc:
-            self.report_error(where, exc)
-
-    # -- lifecycle ---------------------------------------------------------------------
-
-    def start(self) -> FederatedRun:
-        """Raises RunIdInUseError when the run id belongs to an earlier run (nothing started,
-        no point written)."""
-        with self._lock:
-            if self.started:
-                return self
-            self.started = True
-        try:
-            self._start_store()
-        except RunIdInUseError:
-            self.started = False
-            raise
-        self._start_exporter()
-        self._open_recorder()
-        self.event(schema.EVENT_TRAINING_START, text=f"federated run {self.run_id}")
-        return self
-
-    def _start_store(self) -> None:
-        try:
-            refuse_reused_run_id(self.settings, self.run_id)
-            if self._store is None:
-                from collector.store.journal import JournalingStore
-
-                self._store = JournalingStore.for_run(self.settings, self.run_id)
-            self._store.create_run(
-                self.experiment,
-                schema.MODE_FEDERATED,
-                run_id=self.run_id,
-                source_path=self._source_path,
-                host=socket.gethostname(),
-                hyperparams=self._hyperparams or None,
-            )
-        except RunIdInUseError:
-            if self._owns_store and self._store is not None:
-                self._store.dispose()
-                self._store = None
-            raise
-        except Exception as exc:
-            self.report_error("FederatedRun.start (store)", exc)
-            self._store = None
-            return
-        self._heartbeat = _Heartbeat(
-            self.heartbeat, self._heartbeat_interval_s or self.settings.heartbeat_s
-        )
-        self._heartbeat.start()
 
     def _start_exporter(self) -> None:
-        if not self._want_prometheus:
-            return
-        try:
-            from collector.prometheus import start_exporter
-
-            self._exporter = start_exporter(
-                self.settings, self.run_id, experiment=self.experiment, mode=schema.MODE_FEDERATED
-            )
-            if self._exporter is not None and self.num_rounds is not None:
-                self._exporter.set_rounds_planned(self.num_rounds)
-        except Exception as exc:
-            self.report_error("FederatedRun.start (prometheus)", exc)
-
-    def _open_recorder(self) -> None:
-        try:
-            from collector.recorder import Recorder
-
-            observers = (self._exporter,) if self._exporter is not None else ()
-            self._recorder = Recorder(
-                self.run_id,
-                experiment=self.experiment,
-                mode=schema.MODE_FEDERATED,
-                settings=self.settings,
-                observers=observers,
-            )
-        except Exception as exc:
-            self.report_error("FederatedRun.start (recorder)", exc)
-
-    def heartbeat(self) -> None:
-        store = self._store
-        if store is not None:
-            with self.guard("FederatedRun.heartbeat"):
-                store.heartbeat(self.run_id)
-
-    def finish(self, status: str = "completed") -> None:
-        """Mark the run finished (``completed`` or ``failed``) and close everything; idempotent."""
-        with self._lock:
-            if not self.started or self.finished:
-                return
-            self.finished = True
-            self.status = status
-        self.event(schema.EVENT_TRAINING_END, text=status)
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-            self._heartbeat = None
-        self._complete_in_store(status)
+        super()._start_exporter()
         exporter = self._exporter
-        if exporter is not None:
-            with self.guard("FederatedRun.finish (prometheus)"):
-                exporter.finish(status)
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            with self.guard("FederatedRun.finish (recorder)"):
-                recorder.close()
-
-    def _complete_in_store(self, status: str) -> None:
-        store = self._store
-        if store is None:
-            return
-        with self.guard("FederatedRun.finish (store)"):
-            store.complete_run(self.run_id, status)
-        if self._owns_store:
-            with self.guard("FederatedRun.finish (dispose)"):
-                store.dispose()
-
-    def __enter__(self) -> FederatedRun:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.finish("failed" if exc_type is not None else "completed")
+        if exporter is not None and self.num_rounds is not None:
+            with self.guard("FederatedRun.start (prometheus)"):
+                exporter.set_rounds_planned(self.num_rounds)
 
     def wrap(self, strategy: Strategy | None = None) -> RunwatchStrategy:
         """``strategy`` (FedAvg by default) wrapped so that every round is recorded here."""
         return RunwatchStrategy(strategy, run=self)
-
-    # -- writing -----------------------------------------------------------------------
-
-    def record(
-        self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
-    ) -> None:
-        recorder = self._recorder
-        if recorder is not None and fields:
-            with self.guard(f"FederatedRun.record ({measurement})"):
-                recorder.record(measurement, fields, tags)
-
-    def event(
-        self, name: str, text: str = "", value: float = 1.0, tags: Mapping[str, str] | None = None
-    ) -> None:
-        recorder = self._recorder
-        if recorder is not None:
-            with self.guard(f"FederatedRun.event ({name})"):
-                recorder.event(name, text=text, value=value, tags=tags)
-
-    def with_store(self, where: str, action: Callable[[Store], object]) -> None:
-        store = self._store
-        if store is not None:
-            with self.guard(where):
-                action(store)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Lightning adapter: ``RunwatchLogger``, the seeds' callback chain, and one-call setup.
+"""Lightning adapter: ``RunwatchLogger``, the callback chain, and one-call setup.
 
     from collector.lightning import runwatch_telemetry
 

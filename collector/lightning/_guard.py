@@ -5,49 +5,16 @@ training starts and before any point is written."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-import threading
-from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from collector.errors import RunIdInUseError
+from collector.run import ErrorLedger, ErrorSink
 
-log = logging.getLogger("collector.lightning")
+__all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "guarded"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ErrorSink(Protocol):
-    def telemetry_error(self) -> None: ...
-
-
-class ErrorLedger:
-    """Counts caught exceptions per place; the first one of each place is logged with its trace."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def report(self, where: str, exc: BaseException, sink: ErrorSink | None = None) -> None:
-        with self._lock:
-            self.counts[where] += 1
-            first = self.counts[where] == 1
-        if first:
-            log.warning(
-                "runwatch: telemetry error in %s (training goes on; later ones are only counted)",
-                where,
-                exc_info=exc,
-            )
-        if sink is not None:
-            with contextlib.suppress(Exception):  # the counter itself must not raise either
-                sink.telemetry_error()
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 #: Errors caught where no run session is known yet (or its exporter is gone).

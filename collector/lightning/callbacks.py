@@ -1,4 +1,4 @@
-"""Lightning callbacks matching the seeds' chain, writing through a shared :class:`RunSession`.
+"""Lightning callbacks (metrics, events, checkpoints, exports), writing through a shared :class:`RunSession`.
 
 Each callback works alone (it finds the session of a ``RunwatchLogger`` among the trainer's
 loggers, or opens its own run); :class:`RunwatchCallback` bundles several into one Lightning
@@ -12,7 +12,6 @@ GPU no unsampled step waits for the device.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging
 import math
@@ -29,15 +28,10 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from collector.lightning._guard import guarded
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_norms
-from collector.lightning.logger import RunwatchLogger, split_level
-from collector.lightning.session import (
-    PHASE_EPOCH_END,
-    PHASE_EVAL_STEP,
-    PHASE_TRAIN_STEP,
-    RunSession,
-)
-from collector.points import normalise_name
+from collector.lightning.logger import RunwatchLogger
+from collector.lightning.session import RunSession
 from collector.store.values import storable_text
+from collector.values import canonical_name
 
 log = logging.getLogger("collector.lightning")
 
@@ -55,6 +49,7 @@ def session_for(trainer: pl.Trainer) -> tuple[RunSession, bool]:
     """The session of the trainer's RunwatchLogger, else one opened for it: (session, owned)."""
     for logger in trainer.loggers:
         if isinstance(logger, RunwatchLogger):
+            logger.attach(trainer)
             return logger.session, False
     session = _OWNED_SESSIONS.get(trainer)
     if session is None:
@@ -89,7 +84,10 @@ class SessionCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._session is None:
             self._session, self._owns_session = session_for(trainer)
-        started = self.session.start()
+        for logger in trainer.loggers:
+            if isinstance(logger, RunwatchLogger) and logger.session is self._session:
+                logger.attach(trainer)
+        started = self.session.start().active
         # A finished run still takes later stages' metrics (trainer.test after fit).
         self.enabled = trainer.is_global_zero and (started or self.session.finished)
         if started and not self._session_started:
@@ -156,10 +154,6 @@ def best_epoch(
     return pick(candidates, key=lambda item: item[1])
 
 
-def _epoch_level_name(name: str) -> bool:
-    return split_level(name)[1] != "step"
-
-
 # -- epoch metrics -----------------------------------------------------------------------
 
 
@@ -179,33 +173,20 @@ class EpochMetricsCallback(SessionCallback):
         super().__init__(session)
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.monitor = monitor
+        self.monitor = canonical_name(monitor) or monitor
         self.mode = mode
         self.persist = persist
         self.best_metrics: dict[str, float] = {}
         self._persisted = False
 
-    def _collect(self, trainer: pl.Trainer, keep: Callable[[str], bool]) -> None:
-        metrics = scalar_metrics(trainer.callback_metrics, keep)
-        merged = {split_level(name)[0]: value for name, value in metrics.items()}
-        if merged:
-            self.session.epochs.add(trainer.current_epoch, merged)
-            self.session.last_epoch = trainer.current_epoch
-
-    # on_validation_end / on_test_end run after the module's own *_epoch_end hooks, so what
-    # those log (torchmetrics' compute()) is in callback_metrics by then.
+    # The values themselves reach the epoch point through RunwatchLogger.log_metrics only
+    # (Lightning hands them over after these hooks); this callback tracks the best values and
+    # persists the history in the store.
     @guarded
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled and not trainer.sanity_checking:
-            self._collect(trainer, lambda n: n.startswith("val") and _epoch_level_name(n))
-
-    @guarded
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.enabled:
-            return
-        self._collect(trainer, lambda n: not n.startswith("test") and _epoch_level_name(n))
-        self.session.epochs.flush()
-        self._update_best()
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.enabled:
+            self.session.epochs.flush()
+            self._update_best()
 
     def _update_best(self) -> None:
         history = self.session.epochs.history
@@ -228,10 +209,10 @@ class EpochMetricsCallback(SessionCallback):
         test = scalar_metrics(trainer.callback_metrics, lambda n: n.startswith("test"))
         if not test:
             return
-        # Test results belong to the last trained epoch (current_epoch is one past it).
+        # Test results belong to the last trained epoch (current_epoch is one past it). The
+        # epoch point gets them from the logger; the store from here (fit's history is
+        # already persisted).
         epoch = self.session.last_epoch
-        self.session.epochs.add(epoch, test)
-        self.session.epochs.flush()
         store = self.session.store
         if store is not None and self.persist:
             store.persist_epoch_metrics(self.session.run_id, [{"epoch": epoch, **test}])
@@ -260,8 +241,17 @@ class EpochMetricsCallback(SessionCallback):
 
 
 class BatchMetricsCallback(SessionCallback):
-    """Every N training batches: ``batch`` point with loss, acc, recall, f1 (whatever the
-    module logs as ``train_*``), samples_per_s, step, epoch, batch_idx."""
+    """The training-step side of ``batch`` points: on the steps Lightning logs (every
+    ``log_every_n_steps``, Lightning's own rule and step), the step's ``loss`` from
+    ``training_step``'s output, ``samples_per_s`` (over the batches since the previous point)
+    and ``batch_idx``.
+
+    Each step has one batch point, written once: ``RunwatchLogger`` writes it when Lightning
+    hands it values logged with ``self.log()`` (they win over the output's loss) and takes
+    these fields into it; when nothing was logged at that step, or there is no
+    ``RunwatchLogger``, this callback writes the point. ``every_n_batches`` is kept for
+    compatibility; the rhythm is the trainer's ``log_every_n_steps``.
+    """
 
     def __init__(
         self, session: RunSession | None = None, *, every_n_batches: int = DEFAULT_BATCH_EVERY_N
@@ -270,13 +260,31 @@ class BatchMetricsCallback(SessionCallback):
         if every_n_batches < 1:
             raise ValueError("every_n_batches must be >= 1")
         self.every_n_batches = every_n_batches
+        self._sink: RunwatchLogger | None = None
+        self._offered = False
         self._window_start = time.perf_counter()
-        self._batches_in_window = 0
+        self._samples_in_window = 0
+
+    def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sink = next(
+            (
+                logger
+                for logger in trainer.loggers
+                if isinstance(logger, RunwatchLogger) and logger.session is self.session
+            ),
+            None,
+        )
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._window_start = time.perf_counter()
-        self._batches_in_window = 0
+        self._samples_in_window = 0
+
+    @guarded
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._write_untaken()
 
     @guarded
     def on_train_batch_end(
@@ -289,55 +297,67 @@ class BatchMetricsCallback(SessionCallback):
     ) -> None:
         if not self.enabled:
             return
-        self._batches_in_window += 1
-        if batch_idx % self.every_n_batches:
+        self._add_samples(batch)
+        if not lightning_logs_this_step(trainer):
             return
+        fields = self._step_fields(outputs)
         now = time.perf_counter()
         elapsed = now - self._window_start
-        samples = batch_size_of(batch) * self._batches_in_window
-        self._window_start, self._batches_in_window = now, 0
-        fields = self._metric_fields(trainer, outputs)
-        if elapsed > 0 and samples:
-            fields["samples_per_s"] = samples / elapsed
-        fields["step"] = float(trainer.global_step)
-        fields["epoch"] = float(trainer.current_epoch)
+        if elapsed > 0 and self._samples_in_window:
+            fields["samples_per_s"] = self._samples_in_window / elapsed
+        self._window_start, self._samples_in_window = now, 0
         fields["batch_idx"] = float(batch_idx)
-        self.session.last_step = trainer.global_step
-        self.session.record("batch", fields)
+        fields["epoch"] = float(trainer.current_epoch)
+        fields["step"] = float(lightning_step(trainer))
+        sink = self._sink
+        if sink is None:
+            self.session.record("batch", fields)
+        else:  # Lightning logs next: the logger takes these into its point
+            sink.set_batch_context(fields)
+            self._offered = True
+
+    @guarded
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_untaken()
+
+    @guarded
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_untaken()
+
+    def _write_untaken(self) -> None:
+        """The last offered fields, as the step's point, if the logger wrote none."""
+        if not self._offered or self._sink is None:
+            return
+        self._offered = False
+        fields = self._sink.take_batch_context()
+        if fields:
+            self.session.record("batch", fields)
+
+    def _add_samples(self, batch: Any) -> None:
+        self._samples_in_window += batch_size_of(batch)
 
     @staticmethod
-    def _metric_fields(trainer: pl.Trainer, outputs: Any) -> dict[str, float]:
-        tensors: dict[str, torch.Tensor] = {}
-        for name, value in trainer.callback_metrics.items():
-            field = _train_step_field(name)
-            if field and isinstance(value, torch.Tensor):
-                tensors[field] = value
+    def _step_fields(outputs: Any) -> dict[str, float]:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor):
-            tensors["loss"] = loss
-        scalars = {name: t for name, t in tensors.items() if t.numel() == 1}
-        if not scalars:
-            return {}
-        values = list(scalars.values())
-        try:
-            stacked = torch.stack(
-                [t.detach() if t.dim() == 0 else t.detach().reshape(()) for t in values]
-            )
-        except RuntimeError:  # mixed devices
-            stacked = torch.stack(
-                [t.detach().reshape(()).to(values[0].device, torch.float32) for t in values]
-            )
-        return dict(zip(scalars, stacked.tolist(), strict=True))  # one sync per sample
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            return {"loss": float(loss.detach().reshape(()).item())}  # the step's one sync
+        return {}
 
 
-@functools.lru_cache(maxsize=1024)
-def _train_step_field(name: str) -> str:
-    """``train_acc``, ``train/acc_step`` -> ``acc``; "" for epoch-level or non-train names."""
-    base, level = split_level(name)
-    normalised = normalise_name(base) or ""
-    if level == "epoch" or not normalised.startswith("train_"):
-        return ""
-    return normalised.removeprefix("train_")
+def lightning_step(trainer: pl.Trainer) -> int:
+    """The step Lightning's loggers get for the current training batch (CSVLogger's ``step``):
+    optimizer steps taken before this batch's, i.e. ``trainer.global_step`` as
+    ``on_before_optimizer_step`` sees it."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
+def lightning_logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning hands this training batch's logged values to its loggers (the rule of
+    its logger connector, read at ``on_train_batch_end``)."""
+    if trainer.fit_loop._should_accumulate() and trainer.lightning_module.automatic_optimization:
+        return False
+    fast_dev_run = getattr(trainer, "fast_dev_run", False)
+    return bool(trainer._logger_connector.should_update_logs or fast_dev_run)
 
 
 # -- gradients ---------------------------------------------------------------------------
@@ -423,7 +443,7 @@ class TrainingEventsCallback(SessionCallback):
         mode: str = DEFAULT_MONITOR_MODE,
     ) -> None:
         super().__init__(session)
-        self.monitor = monitor
+        self.monitor = canonical_name(monitor) or monitor
         self.mode = mode
         self._early_stop_reported = False
         self._ended = False
@@ -498,8 +518,8 @@ class TrainingEventsCallback(SessionCallback):
 
 
 class MetricsFileExporter(SessionCallback):
-    """At fit end, the epoch history as CSV and a JSON document with run metadata (the seeds'
-    file persister). Default directory: ``<RUNWATCH_HOME>/exports/<run_id>/``."""
+    """At fit end, the epoch history as CSV and a JSON document with run metadata, so a
+    run can be read without any server. Default directory: ``<RUNWATCH_HOME>/exports/<run_id>/``."""
 
     def __init__(
         self,
@@ -511,7 +531,7 @@ class MetricsFileExporter(SessionCallback):
     ) -> None:
         super().__init__(session)
         self.directory = Path(directory) if directory is not None else None
-        self.monitor = monitor
+        self.monitor = canonical_name(monitor) or monitor
         self.mode = mode
         self.written: list[Path] = []
         self._started_at = time.time()
@@ -551,10 +571,20 @@ class MetricsFileExporter(SessionCallback):
             f"best_{self.monitor}": best[1] if best else None,
             "training_time_seconds": round(time.time() - self._started_at, 3),
             "metrics_history": [_json_row(row) for row in history],
+            "metric_names": _logged_names(trainer, session),
         }
         json_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
         self.written = [csv_path, json_path]
         return self.written
+
+
+def _logged_names(trainer: pl.Trainer, session: RunSession) -> dict[str, str]:
+    """Canonical metric name -> the name the module logged, where they differ."""
+    names: dict[str, str] = {}
+    for logger in trainer.loggers:
+        if isinstance(logger, RunwatchLogger) and logger.session is session:
+            names.update(logger.metric_names)
+    return {storable_text(k): storable_text(v) for k, v in sorted(names.items())}
 
 
 def _write_csv(path: Path, history: Sequence[Mapping[str, float]]) -> None:
@@ -690,7 +720,6 @@ class StepTimerCallback(SessionCallback):
 
 # -- the bundle ------------------------------------------------------------------------------
 
-_STEP_HOOKS = ("on_train_batch_end", "on_validation_batch_end", "on_test_batch_end")
 _HOOK_NAMES = (
     "setup",
     "teardown",
@@ -722,14 +751,6 @@ _HOOK_NAMES = (
     "on_before_optimizer_step",
     "on_before_zero_grad",
 )
-_PHASE_OF_HOOK = {
-    "on_train_batch_end": PHASE_TRAIN_STEP,
-    "on_validation_batch_end": PHASE_EVAL_STEP,
-    "on_test_batch_end": PHASE_EVAL_STEP,
-    "on_validation_epoch_end": PHASE_EPOCH_END,
-    "on_train_epoch_end": PHASE_EPOCH_END,
-    "on_test_epoch_end": PHASE_EPOCH_END,
-}
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
@@ -738,9 +759,7 @@ def _overrides(callback: Callback, hook: str) -> bool:
 
 class RunwatchCallback(Callback):
     """Several session callbacks as one Lightning callback, dispatching each hook only to the
-    parts that implement it. It also tells the logger which phase the trainer is in (so
-    ``log_metrics`` calls are filed as ``batch`` or ``epoch`` points without guessing) and
-    writes the pending epoch point when the next epoch starts."""
+    parts that implement it, and writes the pending epoch point when the next epoch starts."""
 
     def __init__(self, session: RunSession, parts: Sequence[SessionCallback]) -> None:
         self.session = session
@@ -758,8 +777,6 @@ class RunwatchCallback(Callback):
         targets: list[Callable[..., None]] = [
             getattr(part, hook) for part in self.parts if _overrides(part, hook)
         ]
-        phase = _PHASE_OF_HOOK.get(hook)
-        session = self.session
         if hook == "on_train_epoch_start":
             targets.insert(0, self._flush_epochs)
         elif hook == "setup":
@@ -770,28 +787,23 @@ class RunwatchCallback(Callback):
             targets.append(self._finish_completed)
         elif hook == "on_exception":
             targets.append(self._finish_failed)
-        if phase is None:
-            if not targets:
-                return None
-            if len(targets) == 1:
-                return targets[0]
+        if not targets:
+            return None
+        if len(targets) == 1:
+            return targets[0]
 
-            def dispatch(*args: Any, **kwargs: Any) -> None:
-                for target in targets:
-                    target(*args, **kwargs)
-
-            return dispatch
-
-        def dispatch_with_phase(*args: Any, **kwargs: Any) -> None:
-            session.phase = phase
+        def dispatch(*args: Any, **kwargs: Any) -> None:
             for target in targets:
                 target(*args, **kwargs)
 
-        return dispatch_with_phase
+        return dispatch
 
     @guarded
     def _check_logger(self, trainer: pl.Trainer, *_: Any, **__: Any) -> None:
         self.session.stages_tracked = True
+        for logger in trainer.loggers:
+            if isinstance(logger, RunwatchLogger) and logger.session is self.session:
+                logger.attach(trainer)
         # Without the session's RunwatchLogger nobody else finishes the run.
         self._finish_session = not any(
             isinstance(logger, RunwatchLogger) and logger.session is self.session

@@ -75,10 +75,12 @@ def runwatch_telemetry(
     export_files: bool = True,
     persist: bool = True,
 ) -> Telemetry:
-    """A logger and one bundled callback with the seeds' chain, sharing one run session.
+    """A logger and one bundled callback with the whole callback chain, sharing one run session.
 
-    Pass 0 for ``batch_every_n``, ``gradient_every_n`` or ``system_interval_s`` to leave that
-    part out; ``export_files=False`` skips the CSV/JSON export, ``persist=False`` the bulk
+    Batch points follow the trainer's ``log_every_n_steps`` with Lightning's step (the logger
+    writes them; see docs/design.md); ``batch_every_n`` only switches the throughput part
+    (``samples_per_s``, ``batch_idx``, the output's loss) on or off. Pass 0 for
+    ``batch_every_n``, ``gradient_every_n`` or ``system_interval_s`` to leave that part out; ``export_files=False`` skips the CSV/JSON export, ``persist=False`` the bulk
     epoch-metric persistence, ``prometheus=False`` the exporter.
     """
     session = RunSession(

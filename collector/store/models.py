@@ -211,7 +211,7 @@ class RunMetric(Base):
 
 
 class ServerEvaluation(Base):
-    """The server's own evaluation of the global model in one round (seeds/004)."""
+    """The server's own evaluation of the global model in one round (one row per run and round)."""
 
     __tablename__ = "server_evaluations"
     __table_args__ = (UniqueConstraint("run_pk", "round_number"),)

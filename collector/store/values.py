@@ -1,19 +1,21 @@
-"""Turning whatever a training loop hands over into finite floats, without ever raising.
+"""Turning whatever a training loop hands over into store rows, without ever raising.
 
-Rule (the same one the InfluxDB writer follows, see DESIGN.md):
+Metric names and values follow the one rule of ``collector.values`` (see docs/design.md,
+"Metric names and values"), the same one the InfluxDB points follow:
 
-- bool, int, float and anything with ``__float__`` (numpy scalars, 0-d tensors, Decimal)
-  becomes a float;
-- NaN, +Inf and -Inf are not stored as numbers: the value is dropped and a companion metric
-  ``<name>_nonfinite`` = 1.0 is stored instead, so queries and alerts can see it happened;
-- ``None``, strings, bytes, complex numbers and other objects are skipped;
-- each metric name that is dropped or replaced is logged once, as one warning, per store.
+- a metric is stored under its canonical name (``val/acc@1`` -> ``val_acc_1``), cut to the
+  255 characters of its column; a name with nothing left (``"//"``) is dropped;
+- a number (bool, int, float, anything with ``__float__`` or a scalar ``.item()``) is stored
+  as a float; NaN and ±Inf are not: ``<name>_nonfinite`` = 1.0 is stored instead;
+- anything else, and an int no float can hold, is dropped;
+- each metric name dropped or replaced is warned about once per store, under its canonical
+  name (the raw one quoted beside it).
 
-Names and other text go in as every supported database can store them (``storable_text``):
-lone surrogates and NUL become U+FFFD, non-strings become ``str``, and text longer than its
-column is cut. So one hostile name costs at most its own spelling, never its neighbours' rows
-(a rejected value in a bulk INSERT fails the whole statement). A step outside the database's
-32-bit INTEGER falls back like a non-finite one.
+Other text (experiment, client, hyperparameter names) goes in as every supported database can
+store it (``storable_text``): lone surrogates and NUL become U+FFFD, non-strings become
+``str``, and text longer than its column is cut. So one hostile name costs at most its own
+spelling, never its neighbours' rows (a rejected value in a bulk INSERT fails the whole
+statement). A step outside the database's 32-bit INTEGER falls back like a non-finite one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import re
 import threading
 from collections.abc import Iterable, Iterator
 
-NONFINITE_SUFFIX = "_nonfinite"
+from collector.schema import NONFINITE_SUFFIX
+from collector.values import Outcome, as_number, canonical_name, classify, drop_reason
+
+__all__ = ["NONFINITE_SUFFIX", "as_float", "canonical_name"]
 NAME_MAX_CHARS = 255
 """Length of the name columns (``String(255)``); PostgreSQL rejects longer text."""
 DATASET_PREFIXES = (("train_", "train"), ("val_", "validation"), ("test_", "test"))
@@ -52,20 +57,14 @@ def storable_name(raw: object, reserve: int = 0) -> str:
 
 
 def as_float(raw: object) -> float | None:
-    """``raw`` as a float (possibly non-finite), or None when it is not a real number."""
-    if type(raw) is float:
-        return raw
-    if raw is None or isinstance(raw, str | bytes | bytearray | complex):
-        return None
-    if isinstance(raw, int):  # bool included; ints too large for a float overflow to inf
-        try:
-            return float(raw)
-        except OverflowError:
-            return math.inf if raw > 0 else -math.inf
-    try:
-        return float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return None
+    """``raw`` as a float (possibly non-finite), or None when the rule drops it."""
+    return as_number(raw)
+
+
+def metric_name(raw: object) -> str | None:
+    """The canonical metric name as stored (cut to its column), or None when nothing is left."""
+    name = canonical_name(raw)
+    return None if name is None else name[:NAME_MAX_CHARS]
 
 
 def as_step(raw: object, fallback: int) -> int:
@@ -92,41 +91,50 @@ class FiniteValues:
         self._lock = threading.Lock()
 
     def pairs(self, items: Iterable[tuple[object, object]]) -> Iterator[tuple[str, float]]:
-        """Storable (name, value) pairs; a name that had to change is warned about once."""
+        """(canonical name, value) pairs by the rule; a name that is dropped, or a value that
+        is dropped or flagged, is warned about once. Two raw names with the same canonical
+        name keep the last value, as fields of one InfluxDB point do."""
+        kept: dict[str, float] = {}
         for raw_name, raw in items:
-            name = storable_name(raw_name)
-            if isinstance(raw_name, str) and name != raw_name:
-                self._warn_once(
-                    name, f"stored under this name ({raw_name!r} cannot be stored)", "name"
-                )
-            value = as_float(raw)
-            if value is None:
-                self._warn_once(
-                    name, f"value of type {type(raw).__name__} is not a real number; skipped"
-                )
-            elif not math.isfinite(value):
+            name = metric_name(raw_name)
+            if name is None:
+                self._warn_once(repr(raw_name), "the name has no letter or digit; skipped", "name")
+                continue
+            outcome, value = classify(raw)
+            if outcome is Outcome.FINITE and value is not None:
+                kept[name] = value
+            elif outcome is Outcome.NONFINITE:
+                flag = storable_name(name, len(NONFINITE_SUFFIX)) + NONFINITE_SUFFIX
                 self._warn_once(
                     name,
-                    f"value {value} is not finite; stored {name}{NONFINITE_SUFFIX}=1.0 instead",
+                    f"value {as_number(raw)} is not finite; stored {flag}=1.0 instead",
+                    raw=raw_name,
                 )
-                yield storable_name(name, len(NONFINITE_SUFFIX)) + NONFINITE_SUFFIX, 1.0
+                kept[flag] = 1.0
             else:
-                yield name, value
+                self._warn_once(name, f"{drop_reason(raw)}; skipped", raw=raw_name)
+        yield from kept.items()
 
     def value(self, name: str, raw: object) -> float | None:
         """One value: the float, or None when the rule drops it (no companion metric)."""
-        value = as_float(raw)
-        if value is not None and math.isfinite(value):
+        outcome, value = classify(raw)
+        if outcome is Outcome.FINITE:
             return value
-        reason = "not a real number" if value is None else f"{value} is not finite"
+        reason = (
+            drop_reason(raw) if outcome is Outcome.DROPPED else f"{as_number(raw)} is not finite"
+        )
         self._warn_once(name, f"value {reason}; stored as NULL")
         return None
 
-    def _warn_once(self, name: str, reason: str, topic: str = "value") -> None:
+    def _warn_once(self, name: str, reason: str, topic: str = "value", raw: object = None) -> None:
         with self._lock:
             if (topic, name) in self._warned:
                 return
             self._warned.add((topic, name))
+        logged_as = f" (logged as {raw!r})" if isinstance(raw, str) and raw != name else ""
         log.warning(
-            "runwatch: metric %r: %s (further warnings for this name suppressed)", name, reason
+            "runwatch: metric %r%s: %s (further warnings for this name suppressed)",
+            name,
+            logged_as,
+            reason,
         )

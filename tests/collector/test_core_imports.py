@@ -16,6 +16,7 @@ CORE_MODULES = (
     "collector.spool",
     "collector.shipper",
     "collector.recorder",
+    "collector.run",
     "collector.prometheus",
     "collector.store",
     "collector.cli",

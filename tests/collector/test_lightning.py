@@ -174,14 +174,18 @@ def test_full_chain_on_the_reference_mlp(tmp_path: Path) -> None:
         assert not any(k.endswith(("_step", "_epoch")) for k in point.fields)
     assert epochs[-1].fields["train_loss"] < epochs[0].fields["train_loss"]
 
-    sampled = [p for p in of(points, "batch") if "batch_idx" in p.fields]
-    expected_idx = [float(i) for i in range(0, steps_per_epoch, 5)] * 3
-    assert [p.fields["batch_idx"] for p in sampled] == expected_idx
-    for point in sampled:
-        assert {"loss", "acc", "recall", "f1", "step", "epoch"} <= point.fields.keys()
-    # step-level self.log() calls (every log_every_n_steps) are batch points as well
-    logged = [p for p in of(points, "batch") if "batch_idx" not in p.fields]
-    assert logged and all("loss" in p.fields for p in logged)
+    # one batch point per step Lightning logs (log_every_n_steps=5), with Lightning's step:
+    # the logged values and the sampler's fields together, never two points for one step
+    batches = of(points, "batch")
+    logged_steps = [s for s in range(trainer.global_step) if (s + 1) % 5 == 0]
+    assert [p.fields["step"] for p in batches] == [float(s) for s in logged_steps]
+    assert [p.fields["batch_idx"] for p in batches] == [
+        float(s % steps_per_epoch) for s in logged_steps
+    ]
+    for point in batches:
+        assert {"loss", "acc", "recall", "f1", "step", "epoch", "samples_per_s"} <= (
+            point.fields.keys()
+        )
 
     gradients = of(points, "gradient")
     assert [p.fields["step"] for p in gradients] == [
@@ -272,7 +276,7 @@ def fit_boring(
     val_batches: int,
     gradient_every_n: int,
 ) -> str:
-    """Fit a BoringModel with the whole telemetry (batches sampled every 2); the run_id."""
+    """Fit a BoringModel with the whole telemetry (Lightning logs every 2 steps); the run_id."""
     logger, callbacks = runwatch_telemetry(
         "boring",
         settings=settings,
@@ -284,6 +288,7 @@ def fit_boring(
         max_epochs=epochs,
         limit_train_batches=train_batches,
         limit_val_batches=val_batches,
+        log_every_n_steps=2,
         logger=logger,
         callbacks=callbacks,
         enable_checkpointing=False,
@@ -321,11 +326,11 @@ def test_user_step_metrics_reach_the_batch_points(settings: Settings) -> None:
         gradient_every_n=0,
     )
     batches = of(read_points(settings, run_id), "batch")
-    sampled = [p for p in batches if "batch_idx" in p.fields]  # by BatchMetricsCallback
-    assert [p.fields["batch_idx"] for p in sampled] == [0.0, 2.0, 4.0]
-    assert [p.fields.get("grad_penalty") for p in sampled] == [0.25, 2.25, 4.25]
-    logged = [p for p in batches if "batch_idx" not in p.fields]  # self.log() via the logger
-    assert logged and all(p.fields["grad_penalty"] >= 0.25 for p in logged)
+    # log_every_n_steps=2: Lightning logs steps 1, 3 and 5, one batch point each
+    assert [p.fields["batch_idx"] for p in batches] == [1.0, 3.0, 5.0]
+    assert [p.fields["step"] for p in batches] == [1.0, 3.0, 5.0]
+    assert [p.fields.get("grad_penalty") for p in batches] == [1.25, 3.25, 5.25]
+    assert all("loss" in p.fields for p in batches)  # training_step's output
     assert not any(name.startswith("train_") for p in batches for name in p.fields)
 
 
@@ -413,8 +418,7 @@ def test_a_callback_alone_opens_and_completes_its_own_run(
 
 
 class BrokenBatchMetrics(BatchMetricsCallback):
-    @staticmethod
-    def _metric_fields(trainer: pl.Trainer, outputs: Any) -> dict[str, float]:
+    def _add_samples(self, batch: Any) -> None:
         raise RuntimeError("telemetry bug")
 
 
@@ -564,8 +568,9 @@ def test_unsampled_steps_make_no_host_transfer(
     for key in transfers.calls:
         per_step[key] = per_step.get(key, 0) + 1
     for (batch_idx, step), count in per_step.items():
-        # one .tolist() per sampler that sampled this step, nothing on any other step
-        expected = int(batch_idx % 5 == 0) + int(step % 7 == 0)
+        # one transfer per sampler that sampled this step (the batch sampler on the steps
+        # Lightning logs, log_every_n_steps=5), nothing on any other step
+        expected = int((step + 1) % 5 == 0) + int(step % 7 == 0)
         assert count == expected, (batch_idx, step, count)
 
 

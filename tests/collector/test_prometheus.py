@@ -18,6 +18,7 @@ from collector import prometheus as prom
 from collector.config import load_settings
 from collector.prometheus import PrometheusExporter, start_exporter
 from collector.recorder import Recorder
+from collector.run import Run
 from tests.servers._process import free_port
 
 
@@ -298,26 +299,28 @@ def test_a_never_scraped_exporter_stops_at_once(exporter: PrometheusExporter) ->
     assert time.monotonic() - started < 5.0 and not exporter.serving
 
 
-def test_recorder_started_exporter_serves_the_run_and_reports_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_plain_loop_runs_exporter_serves_the_run_and_reports_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     settings = load_settings(
         {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": str(port)}, dotenv=None
     )
-    rec = Recorder("run-own", experiment="e", settings=settings, prometheus=True)
-    with pytest.raises(RuntimeError, match="training bug"), rec:
-        assert rec.exporter is not None and rec.exporter.port == port
-        assert rec.exporter.serving
-        rec.record("batch", {"loss": 0.75, "step": 3})
-        assert value(rec.exporter, prom.TRAIN_LOSS) == 0.75
+    run = Run("e", settings=settings, run_id="run-own")
+    with pytest.raises(RuntimeError, match="training bug"), run:
+        assert run.exporter is not None and run.exporter.port == port
+        assert run.exporter.serving
+        run.record("batch", {"loss": 0.75, "step": 3})
+        assert value(run.exporter, prom.TRAIN_LOSS) == 0.75
         raise RuntimeError("training bug")
-    assert rec.exporter is not None and not rec.exporter.serving
-    assert value(rec.exporter, prom.RUN_STATUS, status="failed") == 1.0
+    assert run.exporter is not None and not run.exporter.serving
+    assert value(run.exporter, prom.RUN_STATUS, status="failed") == 1.0
 
     disabled = load_settings(
         {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": "0"}, dotenv=None
     )
-    with Recorder("run-off", experiment="e", settings=disabled, prometheus=True) as rec:
-        assert rec.exporter is None
+    with Run("e", settings=disabled, run_id="run-off") as run:
+        assert run.exporter is None
+    with Recorder("run-rec", experiment="e", settings=settings) as rec:
+        assert not hasattr(rec, "exporter")  # the run owns the exporter, never the recorder
 
 
 def test_unscraped_step_durations_stay_bounded(exporter: PrometheusExporter) -> None:

@@ -1,4 +1,4 @@
-"""The schema module describes the DESIGN.md table as data other code can walk."""
+"""The schema module describes docs/design.md's table as data other code can walk."""
 
 from __future__ import annotations
 

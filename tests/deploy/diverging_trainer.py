@@ -3,7 +3,7 @@
 Started as a process by test_alerting_e2e.py: ``python diverging_trainer.py RUN_ID PORT
 TRIGGER``. Linear regression with SGD trains normally until the file TRIGGER exists, then the
 learning rate jumps far beyond stability: the loss overflows to inf and then NaN, as a real
-divergence does. Points reach the exporter as the recorder hands them over (DESIGN.md: a
+divergence does. Points reach the exporter as the recorder hands them over (docs/design.md: a
 non-finite value becomes ``<field>_nonfinite=1.0``). Runs until killed.
 """
 

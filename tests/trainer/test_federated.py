@@ -277,7 +277,7 @@ def test_simulation_points_are_tagged_by_client_and_round(simulated_run: Simulat
         assert any(x.startswith("event,") and f"event={event}" in x for x in lines), event
 
 
-# The seeds' Pattern 4 queries (seeds/000_*), on a finished federated run.
+# The store's federated queries (per client, per context, aggregated), on a finished federated run.
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The MLP classifier learns the bundled task and logs DESIGN.md's epoch metric names."""
+"""The MLP classifier learns the bundled task and logs docs/design.md's epoch metric names."""
 
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from types import TracebackType
 import psutil
 
 from collector.errors import RunwatchError
+from collector.run import Heartbeat
 
 log = logging.getLogger("trainer.federated")
 
@@ -125,25 +125,17 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-class _DescendantWatcher(threading.Thread):
+class _DescendantWatcher(Heartbeat):
     """Notes every process started under the runtime while it runs, so that those that get
     orphaned (a killed ServerApp's ray workers) can still be stopped by PID afterwards."""
 
     def __init__(self, processes: list[_Process], interval_s: float = 1.0) -> None:
-        super().__init__(name="runwatch-flower-watcher", daemon=True)
+        super().__init__(self._remember_descendants, interval_s, name="runwatch-flower-watcher")
         self._processes = processes
-        self._interval_s = interval_s
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self._interval_s):
-            for process in list(self._processes):
-                process.remember_descendants()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        if self.is_alive():
-            self.join(timeout=5.0)
+    def _remember_descendants(self) -> None:
+        for process in list(self._processes):
+            process.remember_descendants()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collector.config import Settings, load_settings
 from collector.queries import METRIC_SUMMARY, RUNS
 from collector.schema import evaluation_field
 from collector.store import Store
+from collector.values import canonical_name
 from grafana.dashboards import LOSSES, VALIDATION_SCORES
 from tests.collector.influx_wire import RecordingProxy, recording_proxy
 from tests.servers._process import free_port
@@ -401,7 +402,10 @@ def test_influx_hostile_input_never_changes_the_query_text(
     assert lookup.extern_options["run_ids"]["elements"] == [
         {"type": "StringLiteral", "value": hostile}
     ]
-    assert summary_request.extern_options["metric"] == {"type": "StringLiteral", "value": hostile}
+    # the metric is asked for by its canonical name, the one InfluxDB fields carry
+    canonical = canonical_name(hostile)
+    assert canonical and canonical != hostile
+    assert summary_request.extern_options["metric"] == {"type": "StringLiteral", "value": canonical}
     for request in proxied_runs.queries:
         assert hostile not in json.dumps({k: v for k, v in request.body.items() if k != "extern"})
 

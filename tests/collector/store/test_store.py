@@ -1,4 +1,4 @@
-"""CRUD patterns of seeds/000 against a real database (SQLite and PostgreSQL)."""
+"""The store's CRUD patterns (bulk writes, eager loading, federated context, final stats) against a real database (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 

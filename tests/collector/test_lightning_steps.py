@@ -1,0 +1,144 @@
+"""One producer per value, with Lightning's own step: runwatch beside CSVLogger in one Trainer.
+
+Lightning's CSVLogger writes exactly what Lightning hands its loggers, with Lightning's step;
+runwatch must write the same values, once each, with the same steps, and its gradient points
+must join its batch points on that step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+
+from collector.lightning import runwatch_telemetry
+from tests.collector.test_lightning import make_settings, of, quiet_trainer, read_points
+
+TRAIN_BATCHES = 13
+EPOCHS = 4
+STEPS = TRAIN_BATCHES * EPOCHS  # 52, as in the issue
+
+
+class LogsEverything(BoringModel):
+    """Logs a step-level loss (so the logged value and the output's loss differ), a value with
+    an odd name, and epoch-level train and validation metrics."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        output = super().training_step(batch, batch_idx)
+        loss = output["loss"]
+        self.log("train_loss", loss + 1000.0, on_step=True, on_epoch=False)
+        self.log("loss (smoothed)", loss * 0.5, on_step=True, on_epoch=False)
+        self.log("train_acc", 0.5 + self.global_step / 1000, on_step=False, on_epoch=True)
+        return output
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        output = super().validation_step(batch, batch_idx)
+        self.log("val_loss", output["x"])
+        self.log("val/acc@1", 0.25 + self.current_epoch / 10)
+        return output
+
+
+def _csv_rows(directory: Path) -> list[dict[str, str]]:
+    (path,) = directory.rglob("metrics.csv")
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("log_every_n_steps", [1, 5])
+def test_batch_points_are_lightnings_logged_steps_once_each(
+    tmp_path: Path, log_every_n_steps: int
+) -> None:
+    settings = make_settings(tmp_path / "home")
+    telemetry = runwatch_telemetry(
+        "steps", settings=settings, gradient_every_n=1, system_interval_s=0, prometheus=False
+    )
+    csv_logger = CSVLogger(tmp_path / "csv", name="steps")
+    pl.seed_everything(3, verbose=False)
+    trainer = quiet_trainer(
+        max_epochs=EPOCHS,
+        limit_train_batches=TRAIN_BATCHES,
+        limit_val_batches=2,
+        log_every_n_steps=log_every_n_steps,
+        logger=[telemetry.logger, csv_logger],
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(LogsEverything())
+    assert trainer.global_step == STEPS
+
+    rows = _csv_rows(tmp_path / "csv")
+    step_rows = [r for r in rows if r.get("train_loss")]
+    points = read_points(settings, telemetry.run_id)
+    batches = of(points, "batch")
+
+    expected = STEPS // log_every_n_steps
+    assert len(step_rows) == expected
+    assert len(batches) == expected
+    assert [p.fields["step"] for p in batches] == [float(r["step"]) for r in step_rows]
+    # the logged value, not the output's loss: one value per step, from one producer
+    assert [p.fields["loss"] for p in batches] == [float(r["train_loss"]) for r in step_rows]
+    assert [p.fields["loss_smoothed"] for p in batches] == [
+        float(r["loss (smoothed)"]) for r in step_rows
+    ]
+    assert all(p.fields["loss"] > 999 for p in batches)
+    assert all("samples_per_s" in p.fields and "batch_idx" in p.fields for p in batches)
+    assert [p.fields["batch_idx"] for p in batches] == [
+        p.fields["step"] % TRAIN_BATCHES for p in batches
+    ]
+
+    # gradient points (every optimizer step) share the step numbering: an exact join
+    gradient_steps = [p.fields["step"] for p in of(points, "gradient")]
+    assert gradient_steps == [float(s) for s in range(STEPS)]
+    assert {p.fields["step"] for p in batches} <= set(gradient_steps)
+
+    # one epoch point per epoch, each value once, equal to CSVLogger's epoch rows
+    epochs = of(points, "epoch")
+    assert [p.fields["epoch"] for p in epochs] == [float(e) for e in range(EPOCHS)]
+    val_rows = [r for r in rows if r.get("val_loss")]
+    train_rows = [r for r in rows if r.get("train_acc")]
+    assert [p.fields["val_loss"] for p in epochs] == [float(r["val_loss"]) for r in val_rows]
+    assert [p.fields["val_acc_1"] for p in epochs] == [float(r["val/acc@1"]) for r in val_rows]
+    assert [p.fields["train_acc"] for p in epochs] == [float(r["train_acc"]) for r in train_rows]
+    for point in epochs:
+        assert not any(name.startswith(("train_loss", "loss")) for name in point.fields)
+    # the export files use the canonical names too, the logged one kept beside it
+    export_dir = settings.home / "exports" / telemetry.run_id
+    document = json.loads((export_dir / "metrics.json").read_text())
+    assert document["metric_names"] == {"val_acc_1": "val/acc@1"}
+    assert [row["val_acc_1"] for row in document["metrics_history"]] == [
+        p.fields["val_acc_1"] for p in epochs
+    ]
+    with (export_dir / "metrics.csv").open() as handle:
+        header = next(csv.reader(handle))
+    assert "val_acc_1" in header and "val/acc@1" not in header
+    assert telemetry.session.error_ledger.total == 0
+
+
+def test_without_logged_step_values_the_sampler_writes_the_step_point(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    telemetry = runwatch_telemetry(
+        "quiet", settings=settings, gradient_every_n=3, system_interval_s=0, prometheus=False
+    )
+    trainer = quiet_trainer(
+        max_epochs=2,
+        limit_train_batches=6,
+        limit_val_batches=1,
+        log_every_n_steps=3,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(BoringModel())  # logs nothing with self.log
+    points = read_points(settings, telemetry.run_id)
+    batches = of(points, "batch")
+    assert [p.fields["step"] for p in batches] == [2.0, 5.0, 8.0, 11.0]
+    assert all(math.isfinite(p.fields["loss"]) for p in batches)
+    # gradients every 3 steps from step 0: 0, 3, 6, 9; the join is on the same numbering
+    assert [p.fields["step"] for p in of(points, "gradient")] == [0.0, 3.0, 6.0, 9.0]
