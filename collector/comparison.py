@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from collector import queries, schema
+from collector import flux_queries, schema
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError, UnknownRunError
 from collector.store import MetricRecord, Store
@@ -149,7 +149,7 @@ def compare_from_store(
 ) -> Comparison:
     """``higher``: whether larger values are better (None: read from the metric's name)."""
     metric = metric_key(metric)
-    wanted = queries.string_list(run_ids)
+    wanted = flux_queries.string_list(run_ids)
     runs = {}
     unknown = []
     for run_id in wanted:
@@ -192,13 +192,13 @@ def compare_from_influx(
 ) -> Comparison:
     """``higher``: whether larger values are better (None: read from the metric's name)."""
     metric = metric_key(metric)
-    wanted = queries.string_list(run_ids)
-    start, stop = queries.runs_window(wanted, now)
+    wanted = flux_queries.string_list(run_ids)
+    start, stop = flux_queries.runs_window(wanted, now)
     window = {"start": start, "stop": stop, "run_ids": wanted}
-    found = queries.run_query(
-        settings, queries.RUNS, {**window, "experiment": "", "training_mode": ""}
+    found = flux_queries.run_query(
+        settings, flux_queries.RUNS, {**window, "experiment": "", "training_mode": ""}
     )
-    runs = queries.rows_by(found, "run_id")
+    runs = flux_queries.rows_by(found, "run_id")
     unknown = [run_id for run_id in wanted if run_id not in runs]
     if unknown:
         raise UnknownRunsError(
@@ -207,10 +207,10 @@ def compare_from_influx(
             "(not shipped yet? `runwatch sync`, or --source sql)",
         )
     higher = _direction(metric, higher)
-    summaries = queries.rows_by(
-        queries.run_query(
+    summaries = flux_queries.rows_by(
+        flux_queries.run_query(
             settings,
-            queries.METRIC_SUMMARY,
+            flux_queries.METRIC_SUMMARY,
             {**window, "metric": metric, "higher_is_better": higher},
         ),
         "run_id",
@@ -218,10 +218,10 @@ def compare_from_influx(
     federated = [r for r in wanted if runs[r]["mode"] == schema.MODE_FEDERATED]
     round_field = schema.evaluation_field(metric)
     if federated and round_field is not None:
-        round_summaries = queries.rows_by(
-            queries.run_query(
+        round_summaries = flux_queries.rows_by(
+            flux_queries.run_query(
                 settings,
-                queries.ROUND_SUMMARY,
+                flux_queries.ROUND_SUMMARY,
                 {**window, "run_ids": federated, "metric": round_field, "higher_is_better": higher},
             ),
             "run_id",

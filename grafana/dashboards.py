@@ -1,5 +1,5 @@
 """The five runwatch dashboards. Names come from collector.schema (InfluxDB) and
-collector.prometheus (Prometheus); queries from grafana.queries."""
+collector.prometheus (Prometheus); queries from grafana.flux_panels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from grafana_foundation_sdk.models import dashboard
 
 from collector import prometheus as metrics
 from collector import schema
-from grafana import datasources, queries
+from grafana import datasources, flux_panels
 from grafana.flux import FluxAnnotation, equals
 from grafana.panels import (
     HALF,
@@ -62,7 +62,7 @@ def _events_annotation() -> dashboard_builders.AnnotationQuery:
         .datasource(datasources.influxdb())
         .enable(True)
         .icon_color("purple")
-        .target(FluxAnnotation(queries.event_annotations()))
+        .target(FluxAnnotation(flux_panels.event_annotations()))
     )
 
 
@@ -80,12 +80,12 @@ def training_overview() -> dashboard_builders.Dashboard:
         .with_variable(run_id_variable(schema.M_EPOCH))
         .annotation(_events_annotation())
         .with_row(row("Epoch curves"))
-        .with_panel(time_series("Loss", curve, [flux(queries.series(schema.M_EPOCH, LOSSES))]))
+        .with_panel(time_series("Loss", curve, [flux(flux_panels.series(schema.M_EPOCH, LOSSES))]))
         .with_panel(
             time_series(
                 "Accuracy",
                 curve,
-                [flux(queries.series(schema.M_EPOCH, (schema.VAL_ACC,)))],
+                [flux(flux_panels.series(schema.M_EPOCH, (schema.VAL_ACC,)))],
                 unit=RATIO,
             )
         )
@@ -93,7 +93,13 @@ def training_overview() -> dashboard_builders.Dashboard:
             time_series(
                 "Precision and recall",
                 curve,
-                [flux(queries.series(schema.M_EPOCH, (schema.VAL_PRECISION, schema.VAL_RECALL)))],
+                [
+                    flux(
+                        flux_panels.series(
+                            schema.M_EPOCH, (schema.VAL_PRECISION, schema.VAL_RECALL)
+                        )
+                    )
+                ],
                 unit=RATIO,
             )
         )
@@ -101,7 +107,7 @@ def training_overview() -> dashboard_builders.Dashboard:
             time_series(
                 "F1 and AUROC",
                 curve,
-                [flux(queries.series(schema.M_EPOCH, (schema.VAL_F1, schema.VAL_AUROC)))],
+                [flux(flux_panels.series(schema.M_EPOCH, (schema.VAL_F1, schema.VAL_AUROC)))],
                 unit=RATIO,
             )
         )
@@ -109,7 +115,7 @@ def training_overview() -> dashboard_builders.Dashboard:
             time_series(
                 "Learning rate",
                 "Learning rate at each epoch end (log scale).",
-                [flux(queries.series(schema.M_EPOCH, (schema.LR,)))],
+                [flux(flux_panels.series(schema.M_EPOCH, (schema.LR,)))],
                 log_scale=True,
             )
         )
@@ -118,7 +124,7 @@ def training_overview() -> dashboard_builders.Dashboard:
                 "Best values",
                 "Per run: the lowest loss and the highest validation score reached at an "
                 "epoch end (the run's own epochs, not federated clients').",
-                flux(queries.best_values(LOSSES, VALIDATION_SCORES)),
+                flux(flux_panels.best_values(LOSSES, VALIDATION_SCORES)),
                 width=HALF,
                 decimals=4,
             )
@@ -129,7 +135,7 @@ def training_overview() -> dashboard_builders.Dashboard:
                 "Events",
                 "Training start and end, early stopping, checkpoints, rounds, client "
                 "failures and alerts, newest first (also shown as annotations).",
-                flux(queries.events_table()),
+                flux(flux_panels.events_table()),
             )
         )
     )
@@ -153,14 +159,14 @@ def batches_and_gradients() -> dashboard_builders.Dashboard:
             time_series(
                 "Batch loss",
                 sampled,
-                [flux(queries.series(schema.M_BATCH, (schema.LOSS,), window="mean"))],
+                [flux(flux_panels.series(schema.M_BATCH, (schema.LOSS,), window="mean"))],
             )
         )
         .with_panel(
             time_series(
                 "Batch accuracy",
                 sampled,
-                [flux(queries.series(schema.M_BATCH, (schema.ACC,), window="mean"))],
+                [flux(flux_panels.series(schema.M_BATCH, (schema.ACC,), window="mean"))],
                 unit=RATIO,
             )
         )
@@ -168,7 +174,13 @@ def batches_and_gradients() -> dashboard_builders.Dashboard:
             time_series(
                 "Batch recall and F1",
                 sampled,
-                [flux(queries.series(schema.M_BATCH, (schema.RECALL, schema.F1), window="mean"))],
+                [
+                    flux(
+                        flux_panels.series(
+                            schema.M_BATCH, (schema.RECALL, schema.F1), window="mean"
+                        )
+                    )
+                ],
                 unit=RATIO,
             )
         )
@@ -176,7 +188,7 @@ def batches_and_gradients() -> dashboard_builders.Dashboard:
             time_series(
                 "Throughput",
                 "Training samples per second, averaged per display interval.",
-                [flux(queries.series(schema.M_BATCH, (schema.SAMPLES_PER_S,), window="mean"))],
+                [flux(flux_panels.series(schema.M_BATCH, (schema.SAMPLES_PER_S,), window="mean"))],
                 unit="suffix: samples/s",
             )
         )
@@ -188,21 +200,23 @@ def batches_and_gradients() -> dashboard_builders.Dashboard:
                 "the largest and smallest value per display interval.",
                 [
                     flux(
-                        queries.series(
+                        flux_panels.series(
                             schema.M_GRADIENT, (schema.TOTAL_NORM, schema.MAX_NORM), window="max"
                         ),
                         "A",
                     ),
-                    flux(queries.series(schema.M_GRADIENT, (schema.MIN_NORM,), window="min"), "B"),
+                    flux(
+                        flux_panels.series(schema.M_GRADIENT, (schema.MIN_NORM,), window="min"), "B"
+                    ),
                 ],
                 log_scale=True,
             )
         )
         .with_panel(
             data_table(
-                f"Top {queries.TOP_LAYERS} layers by gradient norm",
+                f"Top {flux_panels.TOP_LAYERS} layers by gradient norm",
                 "Per run, the layers whose gradient norm was largest in the time range.",
-                flux(queries.top_layers()),
+                flux(flux_panels.top_layers()),
                 width=HALF,
                 decimals=4,
             )
@@ -212,7 +226,7 @@ def batches_and_gradients() -> dashboard_builders.Dashboard:
             layer_heatmap(
                 "Per-layer gradient norm: ${run_id}",
                 "One row per recorded layer; the largest norm per display interval.",
-                flux(queries.layer_norm_heatmap()),
+                flux(flux_panels.layer_norm_heatmap()),
             )
         )
     )
@@ -246,7 +260,7 @@ def federated() -> dashboard_builders.Dashboard:
                 f"{title} per round",
                 "Server-side evaluation of the global model (source server) and the "
                 "weighted aggregate of the clients' evaluations (source aggregated).",
-                flux(queries.by_round(schema.M_ROUND, field, (schema.RUN_ID, schema.SOURCE))),
+                flux(flux_panels.by_round(schema.M_ROUND, field, (schema.RUN_ID, schema.SOURCE))),
                 x_field=schema.ROUND,
                 unit=unit,
             )
@@ -261,7 +275,7 @@ def _federated_clients(board: dashboard_builders.Dashboard) -> dashboard_builder
             trend(
                 "Client train loss per round",
                 "Each client's training loss as reported in its reply.",
-                flux(queries.by_round(schema.M_CLIENT_ROUND, schema.TRAIN_LOSS, per_client)),
+                flux(flux_panels.by_round(schema.M_CLIENT_ROUND, schema.TRAIN_LOSS, per_client)),
                 x_field=schema.ROUND,
             )
         )
@@ -269,7 +283,7 @@ def _federated_clients(board: dashboard_builders.Dashboard) -> dashboard_builder
             trend(
                 "Client validation accuracy per round",
                 "Each client's evaluation of the global model on its validation share.",
-                flux(queries.by_round(schema.M_CLIENT_ROUND, schema.VAL_ACC, per_client)),
+                flux(flux_panels.by_round(schema.M_CLIENT_ROUND, schema.VAL_ACC, per_client)),
                 x_field=schema.ROUND,
                 unit=RATIO,
             )
@@ -296,7 +310,7 @@ def _federated_clients(board: dashboard_builders.Dashboard) -> dashboard_builder
 
 
 def _spread(field: str) -> str:
-    return queries.by_round(schema.M_CLIENT_ROUND, field, (schema.RUN_ID,), reducer="spread()")
+    return flux_panels.by_round(schema.M_CLIENT_ROUND, field, (schema.RUN_ID,), reducer="spread()")
 
 
 def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_builders.Dashboard:
@@ -307,7 +321,7 @@ def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_b
                 "Clients aggregated per round",
                 "Clients whose training reply went into the round's aggregate.",
                 flux(
-                    queries.by_round(
+                    flux_panels.by_round(
                         schema.M_ROUND,
                         schema.NUM_CLIENTS,
                         (schema.RUN_ID,),
@@ -324,7 +338,7 @@ def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_b
                 "Client failures per round",
                 "Instructions a client answered with an error or not before the timeout.",
                 flux(
-                    queries.by_round(
+                    flux_panels.by_round(
                         schema.M_EVENT, schema.VALUE, (schema.RUN_ID,), failures, reducer="sum()"
                     )
                 ),
@@ -337,7 +351,7 @@ def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_b
             data_table(
                 "Participation by round",
                 "Clients aggregated and client failures in each round.",
-                flux(queries.participation_by_round()),
+                flux(flux_panels.participation_by_round()),
                 width=THIRD,
             )
         )
@@ -345,7 +359,7 @@ def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_b
             data_table(
                 "Client failures",
                 "Each failure: round, client and reason.",
-                flux(queries.events_table(schema.EVENT_CLIENT_FAILURE)),
+                flux(flux_panels.events_table(schema.EVENT_CLIENT_FAILURE)),
             )
         )
         .with_row(row("Confusion matrix"))
@@ -354,7 +368,7 @@ def _federated_participation(board: dashboard_builders.Dashboard) -> dashboard_b
                 "Confusion matrix by round",
                 "Server evaluation (source server) and the clients' summed counts "
                 "(source aggregated), round by round.",
-                flux(queries.confusion_matrix_by_round()),
+                flux(flux_panels.confusion_matrix_by_round()),
                 height=10,
             )
         )
@@ -390,7 +404,7 @@ def run_comparison() -> dashboard_builders.Dashboard:
                 "Per run: best_* is the lowest loss or highest score at an epoch end, "
                 "last_* the value at the last epoch.",
                 flux(
-                    queries.best_and_last_values(
+                    flux_panels.best_and_last_values(
                         LOSSES, VALIDATION_SCORES, (*LOSSES, *VALIDATION_SCORES, schema.EPOCH)
                     )
                 ),
@@ -405,7 +419,7 @@ def run_comparison() -> dashboard_builders.Dashboard:
             trend(
                 title,
                 "One series per run, by epoch.",
-                flux(queries.by_epoch(field)),
+                flux(flux_panels.by_epoch(field)),
                 x_field=schema.EPOCH,
                 unit=unit,
             )
@@ -417,7 +431,7 @@ def run_comparison() -> dashboard_builders.Dashboard:
                 f"Server evaluation {title.lower()}",
                 "One series per federated run: the server's evaluation of the global model.",
                 flux(
-                    queries.by_round(
+                    flux_panels.by_round(
                         schema.M_ROUND,
                         field,
                         (schema.RUN_ID,),

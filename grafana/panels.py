@@ -13,7 +13,7 @@ from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models import heatmap as heatmap_models
 
-from grafana import datasources, queries
+from grafana import datasources, flux_panels
 from grafana.flux import RUN_ID_VARIABLE, FluxTarget
 
 FULL = 24
@@ -35,7 +35,7 @@ def run_id_variable(*measurements: str) -> dashboard_builders.QueryVariable:
         .label("Run")
         .description("Runs with points in the time range (newest first).")
         .datasource(datasources.influxdb())
-        .query(queries.run_ids_variable(*measurements))
+        .query(flux_panels.run_ids_variable(*measurements))
         .multi(True)
         .include_all(True)
         .all_value(".*")

@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from collector.cli.runs import print_table
+from collector.cli.output import print_table
 from collector.comparison import (
     DEFAULT_METRIC,
     SOURCE_INFLUX,

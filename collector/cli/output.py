@@ -5,6 +5,8 @@ exact (``json.dumps`` escapes control characters itself)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def printable(text: object) -> str:
     """``text`` with each non-printable character as its Python escape (``\\n``, ``\\x1b``,
@@ -17,3 +19,17 @@ def printable(text: object) -> str:
 
 def _escape(ch: str) -> str:
     return ch.encode("unicode_escape").decode("ascii")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns, two spaces apart, every cell made printable."""
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    for row in (headers, *rows):
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )

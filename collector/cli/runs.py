@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.cli.argtypes import positive_int, run_id_arg
-from collector.cli.output import printable
+from collector.cli.output import print_table, printable
 from collector.config import Settings
 from collector.errors import RunwatchError
 from collector.store import RunSummary, Store
@@ -150,19 +150,6 @@ def write_metrics_csv(target: Path, summary: RunSummary) -> None:
                     m.recorded_at.isoformat(),
                 )
             )
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for row in (headers, *rows):
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
 
 
 def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:

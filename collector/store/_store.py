@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collector.config import Settings, mask_url
 from collector.errors import RunIdInUseError, UnknownRunError
 from collector.ids import new_run_id, validate_run_id
-from collector.store import queries, writes
+from collector.store import sql_queries, writes
 from collector.store.bulk import insert_metric_rows
 from collector.store.engine import (
     DatabaseUnavailableError,
@@ -348,7 +348,7 @@ class Store:
     def get_run(self, run_id: str, *, with_metrics: bool = False) -> RunSummary:
         self._mark_stale_runs()
         with self.session(write=False) as session:
-            found = queries.run_summaries(
+            found = sql_queries.run_summaries(
                 session, Run.run_id == run_id, limit=1, with_metrics=with_metrics
             )
         if not found:
@@ -361,23 +361,25 @@ class Store:
         """Runs, newest first, loaded eagerly (a fixed number of statements whatever their count)."""
         self._mark_stale_runs()
         with self.session(write=False) as session:
-            return queries.run_summaries(session, limit=limit, with_metrics=with_metrics)
+            return sql_queries.run_summaries(session, limit=limit, with_metrics=with_metrics)
 
     def metrics_by_context(self, run_id: str, context: str) -> list[MetricRecord]:
         with self.session(write=False) as session:
-            return queries.metric_records(
+            return sql_queries.metric_records(
                 session, writes.run_pk_of(session, run_id), RunMetric.context == context
             )
 
     def metrics_by_dataset_type(self, run_id: str, dataset_type: str) -> list[MetricRecord]:
         with self.session(write=False) as session:
             run_pk = writes.run_pk_of(session, run_id)
-            return queries.metric_records(session, run_pk, RunMetric.dataset_type == dataset_type)
+            return sql_queries.metric_records(
+                session, run_pk, RunMetric.dataset_type == dataset_type
+            )
 
     def metrics_grouped_by_client(self, run_id: str) -> dict[str, list[MetricRecord]]:
         """Client metrics of a federated run, keyed by client_id, each list ordered by step."""
         with self.session(write=False) as session:
-            records = queries.metric_records(
+            records = sql_queries.metric_records(
                 session, writes.run_pk_of(session, run_id), RunMetric.client_pk.is_not(None)
             )
         grouped: dict[str, list[MetricRecord]] = {}
@@ -390,20 +392,20 @@ class Store:
 
     def all_metrics(self, run_id: str) -> list[MetricRecord]:
         with self.session(write=False) as session:
-            return queries.metric_records(session, writes.run_pk_of(session, run_id))
+            return sql_queries.metric_records(session, writes.run_pk_of(session, run_id))
 
     def latest_metrics(self, run_id: str, context: str = "epoch_end") -> dict[str, float]:
         """Each metric's value at its last step (client-less rows), e.g. for a summary."""
         with self.session(write=False) as session:
-            return queries.latest_values(session, writes.run_pk_of(session, run_id), context)
+            return sql_queries.latest_values(session, writes.run_pk_of(session, run_id), context)
 
     def server_evaluations(self, run_id: str) -> list[ServerEvaluationRecord]:
         with self.session(write=False) as session:
-            return queries.server_evaluation_records(session, writes.run_pk_of(session, run_id))
+            return sql_queries.server_evaluation_records(session, writes.run_pk_of(session, run_id))
 
     def rounds(self, run_id: str) -> list[RoundRecord]:
         with self.session(write=False) as session:
-            return queries.round_records(session, writes.run_pk_of(session, run_id))
+            return sql_queries.round_records(session, writes.run_pk_of(session, run_id))
 
     def final_stats(self, run_id: str) -> dict[str, float]:
         return {m.name: m.value for m in self.metrics_by_context(run_id, "final_epoch")}

@@ -63,7 +63,7 @@ def test_unknown_runs_are_named_in_one_line() -> None:
 def test_query_and_compare_modules_import_no_framework() -> None:
     script = (
         "import json, sys\n"
-        "import collector.queries, collector.comparison, collector.cli.compare\n"
+        "import collector.flux_queries, collector.comparison, collector.cli.compare\n"
         "print(json.dumps(sorted(m for m in sys.modules\n"
         "    if m.split('.')[0] in ('torch', 'lightning', 'flwr', 'trainer'))))\n"
     )

@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 
 from collector import Recorder, RecorderTuning, new_run_id, schema
+from collector.backlog import ship_backlog
 from collector.cli import main
-from collector.cli.sync import ship_backlog
 from collector.config import Settings
 from collector.points import MAX_STRING_FIELD_BYTES, to_wire
 from collector.shipper import RetryPolicy, ShipTuning

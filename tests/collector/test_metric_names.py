@@ -141,7 +141,7 @@ def odd_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[str, Settings]]:
-    from collector.cli.sync import ship_backlog
+    from collector.backlog import ship_backlog
     from collector.lightning import runwatch_telemetry
 
     writer = influxdb2.settings(tmp_path / "home", influxdb2_bucket, db_url=db_url)

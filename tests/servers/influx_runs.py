@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli.sync import ship_backlog
+from collector.backlog import ship_backlog
 from collector.config import Settings
 from collector.store import Store
 from tests.servers.influxdb2 import InfluxDB2

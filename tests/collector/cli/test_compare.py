@@ -16,7 +16,7 @@ import pytest
 
 from collector.cli import main
 from collector.config import Settings, load_settings
-from collector.queries import METRIC_SUMMARY, RUNS
+from collector.flux_queries import METRIC_SUMMARY, RUNS
 from collector.schema import evaluation_field
 from collector.store import Store
 from collector.values import canonical_name

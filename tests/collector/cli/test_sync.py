@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from collector import Recorder, load_settings, new_run_id
+from collector.backlog import ship_backlog
 from collector.cli import main
-from collector.cli.sync import ProgressBar, render_bar, ship_backlog
+from collector.cli.sync import ProgressBar, render_bar
 from collector.errors import ConfigError, UnknownRunError
 from collector.spool import backlog
 from tests.servers.victoriametrics import VictoriaMetrics

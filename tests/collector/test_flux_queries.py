@@ -1,4 +1,4 @@
-"""collector.queries: every query is valid Flux with its parameters declared, names come from
+"""collector.flux_queries: every query is valid Flux with its parameters declared, names come from
 the schema, every query answers on the real InfluxDB 2 what the run store (or the spool) says
 about real runs, and user input only ever travels as extern literals (checked on the request
 body influxdb-client really sends, recorded by a proxy in front of the real server, and on
@@ -18,9 +18,7 @@ import pytest
 from collector import schema
 from collector.config import Settings
 from collector.errors import ConfigError, RunwatchError
-from collector.ids import new_run_id
-from collector.points import escape_tag_value
-from collector.queries import (
+from collector.flux_queries import (
     BUCKET,
     CLIENT_SPREAD,
     EPOCH_CURVES,
@@ -39,8 +37,10 @@ from collector.queries import (
     runs_window,
     string_list,
 )
-from collector.queries import START as START_PARAM
-from collector.queries import STOP as STOP_PARAM
+from collector.flux_queries import START as START_PARAM
+from collector.flux_queries import STOP as STOP_PARAM
+from collector.ids import new_run_id
+from collector.points import escape_tag_value
 from collector.store import Store
 from tests.collector.influx_wire import recording_proxy, spool_points
 from tests.flux.checker import FluxChecker, params_prelude
