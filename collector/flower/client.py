@@ -98,12 +98,19 @@ class ClientTelemetry:
     @classmethod
     def for_message(
         cls, msg: Message, context: Context, *, settings: Settings | None = None, **options: Any
-    ) -> ClientTelemetry | None:
-        """Telemetry for this instruction, or None when the server does not run runwatch."""
+    ) -> ClientTelemetry:
+        """Telemetry for this instruction. When the server does not run runwatch there is no
+        run to record into: the result is a :class:`DetachedClientTelemetry`, which records
+        nothing and leaves the trainer and the reply as they would be without runwatch."""
         note = read_run_note(msg)
         if note is None:
-            return None
+            return DetachedClientTelemetry(client_id_of(context))
         return cls(note, client_id_of(context), settings=settings, **options)
+
+    @property
+    def attached(self) -> bool:
+        """Whether this round's points and report go to a runwatch run."""
+        return True
 
     @property
     def run_id(self) -> str:
@@ -148,4 +155,41 @@ class ClientTelemetry:
         """Add this round's report (epoch history, wall time) to the reply's contents."""
         self.close()
         attach_client_report(content, self.report())
+        return content
+
+
+class DetachedClientTelemetry(ClientTelemetry):
+    """A client's telemetry under a ServerApp that does not run runwatch: the same interface,
+    nothing recorded. ``logger`` is None (Lightning then uses its own default logger, as
+    without runwatch), ``callbacks`` is empty and ``attach_report`` leaves the reply as is."""
+
+    def __init__(self, client_id: str) -> None:  # no note, no session: nothing to record
+        self.client_id = client_id
+        self.logger = None  # type: ignore[assignment]
+        self.callbacks = []
+        self._started_at = time.time()
+        self._ended_at = None
+
+    @property
+    def attached(self) -> bool:
+        return False
+
+    @property
+    def run_id(self) -> str:
+        return ""
+
+    @property
+    def round_number(self) -> int:
+        return 0
+
+    @property
+    def epoch_history(self) -> EpochHistory:
+        return []
+
+    def close(self, status: str = "completed") -> None:
+        if self._ended_at is None:
+            self._ended_at = time.time()
+
+    def attach_report(self, content: RecordDict) -> RecordDict:
+        self.close()
         return content

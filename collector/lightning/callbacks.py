@@ -432,6 +432,15 @@ class LearningRateCallback(SessionCallback):
 # -- events --------------------------------------------------------------------------------
 
 
+def _early_stopped(callback: EarlyStopping) -> bool:
+    """Whether EarlyStopping stopped the fit, in epoch 0 too (where ``stopped_epoch`` is 0,
+    as when it never stopped: Lightning >= 2.5 says so in ``stopping_reason``)."""
+    reason = getattr(callback, "stopping_reason", None)
+    if reason is not None:
+        return bool(reason.name != "NOT_STOPPED")
+    return callback.stopped_epoch > 0
+
+
 class TrainingEventsCallback(SessionCallback):
     """``training_start``, ``early_stopping`` and ``training_end`` events (Grafana annotations)."""
 
@@ -475,14 +484,14 @@ class TrainingEventsCallback(SessionCallback):
         if self._early_stop_reported:
             return
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0:
+            if isinstance(callback, EarlyStopping) and _early_stopped(callback):
                 self._early_stop_reported = True
                 best = callback.best_score
                 value = float(best) if best is not None else math.nan
-                text = (
-                    f"stopped at epoch {callback.stopped_epoch}: {callback.monitor} did not improve "
-                    f"for {callback.patience} checks (best {value:.4g})"
+                reason = getattr(callback, "stopping_reason_message", None) or (
+                    f"{callback.monitor} did not improve for {callback.patience} checks"
                 )
+                text = f"stopped at epoch {callback.stopped_epoch}: {reason} (best {value:.4g})"
                 self.session.event("early_stopping", text=text, value=value)
                 return
 

@@ -485,6 +485,26 @@ def test_early_stopping_event(settings: Settings) -> None:
     assert names.index("early_stopping") < names.index("training_end")
 
 
+def test_early_stopping_in_epoch_zero_is_an_event(settings: Settings) -> None:
+    """Divergence at once, the stop users most need to see (Lightning's stopped_epoch is 0)."""
+    telemetry = runwatch_telemetry("diverges", settings=settings, prometheus=False)
+    model, data = mlp()
+    stopper = EarlyStopping(monitor="val_loss", mode="min", divergence_threshold=0.0)
+    trainer = quiet_trainer(
+        max_epochs=10,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, stopper],
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert stopper.stopped_epoch == 0 and trainer.current_epoch == 1
+    points = read_points(settings, telemetry.run_id)
+    stops = [p for p in of(points, "event") if p.tags["event"] == "early_stopping"]
+    assert len(stops) == 1
+    assert "stopped at epoch 0" in stops[0].fields["text"]
+    assert "divergence" in stops[0].fields["text"].lower()
+
+
 def test_non_zero_rank_writes_nothing(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     telemetry = runwatch_telemetry("rank1", settings=settings, prometheus=False)

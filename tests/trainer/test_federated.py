@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from collector.config import Settings, load_settings
@@ -203,6 +203,53 @@ def test_client_without_runwatch_server_trains_plainly(
     context = Context(7, 99, {"partition-id": 1, "num-partitions": 2}, RecordDict(), {})
     reply = client_app.train(instruction, context)
     assert read_client_report(reply) is None
+    assert not (runwatch_env / "spool").exists() or not any((runwatch_env / "spool").iterdir())
+
+
+def test_readme_client_pattern_under_a_server_without_runwatch(
+    runwatch_env: Path, tmp_path: Path, task_identity: None
+) -> None:
+    """The README's ClientApp code, pasted as is, when the ServerApp does not run runwatch:
+    it trains and replies as without runwatch, and records nothing."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Regression(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            features, targets = batch
+            loss = torch.nn.functional.mse_loss(self.layer(features), targets)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    msg = Message(
+        content=RecordDict({"config": ConfigRecord({"server-round": 1})}),
+        message_type="train",
+        dst_node_id=5,
+    )
+    context = Context(7, 5, {"partition-id": 0, "num-partitions": 1}, RecordDict(), {})
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
+    with ClientTelemetry.for_message(msg, context) as telemetry:
+        trainer = L.Trainer(
+            logger=telemetry.logger,
+            callbacks=telemetry.callbacks,
+            max_epochs=1,
+            default_root_dir=tmp_path,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(Regression(), loader)
+    assert trainer.global_step == 4
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 32})})
+    assert telemetry.attach_report(content) is content
+    assert not telemetry.attached and read_client_report(Message(content, reply_to=msg)) is None
     assert not (runwatch_env / "spool").exists() or not any((runwatch_env / "spool").iterdir())
 
 
