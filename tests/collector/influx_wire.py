@@ -1,9 +1,9 @@
 """Helpers for the tests that run Flux on the real ``influxdb2`` server.
 
 - :class:`RecordingProxy`: a forwarding HTTP proxy on 127.0.0.1 in front of the real influxd.
-  It records each request exactly as influxdb-client sends it (path, headers, JSON body) and
-  passes the real server's answer back unchanged, so a test can check what went over the wire
-  *and* what the real server made of it.
+  It records each request exactly as influxdb-client sends it (path, headers, body) with the
+  status the real server answered, and passes that answer back unchanged, so a test can check
+  what went over the wire *and* what the real server made of it (queries and writes alike).
 - :func:`spool_points`: the points a run wrote, read back from its spool files (the product's
   append-only record of every point, independent of InfluxDB), for what the relational store
   does not keep (gradient norms, batch throughput, client evaluations, events).
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import threading
@@ -28,12 +29,23 @@ from collector.spool import list_streams
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class WireRequest:
     method: str
     path: str
     headers: dict[str, str]
     raw_body: bytes
+    status: int = 0
+    """What the real server answered (0 until it has)."""
+
+    @property
+    def encoding(self) -> str | None:
+        return self.headers.get("Content-Encoding")
+
+    @property
+    def payload(self) -> bytes:
+        """The body as sent before compression (line protocol, for a write)."""
+        return gzip.decompress(self.raw_body) if self.encoding == "gzip" else self.raw_body
 
     @property
     def body(self) -> dict[str, Any]:
@@ -75,6 +87,10 @@ class RecordingProxy:
     def queries(self) -> list[WireRequest]:
         return [r for r in self.requests if r.path.startswith("/api/v2/query")]
 
+    @property
+    def writes(self) -> list[WireRequest]:
+        return [r for r in self.requests if r.path.startswith("/api/v2/write")]
+
     def start(self) -> RecordingProxy:
         self._thread.start()
         return self
@@ -93,6 +109,7 @@ class RecordingProxy:
             connection.request(request.method, request.path, request.raw_body or None, headers)
             response = connection.getresponse()
             payload = response.read()
+            request.status = response.status
             kept = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
             return response.status, kept, payload
         finally:

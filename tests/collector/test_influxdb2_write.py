@@ -18,19 +18,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import gzip
 import math
 import os
 import random
 import re
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +38,7 @@ from collector.config import Settings
 from collector.points import MAX_STRING_FIELD_BYTES, to_wire
 from collector.shipper import RetryPolicy, ShipTuning
 from collector.spool import SpoolStream, backlog, read_ack
+from tests.collector.influx_wire import recording_proxy
 from tests.servers.influxdb2 import InfluxDB2, influxd_binary
 
 pytestmark = pytest.mark.integration
@@ -154,73 +150,6 @@ def use_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     monkeypatch.chdir(settings.home.parent)
 
 
-@dataclass
-class Forwarded:
-    encoding: str | None
-    body: bytes
-    status: int
-
-
-@dataclass
-class WriteProxy:
-    """A forwarding HTTP proxy in front of the real influxd that records each write request
-    (decompressed) and the status influxd answered; nothing is answered for the server."""
-
-    url: str = ""
-    requests: list[Forwarded] = field(default_factory=list)
-
-    @property
-    def statuses(self) -> list[int]:
-        return [r.status for r in self.requests]
-
-
-@contextlib.contextmanager
-def write_proxy(upstream: str) -> Iterator[WriteProxy]:
-    proxy = WriteProxy()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers["Content-Length"]))
-            status, answer, content_type = forward(upstream, self.path, raw, self.headers)
-            encoding = self.headers.get("Content-Encoding")
-            body = gzip.decompress(raw) if encoding == "gzip" else raw
-            with lock:
-                proxy.requests.append(Forwarded(encoding, body, status))
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def forward(upstream: str, path: str, body: bytes, headers: Any) -> tuple[int, bytes, str]:
-    kept = {
-        k: v
-        for k, v in headers.items()
-        if k.lower() in ("authorization", "content-type", "content-encoding")
-    }
-    request = urllib.request.Request(upstream + path, data=body, method="POST", headers=kept)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status, resp.read(), resp.headers.get("Content-Type", "text/plain")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), exc.headers.get("Content-Type", "text/plain")
-
-
 # --- batching, gzip, nanoseconds ---------------------------------------------------------------
 
 
@@ -228,7 +157,7 @@ def test_the_recorders_shipper_sends_gzipped_batches_with_exact_ns_times(
     influxdb2: InfluxDB2, influxdb2_bucket: str, tmp_path: Path
 ) -> None:
     count = 2_500
-    with write_proxy(influxdb2.url) as proxy:
+    with recording_proxy(influxdb2.url) as proxy:
         settings = influxdb2.settings(tmp_path / "home", influxdb2_bucket).with_overrides(
             influx_url=proxy.url
         )
@@ -239,12 +168,13 @@ def test_the_recorders_shipper_sends_gzipped_batches_with_exact_ns_times(
                 rec.record("batch", {"step": i, "loss": i / 7})  # timestamps: time.time_ns()
         assert rec.stats.points_shipped == count and rec.stats.spool_backlog_bytes == 0
 
-    assert len(proxy.requests) >= 4  # 2,500 lines never fit one 700-line batch
-    assert {r.encoding for r in proxy.requests} == {"gzip"}
-    assert set(proxy.statuses) == {204}
-    assert max(r.body.count(b"\n") for r in proxy.requests) <= 700
+    writes = proxy.writes
+    assert len(writes) >= 4  # 2,500 lines never fit one 700-line batch
+    assert {r.encoding for r in writes} == {"gzip"}
+    assert {r.status for r in writes} == {204}
+    assert max(r.payload.count(b"\n") for r in writes) <= 700
     spooled = spooled_lines(settings, run_id)
-    sent = b"".join(r.body for r in proxy.requests)
+    sent = b"".join(r.payload for r in writes)
     assert sent == to_wire(b"".join(spooled))  # in order, each line once
 
     written_ns = [int(line.rsplit(b" ", 1)[1]) for line in spooled]
@@ -262,7 +192,7 @@ def test_sync_cuts_batches_at_the_line_and_byte_limits_and_acks_each(
     run_id = new_run_id()
     spool_batches(settings, run_id, 2_500)
     lines = spooled_lines(settings, run_id)
-    with write_proxy(influxdb2.url) as proxy:
+    with recording_proxy(influxdb2.url) as proxy:
         via_proxy = settings.with_overrides(influx_url=proxy.url)
         acks: list[int] = []
         result = ship_backlog(
@@ -272,8 +202,8 @@ def test_sync_cuts_batches_at_the_line_and_byte_limits_and_acks_each(
             tuning=tuning(batch_lines=1_000),
         )
     assert result.error is None and result.lines_shipped == 2_500
-    assert [r.body.count(b"\n") for r in proxy.requests] == [1_000, 1_000, 500]
-    assert [r.body for r in proxy.requests] == [
+    assert [r.payload.count(b"\n") for r in proxy.writes] == [1_000, 1_000, 500]
+    assert [r.payload for r in proxy.writes] == [
         b"".join(lines[:1_000]),
         b"".join(lines[1_000:2_000]),
         b"".join(lines[2_000:]),
@@ -285,12 +215,12 @@ def test_sync_cuts_batches_at_the_line_and_byte_limits_and_acks_each(
     byte_run = new_run_id()
     spool_batches(settings, byte_run, 1_000)
     byte_limit = 16 * 1024
-    with write_proxy(influxdb2.url) as proxy:
+    with recording_proxy(influxdb2.url) as proxy:
         via_proxy = settings.with_overrides(influx_url=proxy.url)
         ship_backlog(via_proxy, byte_run, tuning=tuning(batch_bytes=byte_limit))
-    sizes = [len(r.body) for r in proxy.requests]
+    sizes = [len(r.payload) for r in proxy.writes]
     assert len(sizes) > 1 and max(sizes) <= byte_limit
-    assert b"".join(r.body for r in proxy.requests) == b"".join(spooled_lines(settings, byte_run))
+    assert b"".join(r.payload for r in proxy.writes) == b"".join(spooled_lines(settings, byte_run))
     assert counts_per_field(influxdb2, influxdb2_bucket, byte_run) == {
         ("batch", "step"): 1_000,
         ("batch", "loss"): 1_000,
@@ -573,14 +503,15 @@ def test_points_beyond_the_buckets_retention_are_quarantined_in_few_requests(
     # the two recorders wrote one stream after the other
     assert len(spooled_lines(settings, run_id)) == old + fresh
 
-    with write_proxy(influxdb2.url) as proxy:
+    with recording_proxy(influxdb2.url) as proxy:
         result = ship_backlog(
             settings.with_overrides(influx_url=proxy.url), run_id, tuning=tuning(1_000)
         )
     assert result.error is None
     assert (result.lines_shipped, result.lines_rejected) == (fresh, old)
-    assert len(proxy.requests) < 40  # line by line it would take about 6,000
-    assert Counter(proxy.statuses)[204] >= 1 and set(proxy.statuses) <= {204, 422}
+    assert len(proxy.writes) < 40  # line by line it would take about 6,000
+    assert Counter(r.status for r in proxy.writes)[204] >= 1
+    assert {r.status for r in proxy.writes} <= {204, 422}
     groups = rejected_groups(settings, run_id)
     assert sum(len(lines) for _, lines in groups) == old
     assert all("outside retention policy" in reason for reason, _ in groups)
@@ -674,10 +605,12 @@ def test_a_500_is_retried_with_backoff_and_the_batch_stays_for_later(
     failing = failing_influxdb2.settings(tmp_path / "home", "training")
     run_id = new_run_id()
     spool_batches(failing, run_id, 3_000)
-    with write_proxy(failing_influxdb2.url) as proxy:
+    with recording_proxy(failing_influxdb2.url) as proxy:
         result = ship_backlog(failing.with_overrides(influx_url=proxy.url), tuning=tuning())
-    assert proxy.statuses == [500] * FAST_RETRY.max_attempts  # the same batch each time
-    assert len({r.body for r in proxy.requests}) == 1
+    assert [r.status for r in proxy.writes] == [
+        500
+    ] * FAST_RETRY.max_attempts  # the same batch each time
+    assert len({r.payload for r in proxy.writes}) == 1
     assert (result.error or "").startswith("HTTP 500: ") and "timeout" in (result.error or "")
     assert result.remaining_bytes == spool_path(failing, run_id).stat().st_size
     assert read_ack(SpoolStream.at(failing.spool_dir, run_id)) == 0
