@@ -30,7 +30,9 @@ from collector.spool import (
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
-        "sync", help="ship spooled points InfluxDB has not acknowledged (all runs or one)"
+        "sync",
+        help="store run metadata kept while the database was down, then ship spooled points "
+        "InfluxDB has not acknowledged (all runs or one)",
     )
     parser.add_argument("run_id", nargs="?", metavar="RUN_ID", help="only this run")
     parser.add_argument(
