@@ -10,9 +10,11 @@ metric is listed with zero epochs and no values.
 - Centralized runs: client-less epoch metrics (the store's ``epoch_end`` rows, InfluxDB's
   ``epoch`` points).
 - Federated runs have no epochs of their own: their rows count rounds (``unit`` = "round") of
-  the clients' weighted aggregate of an evaluation metric (``val_loss``, ``val_recall``...: the
-  store's ``aggregated`` rows, InfluxDB's ``round`` points with source=aggregated, whose field
-  is the metric without its prefix, see :func:`collector.schema.evaluation_field`).
+  the clients' weighted aggregate of a metric, under its federated name
+  (:func:`collector.values.federated_metric_name`: ``eval_acc``, ``accuracy`` and ``val_acc``
+  are all ``val_acc``; ``train_loss`` stays ``train_loss``): the store's ``aggregated`` rows,
+  InfluxDB's ``round`` points with source=aggregated, whose field is
+  :func:`collector.values.round_field` of it (``val_acc`` -> ``accuracy``, ``train_loss``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collector import flux_queries, schema
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError, UnknownRunError
 from collector.store import MetricRecord, Store
-from collector.values import canonical_name
+from collector.values import canonical_name, federated_metric_name, round_field
 from collector.values import higher_is_better as default_higher_is_better
 
 SOURCE_SQL = "sql"
@@ -61,6 +63,12 @@ def metric_key(metric: str) -> str:
     if name is None:
         raise RunwatchError(f"--metric {metric!r} is not a metric name (no letter or digit)")
     return name
+
+
+def federated_key(metric: str) -> str:
+    """The name a federated run's aggregate of ``metric`` is stored under (``eval_acc`` ->
+    ``val_acc``); an unprefixed name is an evaluation metric (``loss`` -> ``val_loss``)."""
+    return federated_metric_name(metric) or metric_key(metric)
 
 
 def _direction(metric: str, higher: bool | None) -> bool:
@@ -162,20 +170,19 @@ def compare_from_store(
     higher = _direction(metric, higher)
     rows = []
     for run_id, run in runs.items():
+        name = federated_key(metric) if run.mode == schema.MODE_FEDERATED else metric
         points = [
             (record.step, record.value)
-            for record in _store_records(store, run_id, run.mode, metric)
-            if record.name == metric and record.client_id is None
+            for record in _store_records(store, run_id, run.mode)
+            if record.name == name and record.client_id is None
         ]
         rows.append(ComparisonRow.of(run_id, run.experiment, run.mode, summarize(points, higher)))
     return Comparison(metric, higher, SOURCE_SQL, tuple(rows))
 
 
-def _store_records(store: Store, run_id: str, mode: str, metric: str) -> list[MetricRecord]:
+def _store_records(store: Store, run_id: str, mode: str) -> list[MetricRecord]:
     if mode != schema.MODE_FEDERATED:
         return store.metrics_by_context(run_id, EPOCH_CONTEXT)
-    if schema.evaluation_field(metric) is None:
-        return []  # as in InfluxDB: only evaluation metrics are aggregated into round points
     return store.metrics_by_context(run_id, AGGREGATED_CONTEXT)
 
 
@@ -216,13 +223,13 @@ def compare_from_influx(
         "run_id",
     )
     federated = [r for r in wanted if runs[r]["mode"] == schema.MODE_FEDERATED]
-    round_field = schema.evaluation_field(metric)
-    if federated and round_field is not None:
+    field = round_field(federated_key(metric))
+    if federated and field is not None:
         round_summaries = flux_queries.rows_by(
             flux_queries.run_query(
                 settings,
                 flux_queries.ROUND_SUMMARY,
-                {**window, "run_ids": federated, "metric": round_field, "higher_is_better": higher},
+                {**window, "run_ids": federated, "metric": field, "higher_is_better": higher},
             ),
             "run_id",
         )

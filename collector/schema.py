@@ -16,7 +16,9 @@ Rules the recorder enforces from this description:
 - A non-finite value of field ``x`` is dropped and ``x_nonfinite=1.0`` written instead
   (``nonfinite_field``).
 - ``epoch`` accepts any (normalised) user metric; ``client_round`` accepts its listed fields
-  plus any ``val_*`` metric; every other measurement accepts exactly its listed fields.
+  plus any ``val_*`` or ``train_*`` metric (federated names, ``collector.values``); ``round``
+  its listed fields plus the clients' aggregated ``train_*`` metrics; every other measurement
+  accepts exactly its listed fields.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ RUN_ID = "run_id"
 EXPERIMENT = "experiment"
 MODE = "mode"
 CLIENT_ID = "client_id"
+PARTITION_ID = "partition_id"
 ROUND = "round"
 SOURCE = "source"
 EVENT = "event"
@@ -49,8 +52,9 @@ RANK = "rank"
 
 BASE_TAGS: tuple[str, ...] = (RUN_ID, EXPERIMENT, MODE)
 """Carried by every point."""
-FEDERATED_TAGS: tuple[str, ...] = (CLIENT_ID, ROUND)
-"""Added to federated points where they apply."""
+FEDERATED_TAGS: tuple[str, ...] = (CLIENT_ID, ROUND, PARTITION_ID)
+"""Added to federated points where they apply (``partition_id``: the client's node config
+``partition-id``, when it has one)."""
 
 # Tag values
 MODE_CENTRALIZED = "centralized"
@@ -257,7 +261,10 @@ _MEASUREMENT_LIST: tuple[Measurement, ...] = (
             NUM_CLIENTS,
             NUM_EXAMPLES,
             DURATION_S,
+            TRAIN_LOSS,
         ),
+        # the clients' weighted aggregate of their training metrics (train_loss...)
+        field_prefixes=("train_",),
     ),
     Measurement(
         M_CLIENT_ROUND,
@@ -277,7 +284,7 @@ _MEASUREMENT_LIST: tuple[Measurement, ...] = (
             NUM_EXAMPLES,
             DURATION_S,
         ),
-        field_prefixes=("val_",),
+        field_prefixes=("val_", "train_"),
     ),
     Measurement(
         M_EVENT,

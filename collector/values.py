@@ -21,6 +21,18 @@ a name containing one of the words ``loss``, ``error``, ``err``, ``mse``, ``mae`
 ``perplexity``/``ppl``, ``nll``, ``fpr``/``fnr`` or ``fp``/``fn`` (confusion-matrix
 false counts), or ending in ``_nonfinite``, is lower-is-better;
 every other is higher-is-better. Callers can override it.
+
+**Federated names.** A Flower client names its metrics as its app likes: Flower's examples
+reply ``train_loss`` from training and ``eval_loss`` / ``eval_acc`` from evaluation, runwatch's
+trainer ``val_loss`` / ``val_acc``, a strategy's evaluate_fn ``accuracy`` / ``loss``. Every
+client reply and every aggregate of them is stored under one federated name
+(:func:`federated_metric_name`): an evaluation metric is ``val_<short>``, a training metric
+``train_<short>``, where ``<short>`` is the name without its phase prefix (``val_``, ``eval_``,
+``evaluate_``, ``validation_``, ``test_``; ``train_``, ``fit_``) and with Flower's spellings
+folded (``accuracy`` -> ``acc``, ``auc`` -> ``auroc``, ``f1_score`` -> ``f1``). So
+``eval_acc``, ``eval_accuracy``, ``accuracy`` (in an evaluate reply) and ``val_acc`` are all
+``val_acc``; ``loss`` in a train reply is ``train_loss``. A name that already carries a phase
+prefix keeps that phase whichever reply holds it.
 """
 
 from __future__ import annotations
@@ -28,10 +40,17 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Mapping
 from enum import Enum
 from typing import Final
 
-from collector.schema import NONFINITE_SUFFIX, nonfinite_field
+from collector.schema import NONFINITE_SUFFIX, evaluation_field, nonfinite_field
+
+PHASE_TRAIN: Final = "train"
+PHASE_EVALUATE: Final = "evaluate"
+_EVALUATION_PREFIXES: Final = ("val_", "eval_", "evaluate_", "validation_", "test_")
+_TRAINING_PREFIXES: Final = ("train_", "fit_")
+_SHORT_ALIASES: Final = {"accuracy": "acc", "auc": "auroc", "f1_score": "f1"}
 
 _NON_NAME_RUN = re.compile(r"[^a-z0-9]+")
 _RESERVED_NAMES: Final = {"time": "time_value"}
@@ -126,3 +145,51 @@ def higher_is_better(metric: str) -> bool:
     if name.endswith(NONFINITE_SUFFIX):
         return False
     return not any(word in _LOWER_IS_BETTER_WORDS for word in name.split("_"))
+
+
+def _split_phase(name: str) -> tuple[str | None, str]:
+    """(the phase a prefix names or None, the name without it)."""
+    for phase, prefixes in (
+        (PHASE_EVALUATE, _EVALUATION_PREFIXES),
+        (PHASE_TRAIN, _TRAINING_PREFIXES),
+    ):
+        for prefix in prefixes:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return phase, name.removeprefix(prefix)
+    return None, name
+
+
+@functools.lru_cache(maxsize=4096)
+def federated_metric_name(raw: str, phase: str = PHASE_EVALUATE) -> str | None:
+    """The one name a federated client metric is stored under (see the module docstring):
+    ``phase`` is the reply's (``train`` or ``evaluate``) and decides for an unprefixed name."""
+    name = canonical_name(raw)
+    if name is None:
+        return None
+    named_phase, short = _split_phase(name)
+    short = _SHORT_ALIASES.get(short, short)
+    prefix = "train_" if (named_phase or phase) == PHASE_TRAIN else "val_"
+    return prefix + short
+
+
+def federated_metrics(metrics: Mapping[str, float], phase: str) -> dict[str, float]:
+    """``metrics`` under their federated names; the first of two names that meet wins."""
+    named: dict[str, float] = {}
+    for raw, value in metrics.items():
+        name = federated_metric_name(raw, phase)
+        if name is not None:
+            named.setdefault(name, value)
+    return named
+
+
+def round_field(name: str) -> str | None:
+    """The ``round`` point field a (server or aggregated) metric fills: an evaluation metric
+    its evaluation field (``val_acc``, ``eval_acc``, ``test_acc`` -> ``accuracy``), a training
+    metric its federated name (``train_loss``); None for any other."""
+    target = evaluation_field(name)
+    if target is not None:
+        return target
+    federated = federated_metric_name(name, PHASE_TRAIN)
+    if federated is not None and federated == canonical_name(name):
+        return federated  # it was already named train_*
+    return None

@@ -265,6 +265,22 @@ def federated() -> dashboard_builders.Dashboard:
                 unit=unit,
             )
         )
+    board = board.with_panel(
+        trend(
+            "Aggregated train loss per round",
+            "The weighted aggregate of the clients' training loss (train_loss, or loss in a "
+            "train reply) in each round: what the strategy aggregated.",
+            flux(
+                flux_panels.by_round(
+                    schema.M_ROUND,
+                    schema.TRAIN_LOSS,
+                    (schema.RUN_ID,),
+                    equals(schema.SOURCE, schema.SOURCE_AGGREGATED),
+                )
+            ),
+            x_field=schema.ROUND,
+        )
+    )
     return _federated_clients(board.with_row(row("Clients")))
 
 
@@ -282,7 +298,8 @@ def _federated_clients(board: dashboard_builders.Dashboard) -> dashboard_builder
         .with_panel(
             trend(
                 "Client validation accuracy per round",
-                "Each client's evaluation of the global model on its validation share.",
+                "Each client's evaluation of the global model on its validation share "
+                "(val_acc; Flower's eval_acc and accuracy are stored under this name).",
                 flux(flux_panels.by_round(schema.M_CLIENT_ROUND, schema.VAL_ACC, per_client)),
                 x_field=schema.ROUND,
                 unit=RATIO,

@@ -114,7 +114,8 @@ def print_comparison(comparison: Comparison) -> None:
     if any(row.unit == UNIT_ROUND for row in comparison.rows):
         print(
             "federated runs: their EPOCHS count rounds of the clients' weighted aggregate "
-            "(evaluation metrics only); per round, server against aggregate: docs/recipes.md"
+            "(eval_acc, accuracy and val_acc name the same one; train_loss too); "
+            "per round, server against aggregate: docs/recipes.md"
         )
 
 

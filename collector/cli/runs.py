@@ -78,7 +78,7 @@ def show_run(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.from_settings(settings)
     try:
         summary = store.get_run(args.run_id)
-        latest = store.latest_metrics(args.run_id)
+        latest = store.latest_metrics(args.run_id, _latest_context(summary))
     finally:
         store.dispose()
     if args.json:
@@ -166,13 +166,16 @@ def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
         ("source", summary.source_path or "-"),
     ]
     if summary.clients:
-        fields.append(("clients", ", ".join(summary.clients)))
+        fields.append(("clients", ", ".join(_client_label(summary, c) for c in summary.clients)))
     if summary.rounds:
         fields.append(("rounds", str(len(summary.rounds))))
     print_table(("FIELD", "VALUE"), fields)
     _section("Hyperparameters", [(k, json.dumps(v)) for k, v in summary.hyperparams.items()])
     _section("Final stats", [(k, _number(v)) for k, v in summary.final_stats.items()])
-    _section("Last epoch metrics", [(k, _number(v)) for k, v in latest.items()])
+    _section(
+        "Last round, clients' aggregate" if _federated(summary) else "Last epoch metrics",
+        [(k, _number(v)) for k, v in latest.items()],
+    )
     _section(
         "Artifacts",
         [
@@ -180,6 +183,21 @@ def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
             for a in summary.artifacts
         ],
     )
+
+
+def _federated(summary: RunSummary) -> bool:
+    return summary.mode == "federated"
+
+
+def _latest_context(summary: RunSummary) -> str:
+    """Federated runs have no epochs of their own: their latest values are the last round's
+    aggregate of the clients' metrics, under their federated names (``val_acc``...)."""
+    return "aggregated" if _federated(summary) else "epoch_end"
+
+
+def _client_label(summary: RunSummary, client_id: str) -> str:
+    partition = summary.client_partitions.get(client_id)
+    return client_id if partition is None else f"{client_id} (partition {partition})"
 
 
 def _section(title: str, rows: Sequence[Sequence[str]]) -> None:

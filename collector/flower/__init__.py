@@ -29,7 +29,8 @@ from collector.flower.protocol import (
     read_client_report,
     read_run_note,
 )
-from collector.flower.server import FederatedRun, RunwatchStrategy, round_fields
+from collector.flower.server import FederatedRun, round_fields
+from collector.flower.wrapping import RunwatchStrategy
 from collector.schema import evaluation_field
 
 if TYPE_CHECKING:

@@ -11,32 +11,47 @@
         return Message(content=content, reply_to=msg)
 
 The callbacks are the centralized ones (epoch, batch, gradient, learning-rate, system
-points), on a session that carries the server's run_id and the tags ``client_id`` and
-``round``. Points go to this machine's spool (``RUNWATCH_HOME``) and InfluxDB. A client never
-opens the relational database and never serves Prometheus: the server persists the epoch
-history it finds in the reply, and exports the client's values it reads from the reply.
-Lifecycle events (``training_start``/``training_end``) are the server's.
+points), on a session that carries the server's run_id and the tags ``client_id``, ``round``
+and, when the node config has one, ``partition_id``. Points go to this machine's spool
+(``RUNWATCH_HOME``) and InfluxDB. A client never opens the relational database and never
+serves Prometheus: the server persists the epoch history it finds in the reply, and exports
+the client's values it reads from the reply. Lifecycle events (``training_start``/
+``training_end``) are the server's.
+
+Settings: ``settings=`` when given; else the environment, with the ``runwatch-*`` keys of the
+run config and of this node's node config over it (``collector.flower.settings``).
+
+Checkpoints: a ``ModelCheckpoint`` without its own ``dirpath`` (Lightning's default one
+included) writes under ``<RUNWATCH_HOME>/checkpoints/<run_id>/client-<client_id>/round-<n>``,
+not into the working directory of Flower's process; the files kept at the end of the round
+travel in the report, and the server lists them as the run's artifacts.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import lightning.pytorch as pl
 from flwr.app import Context, Message, RecordDict
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from collector import schema
 from collector.config import Settings
+from collector.errors import ConfigError
 from collector.flower.protocol import (
     ClientReport,
     EpochHistory,
     RunNote,
     attach_client_report,
     client_id_of,
+    partition_id_of,
     read_run_note,
 )
+from collector.flower.settings import client_settings
 from collector.lightning import (
     BatchMetricsCallback,
     EpochMetricsCallback,
@@ -54,6 +69,22 @@ from collector.lightning.callbacks import (
     DEFAULT_SYSTEM_INTERVAL_S,
 )
 
+log = logging.getLogger("collector.flower")
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+class _CheckpointsUnderRunHome(Callback):
+    """Gives every ModelCheckpoint without a ``dirpath`` this client's and round's directory
+    (Lightning moves checkpoint callbacks last, so this ``setup`` runs before theirs)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(self.directory)
+
 
 class ClientTelemetry:
     """Telemetry of one ClientApp call: one client, one round of the server's run."""
@@ -64,12 +95,17 @@ class ClientTelemetry:
         client_id: str,
         *,
         settings: Settings | None = None,
+        partition_id: str | None = None,
         batch_every_n: int = DEFAULT_BATCH_EVERY_N,
         gradient_every_n: int = DEFAULT_GRADIENT_EVERY_N,
         system_interval_s: float = DEFAULT_SYSTEM_INTERVAL_S,
     ) -> None:
         self.note = note
         self.client_id = client_id
+        self.partition_id = partition_id
+        tags = {schema.CLIENT_ID: client_id, schema.ROUND: str(note.round_number)}
+        if partition_id is not None:
+            tags[schema.PARTITION_ID] = partition_id
         # Clients may run on other machines: the ServerApp process owns the run's records.
         self.session = RunSession(
             note.experiment,
@@ -77,7 +113,7 @@ class ClientTelemetry:
             mode=schema.MODE_FEDERATED,
             run_id=note.run_id,
             prometheus=False,
-            tags={schema.CLIENT_ID: client_id, schema.ROUND: str(note.round_number)},
+            tags=tags,
             use_store=False,
         )
         parts: list[SessionCallback] = [
@@ -91,7 +127,10 @@ class ClientTelemetry:
         if system_interval_s > 0:
             parts.append(SystemMetricsCallback(self.session, interval_s=system_interval_s))
         self.logger = RunwatchLogger(note.experiment, session=self.session)
-        self.callbacks: list[Callback] = [RunwatchCallback(self.session, parts)]
+        self.callbacks: list[Callback] = [
+            RunwatchCallback(self.session, parts),
+            _CheckpointsUnderRunHome(self.checkpoint_dir),
+        ]
         self._started_at = time.time()
         self._ended_at: float | None = None
 
@@ -105,7 +144,12 @@ class ClientTelemetry:
         note = read_run_note(msg)
         if note is None:
             return DetachedClientTelemetry(client_id_of(context))
-        return cls(note, client_id_of(context), settings=settings, **options)
+        if settings is None:
+            settings = _settings_of(context)
+        partition_id = partition_id_of(context)
+        return cls(
+            note, client_id_of(context), settings=settings, partition_id=partition_id, **options
+        )
 
     @property
     def attached(self) -> bool:
@@ -119,6 +163,25 @@ class ClientTelemetry:
     @property
     def round_number(self) -> int:
         return self.note.round_number
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this client's checkpoints of this round go (unless a callback names its own)."""
+        return (
+            self.session.settings.home
+            / "checkpoints"
+            / self.run_id
+            / f"client-{self.client_id}"
+            / f"round-{self.round_number}"
+        )
+
+    def kept_checkpoints(self) -> list[str]:
+        """The checkpoint files of this round still on disk (ModelCheckpoint deletes those
+        that fall out of its top k)."""
+        try:
+            return sorted(str(p) for p in self.checkpoint_dir.rglob(f"*{CHECKPOINT_SUFFIX}"))
+        except OSError:
+            return []
 
     @property
     def epoch_history(self) -> EpochHistory:
@@ -149,6 +212,8 @@ class ClientTelemetry:
             client_id=self.client_id,
             epochs=self.epoch_history,
             duration_s=ended - self._started_at,
+            partition_id=self.partition_id,
+            checkpoints=tuple(self.kept_checkpoints()),
         )
 
     def attach_report(self, content: RecordDict) -> RecordDict:
@@ -165,6 +230,7 @@ class DetachedClientTelemetry(ClientTelemetry):
 
     def __init__(self, client_id: str) -> None:  # no note, no session: nothing to record
         self.client_id = client_id
+        self.partition_id = None
         self.logger = None  # type: ignore[assignment]
         self.callbacks = []
         self._started_at = time.time()
@@ -186,6 +252,9 @@ class DetachedClientTelemetry(ClientTelemetry):
     def epoch_history(self) -> EpochHistory:
         return []
 
+    def kept_checkpoints(self) -> list[str]:
+        return []
+
     def close(self, status: str = "completed") -> None:
         if self._ended_at is None:
             self._ended_at = time.time()
@@ -193,3 +262,14 @@ class DetachedClientTelemetry(ClientTelemetry):
     def attach_report(self, content: RecordDict) -> RecordDict:
         self.close()
         return content
+
+
+def _settings_of(context: Context) -> Settings | None:
+    """The environment's settings with the run config's and node config's ``runwatch-*``
+    keys over them; None (the environment alone) when a key is malformed: telemetry never
+    stops a client's training."""
+    try:
+        return client_settings(context)
+    except ConfigError as exc:
+        log.warning("runwatch: %s; using the environment's settings", exc)
+        return None

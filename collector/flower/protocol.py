@@ -1,10 +1,17 @@
 """What runwatch adds to Flower messages, and how each side reads it.
 
-The server's wrapper adds one ``ConfigRecord`` named ``runwatch`` to every instruction it
-sends (run id, experiment, round); a ClientApp that uses runwatch adds one ``ConfigRecord``
-of the same name to its reply (client id, its epoch history as JSON, its wall time).
-Strategies ignore it: FedAvg's consistency checks count only ArrayRecords and MetricRecords,
-so the reply still holds exactly one of each.
+The server's wrapper notes its run in every instruction it sends (run id, experiment, round)
+as namespaced keys (``runwatch.run-id``, ``runwatch.experiment``, ``runwatch.round``) inside
+the instruction's own ConfigRecord, so the instruction keeps its shape: Flower's client-side
+DP mods (``fixedclipping_mod``, ``adaptiveclipping_mod``) require exactly one ConfigRecord.
+The record is replaced by a copy with the keys added: the ConfigRecord the user passed to
+``start`` stays as it was. An instruction without a ConfigRecord gets one, named
+``runwatch``: one ConfigRecord is the shape Flower's strategies send and its mods expect.
+
+A ClientApp that uses runwatch adds one ``ConfigRecord`` named ``runwatch`` to its reply
+(client id, its epoch history as JSON, its wall time). Strategies ignore it: their
+consistency checks (and ``adaptiveclipping_mod``'s) count only ArrayRecords and
+MetricRecords, so the reply still holds exactly one of each.
 """
 
 from __future__ import annotations
@@ -22,12 +29,15 @@ from collector.ids import is_valid_run_id
 log = logging.getLogger("collector.flower")
 
 RECORD_NAME = "runwatch"
-KEY_RUN_ID = "run-id"
-KEY_EXPERIMENT = "experiment"
-KEY_ROUND = "round"
+NOTE_PREFIX = f"{RECORD_NAME}."
+KEY_RUN_ID = f"{NOTE_PREFIX}run-id"
+KEY_EXPERIMENT = f"{NOTE_PREFIX}experiment"
+KEY_ROUND = f"{NOTE_PREFIX}round"
 KEY_CLIENT_ID = "client-id"
 KEY_EPOCHS = "epochs"
 KEY_DURATION_S = "duration-s"
+KEY_PARTITION_ID = "partition-id"
+KEY_CHECKPOINTS = "checkpoints"
 
 EpochHistory = list[dict[str, float]]
 
@@ -51,17 +61,30 @@ class RunNote:
 
 
 def attach_run_note(message: Message, note: RunNote) -> None:
-    """Add the run note to an outgoing instruction (shared contents get it once)."""
+    """Note the run in an outgoing instruction's ConfigRecord (see the module doc).
+
+    Instructions sharing one RecordDict (Flower's strategies send one to every node) are
+    noted once."""
     content = message.content
-    if RECORD_NAME not in content:
+    name = next(iter(content.config_records), None)
+    if name is None:
         content[RECORD_NAME] = note.to_record()
+        return
+    record = content.config_records[name]
+    if _note_in(record) == note:
+        return
+    content[name] = ConfigRecord({**record, **note.to_record()})
 
 
 def read_run_note(message: Message) -> RunNote | None:
     """The run note of an instruction, or None when the server runs without runwatch."""
-    record = message.content.config_records.get(RECORD_NAME)
-    if record is None:
-        return None
+    for record in message.content.config_records.values():
+        if KEY_RUN_ID in record:
+            return _note_in(record)
+    return None
+
+
+def _note_in(record: ConfigRecord) -> RunNote | None:
     run_id = record.get(KEY_RUN_ID)
     experiment = record.get(KEY_EXPERIMENT)
     round_number = record.get(KEY_ROUND)
@@ -80,6 +103,15 @@ def client_id_of(context: Context) -> str:
     return str(context.node_id)
 
 
+def partition_id_of(context: Context) -> str | None:
+    """The client's node config ``partition-id`` (the simulation engine sets it; a SuperNode
+    gets it with ``--node-config``), as text; None when it has none."""
+    value = context.node_config.get(KEY_PARTITION_ID)
+    if value is None or isinstance(value, bytes) or str(value).strip() == "":
+        return None
+    return str(value).strip()
+
+
 @dataclass(frozen=True)
 class ClientReport:
     """What a runwatch ClientApp reports besides its metrics."""
@@ -87,6 +119,10 @@ class ClientReport:
     client_id: str
     epochs: EpochHistory = field(default_factory=list)
     duration_s: float | None = None
+    partition_id: str | None = None
+    """The client's node config ``partition-id``, when it has one."""
+    checkpoints: tuple[str, ...] = ()
+    """Paths of the checkpoint files the client kept this round (on the client's machine)."""
 
     def to_record(self) -> ConfigRecord:
         values: dict[str, str | float] = {
@@ -95,6 +131,10 @@ class ClientReport:
         }
         if self.duration_s is not None:
             values[KEY_DURATION_S] = float(self.duration_s)
+        if self.partition_id is not None:
+            values[KEY_PARTITION_ID] = self.partition_id
+        if self.checkpoints:
+            values[KEY_CHECKPOINTS] = json.dumps(list(self.checkpoints))
         return ConfigRecord(values)  # type: ignore[arg-type]
 
 
@@ -113,10 +153,13 @@ def read_client_report(reply: Message) -> ClientReport | None:
     if not isinstance(client_id, str):
         client_id = str(reply.metadata.src_node_id)
     duration = record.get(KEY_DURATION_S)
+    partition = record.get(KEY_PARTITION_ID)
     return ClientReport(
         client_id=client_id,
         epochs=_decode_epochs(record.get(KEY_EPOCHS)),
         duration_s=float(duration) if isinstance(duration, int | float) else None,
+        partition_id=partition if isinstance(partition, str) else None,
+        checkpoints=_decode_paths(record.get(KEY_CHECKPOINTS)),
     )
 
 
@@ -146,6 +189,18 @@ def _decode_epochs(raw: object) -> EpochHistory:
     if not isinstance(decoded, list):
         return []
     return [_numeric_items(e) for e in decoded if isinstance(e, dict)]
+
+
+def _decode_paths(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, str):
+        return ()
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return ()
+    if not isinstance(decoded, list):
+        return ()
+    return tuple(p for p in decoded if isinstance(p, str) and p)
 
 
 def _numeric_items(epoch: Mapping[str, object]) -> dict[str, float]:

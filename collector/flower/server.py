@@ -1,7 +1,7 @@
-"""The ServerApp side: one federated run's telemetry, and a strategy wrapper that feeds it.
+"""The ServerApp side: one federated run's telemetry, and the strategy wrapper that feeds it.
 
     with FederatedRun("fedavg-demo", num_rounds=3) as run:
-        strategy = run.wrap(FedAvg(...))
+        strategy = run.wrap(FedAvg(...))       # a FedAvg: see collector.flower.wrapping
         result = strategy.start(grid, initial_arrays, num_rounds=3, evaluate_fn=central_eval)
 
 The ServerApp process owns the relational store: it creates the run, persists every
@@ -15,24 +15,32 @@ Telemetry never raises into training: every failure is logged once per place and
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any, Unpack, overload
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from collector import schema
-from collector.flower.protocol import RunNote, attach_run_note, read_client_report
+from collector.flower.protocol import (
+    ClientReport,
+    RunNote,
+    attach_run_note,
+    read_client_report,
+    sent_node_ids,
+)
+from collector.flower.settings import destinations
+from collector.flower.wrapping import RunwatchStrategy, S, wrap_strategy
 from collector.run import Run, RunOptions
-
-if TYPE_CHECKING:
-    pass
+from collector.values import federated_metrics, round_field
 
 log = logging.getLogger("collector.flower")
 
@@ -42,6 +50,7 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 # Evaluation metric names as the `round` measurement spells them (``val_acc`` → ``accuracy``).
 _CLIENT_ROUND = schema.MEASUREMENTS[schema.M_CLIENT_ROUND]
+_ROUND = schema.MEASUREMENTS[schema.M_ROUND]
 
 
 def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -56,11 +65,13 @@ def _scalars(metrics: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def round_fields(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Evaluation metrics as ``round`` point fields; names it does not know are left out."""
+    """Metrics as ``round`` point fields: evaluation metrics by their field (``val_acc``,
+    ``eval_acc``, ``test_acc`` -> ``accuracy``), training metrics by their federated name
+    (``train_loss``); names it does not know are left out."""
     fields: dict[str, float] = {}
     for name, value in metrics.items():
-        target = schema.evaluation_field(name)
-        if target is not None:
+        target = round_field(name)
+        if target is not None and _ROUND.accepts_field(target):
             fields.setdefault(target, value)
     return fields
 
@@ -102,6 +113,11 @@ class FederatedRun(Run):
         super().__init__(experiment, mode=schema.MODE_FEDERATED, **options)
         self.num_rounds = num_rounds
 
+    def _on_started(self) -> None:
+        # Flower's own logger: this line reaches `flwr run`'s output and the SuperLink's log
+        flwr_log(logging.INFO, "runwatch: run %s -> %s", self.run_id, destinations(self.settings))
+        super()._on_started()
+
     def _start_exporter(self) -> None:
         super()._start_exporter()
         exporter = self._exporter
@@ -109,9 +125,27 @@ class FederatedRun(Run):
             with self.guard("FederatedRun.start (prometheus)"):
                 exporter.set_rounds_planned(self.num_rounds)
 
-    def wrap(self, strategy: Strategy | None = None) -> RunwatchStrategy:
-        """``strategy`` (FedAvg by default) wrapped so that every round is recorded here."""
-        return RunwatchStrategy(strategy, run=self)
+    @overload
+    def wrap(self) -> FedAvg: ...
+
+    @overload
+    def wrap(self, strategy: S) -> S: ...
+
+    def wrap(self, strategy: Strategy | None = None) -> Strategy:
+        """``strategy`` (FedAvg by default) wrapped so that every round is recorded here.
+
+        The result is an instance of the strategy's own class that shares its state (see
+        :mod:`collector.flower.wrapping`): Flower, and the code around it, cannot tell
+        them apart. Wrapping a wrapped strategy records its rounds in this run instead."""
+        if strategy is None:
+            strategy = FedAvg()
+        elif isinstance(strategy, RunwatchStrategy):
+            strategy = strategy.wrapped_strategy
+        try:
+            return wrap_strategy(strategy, _StrategyRecorder(strategy, self))
+        except TypeError as exc:
+            log.warning("runwatch: %s; its rounds are not recorded", exc)
+            return strategy
 
 
 @dataclass
@@ -129,14 +163,13 @@ class _RoundState:
     finished: bool = False
 
 
-class RunwatchStrategy(Strategy):
-    """Any Flower ``Strategy`` (FedAvg by default), recorded round by round.
+class _StrategyRecorder:
+    """Records a wrapped strategy's rounds (:mod:`collector.flower.wrapping` hooks it in).
 
     The wrapped strategy decides everything (sampling, aggregation, what it returns); this
-    class only looks at what passes through and adds a ``runwatch`` ConfigRecord to each
-    instruction so runwatch clients know their run and round. ``start`` is Flower's own
-    round loop (``Strategy.start``) driving the wrapped strategy's methods; a strategy that
-    overrides ``start`` itself is not supported (its loop would bypass this wrapper).
+    only looks at what passes through, and notes the run in each instruction (namespaced
+    keys in its ConfigRecord, see :mod:`collector.flower.protocol`) so runwatch clients know
+    their run and round.
 
     Per round it records: ``round_start`` / ``round_end`` events; each client's reply as a
     ``client_round`` point and a clients row, its epoch history as run_metrics (client and
@@ -145,109 +178,112 @@ class RunwatchStrategy(Strategy):
     with context ``aggregated``; the server's central evaluation as a ``round`` point
     (source=server) and a server_evaluations row. Confusion-matrix counts of the aggregate
     are the sums over the clients that replied (a weighted mean of counts is not a count).
+    A round ends after the server's evaluation of it (``evaluate_fn``), else after its
+    evaluation replies are aggregated, else when the next round begins or ``start`` returns.
     """
 
-    def __init__(self, strategy: Strategy | None = None, *, run: FederatedRun) -> None:
-        self.strategy: Strategy = strategy if strategy is not None else FedAvg()
+    def __init__(self, strategy: Strategy, run: FederatedRun) -> None:
+        self.strategy = strategy
         self.run = run
         self._rounds: dict[int, _RoundState] = {}
         self._server_evaluates = False
         self._known_clients: set[str] = set()
-        if type(self.strategy).start is not Strategy.start:
-            log.warning(
-                "runwatch: %s overrides start(); RunwatchStrategy runs Flower's standard "
-                "round loop instead",
-                type(self.strategy).__name__,
-            )
+        self._partitions: dict[str, str] = {}
+        self._recorders: dict[str, Callable[..., Any]] = {
+            "start": self._start,
+            "configure_train": functools.partial(self._configure, PHASE_TRAIN),
+            "configure_evaluate": functools.partial(self._configure, PHASE_EVALUATE),
+            "aggregate_train": self._aggregate_train,
+            "aggregate_evaluate": self._aggregate_evaluate,
+        }
 
-    def __getattr__(self, name: str) -> Any:
-        # Attributes the wrapper does not define are the wrapped strategy's (fraction_train…).
-        if name in ("strategy", "run"):
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
+    def hook(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self._recorders[name]
+
+        @functools.wraps(method)
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            return recorder(method, *args, **kwargs)
+
+        return recorded
 
     @property
     def weighted_by_key(self) -> str:
-        return str(getattr(self.strategy, "weighted_by_key", "num-examples"))
+        # Flower's DP wrappers keep the weighting strategy as ``strategy``.
+        for holder in (self.strategy, getattr(self.strategy, "strategy", None)):
+            key = getattr(holder, "weighted_by_key", None)
+            if isinstance(key, str):
+                return key
+        return "num-examples"
 
-    # -- Strategy interface ------------------------------------------------------------
+    # -- the hooked methods ------------------------------------------------------------
 
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-    ) -> Result:
-        """Flower's round loop over the wrapped strategy. A run not started yet is started
-        here and finished when the loop ends (``failed`` if it raises)."""
+    def _start(self, start: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
+        """The strategy's own ``start`` (Flower's loop or an override). A run not started
+        yet is started here and finished when the loop ends (``failed`` if it raises)."""
+        call = _StartCall.of(start, args, kwargs)
+        recorded_evaluate_fn = self._recorded_evaluate_fn(call.evaluate_fn)
+        if recorded_evaluate_fn is not None:
+            call.replace_evaluate_fn(recorded_evaluate_fn)
         owns_run = not self.run.started
         self.run.start()
-        self._server_evaluates = evaluate_fn is not None
+        self._server_evaluates = recorded_evaluate_fn is not None
         exporter = self.run.exporter
-        if exporter is not None:
+        if exporter is not None and call.num_rounds is not None:
             with self.run.guard("RunwatchStrategy.start (prometheus)"):
-                exporter.set_rounds_planned(num_rounds)
+                exporter.set_rounds_planned(call.num_rounds)
         try:
-            result = super().start(
-                grid,
-                initial_arrays,
-                num_rounds=num_rounds,
-                timeout=timeout,
-                train_config=train_config,
-                evaluate_config=evaluate_config,
-                evaluate_fn=self._recorded_evaluate_fn(evaluate_fn),
-            )
+            result = start(*call.args, **call.kwargs)
         except BaseException:
             if owns_run:
                 self.run.finish("failed")
             raise
+        with self.run.guard("RunwatchStrategy.round_end"):
+            self._end_rounds_before(None)
         if owns_run:
             self.run.finish("completed")
         return result
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    def _configure(
+        self, phase: str, configure: Callable[..., Iterable[Message]], *args: Any, **kwargs: Any
     ) -> Iterable[Message]:
-        with self.run.guard("RunwatchStrategy.configure_train"):
-            self._begin_round(server_round)
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        with self.run.guard("RunwatchStrategy.configure_train"):
-            self._note_sent(server_round, PHASE_TRAIN, messages)
+        server_round = _round_argument(args, kwargs)
+        if server_round is None:
+            return configure(*args, **kwargs)
+        if phase == PHASE_TRAIN:
+            with self.run.guard("RunwatchStrategy.configure_train"):
+                self._begin_round(server_round)
+        messages = list(configure(*args, **kwargs))
+        with self.run.guard(f"RunwatchStrategy.configure_{phase}"):
+            self._note_sent(server_round, phase, messages)
         return messages
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+    def _aggregate_train(
+        self, aggregate: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        server_round = _round_argument(args, kwargs)
+        replies, args, kwargs = _listed_replies(args, kwargs)
+        if server_round is None or replies is None:
+            return aggregate(*args, **kwargs)  # type: ignore[no-any-return]
         with self.run.guard("RunwatchStrategy.aggregate_train (replies)"):
             self._record_replies(server_round, PHASE_TRAIN, replies)
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        aggregated = aggregate(*args, **kwargs)
         with self.run.guard("RunwatchStrategy.aggregate_train (aggregate)"):
-            self._round(server_round).aggregated.update(_scalars(metrics))
-        return arrays, metrics
+            _, metrics = aggregated
+            self._round(server_round).aggregated.update(
+                federated_metrics(_scalars(metrics), PHASE_TRAIN)
+            )
+        return aggregated  # type: ignore[no-any-return]
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
-        with self.run.guard("RunwatchStrategy.configure_evaluate"):
-            self._note_sent(server_round, PHASE_EVALUATE, messages)
-        return messages
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
+    def _aggregate_evaluate(
+        self, aggregate: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> MetricRecord | None:
-        replies = list(replies)
+        server_round = _round_argument(args, kwargs)
+        replies, args, kwargs = _listed_replies(args, kwargs)
+        if server_round is None or replies is None:
+            return aggregate(*args, **kwargs)  # type: ignore[no-any-return]
         with self.run.guard("RunwatchStrategy.aggregate_evaluate (replies)"):
             self._record_replies(server_round, PHASE_EVALUATE, replies)
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        metrics: MetricRecord | None = aggregate(*args, **kwargs)
         with self.run.guard("RunwatchStrategy.aggregate_evaluate (aggregate)"):
             self._note_evaluate_aggregate(server_round, _scalars(metrics), replies)
         if not self._server_evaluates:
@@ -268,6 +304,7 @@ class RunwatchStrategy(Strategy):
         return {schema.ROUND: str(round_number), **extra}
 
     def _begin_round(self, number: int) -> None:
+        self._end_rounds_before(number)  # a loop that never evaluates ends none itself
         state = self._round(number)
         self.run.event(schema.EVENT_ROUND_START, text=f"round {number}", tags=self._tags(number))
         started = _utc(state.started_at)
@@ -280,7 +317,7 @@ class RunwatchStrategy(Strategy):
             exporter.round_started(number)
 
     def _note_sent(self, number: int, phase: str, messages: list[Message]) -> None:
-        self._round(number).sent[phase] = [m.metadata.dst_node_id for m in messages]
+        self._round(number).sent[phase] = sent_node_ids(messages)
         note = RunNote(self.run.run_id, self.run.experiment, number)
         for message in messages:
             attach_run_note(message, note)
@@ -333,7 +370,9 @@ class RunwatchStrategy(Strategy):
             fields = _train_reply_fields(metrics, examples, duration)
         else:
             fields = _evaluate_reply_fields(metrics, examples, duration)
-        tags = self._tags(state.number, **{schema.CLIENT_ID: client_id})
+        if report is not None:
+            self._note_client_report(client_id, report)
+        tags = self._tags(state.number, **self._client_tags(client_id))
         self.run.record(schema.M_CLIENT_ROUND, fields, tags)
         if report is not None and report.epochs:
             epochs = report.epochs
@@ -344,13 +383,36 @@ class RunwatchStrategy(Strategy):
                 ),
             )
 
+    def _client_tags(self, client_id: str) -> dict[str, str]:
+        partition = self._partitions.get(client_id)
+        if partition is None:
+            return {schema.CLIENT_ID: client_id}
+        return {schema.CLIENT_ID: client_id, schema.PARTITION_ID: partition}
+
+    def _note_client_report(self, client_id: str, report: ClientReport) -> None:
+        """The client's partition on its row (once), the checkpoints it kept as artifacts."""
+        partition = report.partition_id
+        if partition is not None and self._partitions.get(client_id) != partition:
+            self._partitions[client_id] = partition
+            self.run.with_store(
+                "RunwatchStrategy.client partition (store)",
+                lambda store: store.ensure_client(
+                    self.run.run_id, client_id, partition_id=partition
+                ),
+            )
+        for path in report.checkpoints:
+            self.run.with_store(
+                "RunwatchStrategy.client checkpoint (store)",
+                lambda store, path=path: store.add_artifact(self.run.run_id, path),  # type: ignore[misc]
+            )
+
     def _note_evaluate_aggregate(
         self, number: int, metrics: dict[str, float], replies: list[Message]
     ) -> None:
         state = self._round(number)
         metrics.update(_summed_confusion_counts(metrics, replies))
-        state.aggregated.update(metrics)
-        state.aggregated_fields = round_fields(metrics)
+        state.aggregated.update(federated_metrics(metrics, PHASE_EVALUATE))
+        state.aggregated_fields = round_fields(state.aggregated)
 
     def _recorded_evaluate_fn(self, evaluate_fn: EvaluateFn | None) -> EvaluateFn | None:
         if evaluate_fn is None:
@@ -378,6 +440,12 @@ class RunwatchStrategy(Strategy):
                 "RunwatchStrategy.server_evaluation (store)",
                 lambda store: store.add_server_evaluation(self.run.run_id, number, metrics),
             )
+
+    def _end_rounds_before(self, number: int | None) -> None:
+        """End the open rounds before ``number`` (None: all of them)."""
+        for open_round in sorted(self._rounds):
+            if number is None or open_round < number:
+                self._end_round(open_round)
 
     def _end_round(self, number: int) -> None:
         state = self._round(number)
@@ -420,6 +488,65 @@ class RunwatchStrategy(Strategy):
         del self._rounds[number]
 
 
+@dataclass
+class _StartCall:
+    """The arguments of a call to a strategy's ``start`` (Flower's or an override's)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    num_rounds: int | None = None
+    evaluate_fn: EvaluateFn | None = None
+    _bound: inspect.BoundArguments | None = None
+
+    @classmethod
+    def of(
+        cls, start: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _StartCall:
+        try:
+            signature = inspect.signature(start)
+            bound = signature.bind(*args, **kwargs)
+        except (TypeError, ValueError):  # the call itself will say what is wrong
+            return cls(args, kwargs)
+        num_rounds = bound.arguments.get("num_rounds", _default(signature, "num_rounds"))
+        evaluate_fn = bound.arguments.get("evaluate_fn")
+        return cls(
+            args,
+            kwargs,
+            num_rounds if isinstance(num_rounds, int) else None,
+            evaluate_fn if callable(evaluate_fn) else None,
+            bound,
+        )
+
+    def replace_evaluate_fn(self, evaluate_fn: EvaluateFn) -> None:
+        if self._bound is not None:
+            self._bound.arguments["evaluate_fn"] = evaluate_fn
+            self.args, self.kwargs = self._bound.args, self._bound.kwargs
+
+
+def _default(signature: inspect.Signature, name: str) -> object:
+    parameter = signature.parameters.get(name)
+    return None if parameter is None else parameter.default
+
+
+def _round_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """The ``server_round`` of a configure_*/aggregate_* call (its first parameter)."""
+    value = args[0] if args else kwargs.get("server_round")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _listed_replies(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Message] | None, tuple[Any, ...], dict[str, Any]]:
+    """The replies of an aggregate_* call as a list (read here, then by the strategy)."""
+    if len(args) > 1:
+        replies = list(args[1])
+        return replies, (args[0], replies, *args[2:]), kwargs
+    if "replies" in kwargs:
+        replies = list(kwargs["replies"])
+        return replies, args, {**kwargs, "replies": replies}
+    return None, args, kwargs
+
+
 def _reply_metrics(reply: Message) -> dict[str, float]:
     records = reply.content.metric_records
     if not records:
@@ -434,7 +561,8 @@ def _client_round_fields(candidates: Mapping[str, float]) -> dict[str, float]:
 def _train_reply_fields(
     metrics: Mapping[str, float], examples: float | None, duration: float | None
 ) -> dict[str, float]:
-    fields = _client_round_fields(metrics)
+    """A train reply's metrics under their federated names (``loss`` → ``train_loss``)."""
+    fields = _client_round_fields(federated_metrics(metrics, PHASE_TRAIN))
     if examples is not None:
         fields[schema.NUM_EXAMPLES] = examples
     if duration is not None:
@@ -445,8 +573,9 @@ def _train_reply_fields(
 def _evaluate_reply_fields(
     metrics: Mapping[str, float], examples: float | None, duration: float | None
 ) -> dict[str, float]:
-    """An evaluation reply's metrics as ``val_*`` fields (``loss`` → ``val_loss``)."""
-    fields = {(k if k.startswith("val_") else f"val_{k}"): v for k, v in metrics.items()}
+    """An evaluation reply's metrics under their federated names (``eval_acc``,
+    ``accuracy`` → ``val_acc``; ``loss`` → ``val_loss``)."""
+    fields = federated_metrics(metrics, PHASE_EVALUATE)
     if examples is not None:
         fields["val_num_examples"] = examples
     if duration is not None:

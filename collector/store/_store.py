@@ -309,10 +309,12 @@ class Store:
                 )
             )
 
-    def ensure_client(self, run_id: str, client_id: str) -> int:
-        """The clients row of ``client_id`` within this run (created if missing); its key."""
+    def ensure_client(self, run_id: str, client_id: str, *, partition_id: str | None = None) -> int:
+        """The clients row of ``client_id`` within this run (created if missing); its key.
+        ``partition_id`` (the client's node config ``partition-id``) is recorded when given."""
         with self.session() as session:
-            return writes.client_pk_of(session, writes.run_pk_of(session, run_id), client_id)
+            run_pk = writes.run_pk_of(session, run_id)
+            return writes.client_pk_of(session, run_pk, client_id, partition_id)
 
     def add_artifact(
         self,

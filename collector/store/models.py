@@ -148,6 +148,8 @@ class Client(Base):
     run_pk: Mapped[int] = _run_fk()
     client_identifier: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    partition_id: Mapped[str | None] = mapped_column(String(64))
+    """The client's node config ``partition-id`` (its share of the data), when it has one."""
 
     run: Mapped[Run] = relationship(back_populates="clients")
 

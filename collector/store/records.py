@@ -97,6 +97,8 @@ class RunSummary:
     rounds: tuple[RoundRecord, ...] = ()
     artifacts: tuple[ArtifactRecord, ...] = ()
     metrics: tuple[MetricRecord, ...] = ()
+    client_partitions: dict[str, str] = field(default_factory=dict)
+    """Federated: client id -> its node config ``partition-id``, for clients that sent one."""
 
     @property
     def duration_s(self) -> float | None:
@@ -119,6 +121,7 @@ class RunSummary:
             "hyperparams": dict(self.hyperparams),
             "final_stats": dict(self.final_stats),
             "clients": list(self.clients),
+            "client_partitions": dict(self.client_partitions),
             "rounds": [r.to_dict() for r in self.rounds],
             "artifacts": [a.to_dict() for a in self.artifacts],
         }

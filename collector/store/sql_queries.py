@@ -129,6 +129,9 @@ def _summary(run: Run, with_metrics: bool) -> RunSummary:
         hyperparams=decode_hyperparams(run.configurations),
         final_stats={m.metric_name: m.metric_value for m in metrics if m.context == "final_epoch"},
         clients=tuple(sorted(client_names.values())),
+        client_partitions={
+            c.client_identifier: c.partition_id for c in run.clients if c.partition_id is not None
+        },
         rounds=tuple(_round_record(r) for r in sorted(run.rounds, key=lambda r: r.round_number)),
         artifacts=tuple(_artifact_record(a) for a in sorted(run.artifacts, key=lambda a: a.id)),
         metrics=tuple(

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,9 @@ from collector.store.models import (
     ServerEvaluation,
     utc_now,
 )
-from collector.store.values import storable_name
+from collector.store.values import storable_name, storable_text
+
+PARTITION_ID_CHARS = 64
 
 
 def find_run(session: Session, run_id: str) -> Run:
@@ -47,8 +49,22 @@ def run_pk_of(session: Session, run_id: str) -> int:
     return run_pk
 
 
-def client_pk_of(session: Session, run_pk: int, client_id: str) -> int:
-    """Get or create, resolved within the run; a concurrent creator wins without an error."""
+def client_pk_of(
+    session: Session, run_pk: int, client_id: str, partition_id: str | None = None
+) -> int:
+    """Get or create, resolved within the run; a concurrent creator wins without an error.
+    ``partition_id``, when given, is recorded on the row."""
+    found = _client_pk(session, run_pk, client_id)
+    if partition_id is not None:
+        session.execute(
+            update(Client)
+            .where(Client.id == found)
+            .values(partition_id=storable_text(str(partition_id), PARTITION_ID_CHARS))
+        )
+    return found
+
+
+def _client_pk(session: Session, run_pk: int, client_id: str) -> int:
     client_id = storable_name(client_id)  # Flower node ids arrive as ints despite the annotation
     query = select(Client.id).where(Client.run_pk == run_pk, Client.client_identifier == client_id)
     found = session.scalar(query)

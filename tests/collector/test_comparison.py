@@ -6,15 +6,21 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from collector.comparison import (
     NO_VALUES,
     Comparison,
     ComparisonRow,
     MetricSummary,
     UnknownRunsError,
+    compare_from_influx,
+    compare_from_store,
+    federated_key,
     higher_is_better,
     summarize,
 )
+from tests.servers.influx_runs import ROUNDS, LoadedRuns
 
 
 def test_direction_follows_the_metric_name() -> None:
@@ -72,3 +78,52 @@ def test_query_and_compare_modules_import_no_framework() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# -- federated runs, under the names Flower's apps use ----------------------------------------
+
+FLOWER_SPELLINGS = {
+    "val_acc": ("eval_acc", "val_acc", "accuracy", "eval_accuracy"),
+    "val_loss": ("eval_loss", "val_loss", "loss"),
+    "train_loss": ("train_loss", "train/loss"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("stored", sorted(FLOWER_SPELLINGS))
+def test_federated_run_compares_the_same_under_every_spelling_from_both_sources(
+    influx_runs: LoadedRuns, stored: str
+) -> None:
+    """The fixture's federated clients reply eval_loss / eval_acc and train_loss, as Flower's
+    examples do. compare finds the per-round aggregate the store holds under the federated
+    name, whichever spelling is asked for, from InfluxDB and from the store alike; train_loss
+    included (it used to come back empty with exit 0)."""
+    store = influx_runs.store()
+    try:
+        aggregate = {
+            m.step: m.value
+            for m in store.aggregated_metrics(influx_runs.federated)
+            if m.name == stored
+        }
+        assert sorted(aggregate) == list(range(1, ROUNDS + 1))
+        for spelling in FLOWER_SPELLINGS[stored]:
+            from_sql = compare_from_store(store, [influx_runs.federated], spelling)
+            from_influx = compare_from_influx(influx_runs.reader, [influx_runs.federated], spelling)
+            for comparison in (from_sql, from_influx):
+                (row,) = comparison.rows
+                assert (row.unit, row.epochs, row.last_epoch) == ("round", ROUNDS, ROUNDS)
+                assert row.last_value == pytest.approx(aggregate[ROUNDS], rel=1e-9)
+                want = summarize(aggregate.items(), comparison.higher_is_better)
+                assert (row.best_epoch, row.best_value) == (
+                    want.best_epoch,
+                    pytest.approx(want.best_value, rel=1e-9),
+                )
+            assert from_sql.rows[0].best_value == pytest.approx(from_influx.rows[0].best_value)
+    finally:
+        store.dispose()
+
+
+def test_federated_key_folds_flowers_spellings() -> None:
+    for stored, spellings in FLOWER_SPELLINGS.items():
+        assert {federated_key(s) for s in spellings} == {stored}

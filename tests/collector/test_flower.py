@@ -109,10 +109,12 @@ class FakeClient:
     fail_train_in_round: int | None = None
     silent_evaluate_in_round: int | None = None
     notes: list[RunNote | None] = field(default_factory=list)
+    config_records: list[list[str]] = field(default_factory=list)
 
     def __call__(self, message: Message) -> Message | None:
         note = read_run_note(message)
         self.notes.append(note)
+        self.config_records.append(list(message.content.config_records))
         server_round = int(message.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
         if message.metadata.message_type == "train":
             if server_round == self.fail_train_in_round:
@@ -258,9 +260,11 @@ def test_instructions_carry_the_run_note_and_attributes_pass_through(settings: S
         strategy = run.wrap(fedavg())
         run_rounds(strategy, LocalGrid(clients(spy=spy)))
     assert strategy.min_train_nodes == 3  # the wrapped FedAvg's attribute
-    assert isinstance(strategy, RunwatchStrategy)
+    assert isinstance(strategy, RunwatchStrategy) and isinstance(strategy, FedAvg)
     assert {(n.run_id, n.experiment) for n in spy.notes if n} == {(run.run_id, "notes")}
     assert [n.round_number for n in spy.notes if n] == [1, 1, 2, 2]
+    # The note travels inside the instruction's own ConfigRecord: its shape is Flower's.
+    assert spy.config_records == [["config"]] * 4
 
 
 # -- what gets recorded --------------------------------------------------------------------

@@ -13,25 +13,32 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from collector.cli import main
-from collector.comparison import higher_is_better
-from collector.config import Settings
+from collector.comparison import compare_from_store, higher_is_better
+from collector.config import Settings, load_settings
+from collector.flower import ClientReport, FederatedRun, attach_client_report
 from collector.points import PointBuilder
+from collector.spool import list_streams
 from collector.store import Store
 from collector.store.values import FiniteValues
-from collector.values import Outcome, canonical_name, classify
+from collector.values import Outcome, canonical_name, classify, federated_metric_name
 from tests.collector.cli.test_compare import point_env_at
+from tests.collector.test_flower import LocalGrid
+from tests.collector.test_flower import task_identity as task_identity
 from tests.servers.influxdb2 import InfluxDB2
 
 EPOCHS = 3
@@ -278,3 +285,120 @@ def test_compare_from_the_store_takes_the_raw_or_the_canonical_name(tmp_path: Pa
         assert not flipped.higher_is_better and flipped.rows[0].best_value == 0.5
     finally:
         store.dispose()
+
+
+# -- federated names: what Flower's apps call their metrics -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "phase", "stored"),
+    [
+        ("eval_acc", "evaluate", "val_acc"),  # Flower's quickstart examples
+        ("eval_loss", "evaluate", "val_loss"),
+        ("accuracy", "evaluate", "val_acc"),  # a strategy's evaluate_fn / client without prefix
+        ("eval_accuracy", "evaluate", "val_acc"),
+        ("val_acc", "evaluate", "val_acc"),  # runwatch's own trainer
+        ("test_acc", "evaluate", "val_acc"),
+        ("eval_auc", "evaluate", "val_auroc"),
+        ("eval_cm_tp", "evaluate", "val_cm_tp"),
+        ("loss", "train", "train_loss"),
+        ("train_loss", "train", "train_loss"),
+        ("train/acc", "train", "train_acc"),
+        ("val_loss", "train", "val_loss"),  # a prefix names the phase whichever reply holds it
+        ("//", "evaluate", None),
+    ],
+)
+def test_federated_metric_names(raw: str, phase: str, stored: str | None) -> None:
+    assert federated_metric_name(raw, phase) == stored
+
+
+def flower_named_client(node_id: int) -> Callable[[Message], Message]:
+    """A client that names its metrics as Flower's quickstart examples do."""
+
+    def reply(message: Message) -> Message:
+        config = message.content.config_records["config"]
+        server_round = int(config["server-round"])  # type: ignore[arg-type]
+        if message.metadata.message_type == "train":
+            metrics = {"train_loss": 1.0 / (server_round + node_id), "num-examples": 10 * node_id}
+            content = RecordDict(
+                {
+                    "arrays": message.content.array_records["arrays"],
+                    "metrics": MetricRecord(metrics),
+                }
+            )
+            attach_client_report(content, ClientReport(str(node_id), partition_id=str(node_id - 1)))
+        else:
+            metrics = {
+                "eval_loss": 0.5 / server_round + node_id / 100,
+                "eval_acc": 0.5 + server_round / 10 + node_id / 100,
+                "num-examples": 10,
+            }
+            content = RecordDict({"metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=message)
+
+    return reply
+
+
+def quickstart_evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    """Flower's quickstart-pytorch central evaluation names: accuracy, loss."""
+    return MetricRecord({"accuracy": 0.6 + server_round / 10, "loss": 1.0 / (server_round + 1)})
+
+
+def test_flower_named_metrics_are_one_name_in_points_store_compare_and_show(
+    runwatch_env: Path, task_identity: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings()
+    grid = LocalGrid({node: flower_named_client(node) for node in (1, 2)})
+    strategy = FedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2)
+    initial = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    with FederatedRun("flower-names", settings=settings, num_rounds=2) as run:
+        run.wrap(strategy).start(
+            grid,
+            initial,
+            num_rounds=2,
+            train_config=ConfigRecord(),
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=quickstart_evaluate_fn,
+        )
+
+    lines = [
+        line
+        for stream in list_streams(settings.spool_dir, run.run_id)
+        for line in stream.path.read_text(encoding="utf-8").split("\n")
+    ]
+    replies = [line for line in lines if line.startswith("client_round,")]
+    evaluations = [line for line in replies if " val_loss=" in line or ",val_loss=" in line]
+    assert len(evaluations) == 4 and all("val_acc=" in line for line in evaluations)
+    assert not [line for line in replies if "eval_" in line.split(" ")[1]]
+    assert all(",partition_id=" in line.split(" ")[0] for line in replies)
+    aggregated = [
+        line for line in lines if line.startswith("round,") and "source=aggregated" in line
+    ]
+    assert len(aggregated) == 2
+    assert all(
+        all(f"{field}=" in line for field in ("accuracy", "loss", "train_loss"))
+        for line in aggregated
+    )
+
+    store = Store.from_settings(settings)
+    try:
+        stored = {(m.step, m.name): m.value for m in store.aggregated_metrics(run.run_id)}
+        assert {name for _, name in stored} == {"train_loss", "val_loss", "val_acc"}
+        # FedAvg's weighted mean of eval_acc (equal weights)
+        assert stored[(2, "val_acc")] == pytest.approx(0.5 + 0.2 + 0.015)
+        same = {
+            spelling: compare_from_store(store, [run.run_id], spelling).rows[0]
+            for spelling in ("eval_acc", "accuracy", "val_acc")
+        }
+        assert len({(r.best_value, r.last_value, r.epochs) for r in same.values()}) == 1
+        (train,) = compare_from_store(store, [run.run_id], "train_loss").rows
+        assert (train.epochs, train.last_value) == (2, pytest.approx(stored[(2, "train_loss")]))
+        assert store.get_run(run.run_id).client_partitions == {"1": "0", "2": "1"}
+    finally:
+        store.dispose()
+
+    assert main(["runs", "show", run.run_id]) == 0
+    shown = capsys.readouterr().out
+    assert "1 (partition 0), 2 (partition 1)" in shown
+    last_round = shown.split("Last round, clients' aggregate")[1]
+    assert "val_acc" in last_round and "train_loss" in last_round

@@ -64,7 +64,7 @@ def test_counters_are_fields_never_tags() -> None:
 
 def test_base_and_common_tags() -> None:
     assert schema.BASE_TAGS == ("run_id", "experiment", "mode")
-    assert schema.FEDERATED_TAGS == ("client_id", "round")
+    assert schema.FEDERATED_TAGS == ("client_id", "round", "partition_id")
     assert (schema.SOURCE, schema.EVENT, schema.LAYER, schema.HOST, schema.RANK) == (
         "source",
         "event",

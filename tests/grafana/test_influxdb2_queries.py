@@ -613,6 +613,42 @@ def test_clients_per_round_match_the_store(
         assert close(row[run_id], max(values) - min(values))
 
 
+def test_client_validation_accuracy_under_flowers_names_matches_the_aggregate(
+    emulator: GrafanaEmulator, influx_runs: LoadedRuns, store: Store
+) -> None:
+    """The federated run's clients reply eval_acc, as Flower's examples do: the per-client
+    panel reads it as val_acc, and the clients' values average (equal shares) to the
+    aggregate the store holds under the same name."""
+    run_id = influx_runs.federated
+    table = emulator.table(target("federated", "Client validation accuracy per round"))
+    clients = set(store.get_run(run_id).clients)
+    by_round: dict[int, list[float]] = {}
+    for row in table:
+        values = [
+            v
+            for column, v in row.items()
+            if column.removeprefix(f"{run_id}_") in clients and v is not None
+        ]
+        by_round[row[schema.ROUND]] = values
+    assert sorted(by_round) == list(range(1, ROUNDS + 1))
+    assert all(len(values) == CLIENTS for values in by_round.values())  # every client evaluated
+    want = aggregated_values(store, run_id, schema.VAL_ACC)
+    assert_close_maps({r: sum(v) / len(v) for r, v in by_round.items()}, want)
+    spread = emulator.table(target("federated", "Spread between clients: validation accuracy"))
+    assert {row[schema.ROUND] for row in spread if row[run_id] is not None} == set(by_round)
+
+
+def test_aggregated_train_loss_per_round_matches_the_store(
+    emulator: GrafanaEmulator, influx_runs: LoadedRuns, store: Store
+) -> None:
+    run_id = influx_runs.federated
+    table = emulator.table(target("federated", "Aggregated train loss per round"))
+    got = {row[schema.ROUND]: row[run_id] for row in table if row[run_id] is not None}
+    want = aggregated_values(store, run_id, schema.TRAIN_LOSS)
+    assert sorted(want) == list(range(1, ROUNDS + 1))
+    assert_close_maps(got, want)
+
+
 def test_events_and_annotations_match_the_store(
     emulator: GrafanaEmulator, influx_runs: LoadedRuns, store: Store
 ) -> None:

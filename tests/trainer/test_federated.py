@@ -25,6 +25,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from collector.config import Settings, load_settings
 from collector.flower import ClientTelemetry, RunNote, read_client_report
 from collector.flower.protocol import attach_run_note
+from collector.flower.settings import CONFIG_KEYS
 from collector.spool import list_streams
 from collector.store import Store
 from tests.trainer.flower_apps import app_dir_with
@@ -96,7 +97,9 @@ def test_run_config_round_trips_through_flowers_toml(tmp_path: Path) -> None:
     path = write_run_config(config, tmp_path / "run.toml")
     assert FederatedConfig.from_run_config(tomllib.loads(path.read_text())) == config
     declared = tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert set(declared["config"]) == set(config.to_run_config())
+    runwatch_keys = {k for k in declared["config"] if k.startswith("runwatch-")}
+    assert runwatch_keys <= set(CONFIG_KEYS)
+    assert set(declared["config"]) - runwatch_keys == set(config.to_run_config())
     assert FederatedConfig.from_run_config(declared["config"]) == FederatedConfig()
 
 
@@ -188,6 +191,54 @@ def test_client_points_reach_influxdb_tagged_by_client_and_round(
     assert len(found) == 1
     labels = dict(next(iter(found)))
     assert (labels["client_id"], labels["round"], labels["mode"]) == ("4321", "2", "federated")
+
+
+def test_client_checkpoints_go_under_the_runs_home_tagged_with_its_partition(
+    runwatch_env: Path, tmp_path: Path, task_identity: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's default ModelCheckpoint of a client writes under RUNWATCH_HOME (not into
+    the working directory of Flower's process), the kept files travel in the report, and
+    the client's points carry its node config's partition id."""
+    import lightning.pytorch as pl
+
+    cwd = tmp_path / "superlink-cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = FederatedConfig(num_clients=2)
+    data = client_data(1, 2)
+    instruction = Message(
+        content=RecordDict({"config": ConfigRecord({"server-round": 3})}),
+        message_type="train",
+        dst_node_id=77,
+    )
+    attach_run_note(instruction, RunNote("run-ckpt", "client-ckpt", 3))
+    context = Context(7, 77, {"partition-id": 1, "num-partitions": 2}, RecordDict(), {})
+    with ClientTelemetry.for_message(instruction, context) as telemetry:
+        trainer = pl.Trainer(
+            max_epochs=2,
+            logger=telemetry.logger,
+            callbacks=telemetry.callbacks,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # checkpointing on, as by default
+        trainer.fit(
+            build_model(data.num_features, config),
+            data.train_loader(32, 1),
+            data.val_loader(32),
+        )
+    content = telemetry.attach_report(RecordDict({"metrics": MetricRecord({"num-examples": 1})}))
+    report = read_client_report(Message(content, reply_to=instruction))
+    assert report is not None and report.partition_id == "1"
+    assert not list(cwd.rglob("*.ckpt"))
+    expected_dir = runwatch_env / "checkpoints" / "run-ckpt" / "client-77" / "round-3"
+    assert report.checkpoints and all(
+        Path(p).parent == expected_dir and Path(p).is_file() for p in report.checkpoints
+    )
+    assert len(report.checkpoints) == 1  # the default keeps the latest only
+    epochs = [
+        line for line in spool_lines(load_settings(), "run-ckpt") if line.startswith("epoch,")
+    ]
+    assert len(epochs) == 2 and all(",partition_id=1" in e.split(" ")[0] for e in epochs)
 
 
 def test_client_without_runwatch_server_trains_plainly(
@@ -297,6 +348,7 @@ def test_simulation_three_clients_three_rounds_completes(simulated_run: Simulate
         "completed",
     )
     assert len(summary.clients) == 3
+    assert sorted(summary.client_partitions.values()) == ["0", "1", "2"]
     assert [(r.round_number, r.status, r.num_clients) for r in summary.rounds] == [
         (1, "completed", 3), (2, "completed", 3), (3, "completed", 3),
     ]  # fmt: skip
@@ -449,6 +501,8 @@ def test_deployment_superlink_two_supernodes_two_rounds(tmp_path: Path) -> None:
     store = Store.from_settings(settings)
     summary = store.get_run(result.run_id)
     assert len(summary.clients) == 2
+    # each SuperNode's --node-config partition-id, on its client row
+    assert sorted(summary.client_partitions.values()) == ["0", "1"]
     assert [e.round_number for e in store.server_evaluations(result.run_id)] == [1, 2]
     assert len(store.metrics_grouped_by_client(result.run_id)) == 2
     assert_nothing_left(workdir)

@@ -13,8 +13,11 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
+from collector.config import Settings
+from collector.errors import ConfigError
 from collector.flower import FederatedRun
 from collector.flower.server import EvaluateFn
+from collector.flower.settings import server_settings
 from trainer.federated.config import FederatedConfig
 from trainer.federated.data import central_test_loader, dataset_splits
 from trainer.federated.task import build_model, evaluate, load_arrays, model_arrays, quiet_lightning
@@ -51,8 +54,15 @@ def central_evaluation(config: FederatedConfig) -> EvaluateFn:
     return evaluate_fn
 
 
-def serve_federated(grid: Grid, config: FederatedConfig, strategy: Strategy | None = None) -> None:
-    """Run the rounds; ``strategy`` replaces FedAvg (it is wrapped the same way)."""
+def serve_federated(
+    grid: Grid,
+    config: FederatedConfig,
+    strategy: Strategy | None = None,
+    *,
+    settings: Settings | None = None,
+) -> None:
+    """Run the rounds; ``strategy`` replaces FedAvg (it is wrapped the same way);
+    ``settings`` None: the environment's."""
     quiet_lightning()
     initial = model_arrays(build_model(dataset_splits(config.seed).num_features, config))
     if strategy is None:
@@ -69,6 +79,7 @@ def serve_federated(grid: Grid, config: FederatedConfig, strategy: Strategy | No
         return
     run = FederatedRun(
         config.experiment,
+        settings=settings,
         run_id=config.run_id or None,
         num_rounds=config.num_rounds,
         hyperparams=config.hyperparams(),
@@ -87,4 +98,9 @@ def serve_federated(grid: Grid, config: FederatedConfig, strategy: Strategy | No
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    serve_federated(grid, FederatedConfig.from_run_config(context.run_config))
+    try:
+        settings: Settings | None = server_settings(context)  # runwatch-* run config keys
+    except ConfigError as exc:
+        log.warning("runwatch: %s; using the environment's settings", exc)
+        settings = None
+    serve_federated(grid, FederatedConfig.from_run_config(context.run_config), settings=settings)

@@ -210,8 +210,9 @@ def test_sql_federated_rows_count_rounds_of_the_aggregate(
     assert {k: federated[k] for k in EXPECTED_FEDERATED_VAL_LOSS} == EXPECTED_FEDERATED_VAL_LOSS
     recall = compare_json(capsys, federated_run, "--metric", "val_recall")["runs"][0]
     assert (recall["best_value"], recall["best_epoch"], recall["last_epoch"]) == (0.8, 2, 3)
-    # train_loss is no evaluation metric: InfluxDB's round points do not carry it either
-    assert compare_json(capsys, federated_run, "--metric", "train_loss")["runs"][0]["epochs"] == 0
+    # the aggregate of a training metric is compared too (InfluxDB's round points carry it)
+    train = compare_json(capsys, federated_run, "--metric", "train_loss")["runs"][0]
+    assert (train["epochs"], train["best_value"], train["best_epoch"]) == (3, 0.4, 3)
 
     assert main(["compare", three_runs[0], federated_run, "--source", "sql"]) == 0
     out = capsys.readouterr().out
