@@ -246,6 +246,48 @@ def compare_from_influx(
     return Comparison(metric, higher, SOURCE_INFLUX, rows)
 
 
+def recorded_metrics(settings: Settings, source: str, run_ids: Sequence[str]) -> list[str]:
+    """The metric names ``compare --metric`` finds for ``run_ids`` in ``source``: client-less
+    epoch metrics, and federated runs' aggregates under their federated names."""
+    if source == SOURCE_INFLUX:
+        return _metrics_in_influx(settings, run_ids)
+    store = Store.from_settings(settings)
+    try:
+        return _metrics_in_store(store, run_ids)
+    finally:
+        store.dispose()
+
+
+def _metrics_in_store(store: Store, run_ids: Sequence[str]) -> list[str]:
+    names: set[str] = set()
+    for run_id in run_ids:
+        mode = store.get_run(run_id).mode
+        records = _store_records(store, run_id, mode)
+        names.update(record.name for record in records if record.client_id is None)
+    return sorted(names)
+
+
+def _metrics_in_influx(settings: Settings, run_ids: Sequence[str]) -> list[str]:
+    wanted = flux_queries.string_list(run_ids)
+    start, stop = flux_queries.runs_window(wanted)
+    rows = flux_queries.run_query(
+        settings, flux_queries.METRIC_NAMES, {"start": start, "stop": stop, "run_ids": wanted}
+    )
+    names: set[str] = set()
+    for row in rows:
+        field = str(row["_field"])
+        if row["_measurement"] == schema.M_EPOCH:
+            if field != schema.M_EPOCH:  # the epoch number itself
+                names.add(field)
+            continue
+        federated = federated_metric_name(field)
+        if federated is not None and round_field(federated) == field:
+            names.add(federated)
+        elif round_field(field) == field:
+            names.add(field)  # train_loss
+    return sorted(names)
+
+
 def _flux_summary(row: Mapping[str, Any] | None) -> MetricSummary:
     if row is None or not row.get("epochs"):
         return NO_VALUES

@@ -387,6 +387,29 @@ GRADIENT_HEALTH = FluxQuery(
     ),
 )
 
+METRIC_NAMES = FluxQuery(
+    name="metric_names",
+    description="The metrics the chosen runs recorded, one row per run, measurement and "
+    "field: client-less epoch fields, and round fields of the clients' weighted aggregate.",
+    flux="""\
+from(bucket: bucket)
+    |> range(start: start, stop: stop)
+    |> filter(
+        fn: (r) =>
+            r._measurement == "epoch" and not exists r.client_id
+                or r._measurement == "round" and r.source == "aggregated",
+    )
+    |> filter(fn: (r) => contains(value: r.run_id, set: run_ids))
+    |> keep(columns: ["run_id", "_measurement", "_field", "_value"])
+    |> group(columns: ["run_id", "_measurement", "_field"])
+    |> first()
+    |> group()
+    |> keep(columns: ["run_id", "_measurement", "_field"])
+    |> yield(name: "metric_names")
+""",
+    params=(*_RANGE, RUN_IDS),
+)
+
 QUERIES: Mapping[str, FluxQuery] = MappingProxyType(
     {
         q.name: q
@@ -398,6 +421,7 @@ QUERIES: Mapping[str, FluxQuery] = MappingProxyType(
             ROUND_COMPARISON,
             CLIENT_SPREAD,
             GRADIENT_HEALTH,
+            METRIC_NAMES,
         )
     }
 )

@@ -22,6 +22,7 @@ from collector.comparison import (
     ComparisonRow,
     compare_from_influx,
     compare_from_store,
+    recorded_metrics,
 )
 from collector.config import Settings
 from collector.errors import ConfigError
@@ -76,6 +77,7 @@ def compare_runs(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
         print_comparison(comparison)
+        print_recorded_metrics(settings, comparison)
     return 0
 
 
@@ -97,6 +99,18 @@ def build_comparison(
         return compare_from_store(store, run_ids, metric, higher=higher)
     finally:
         store.dispose()
+
+
+def print_recorded_metrics(settings: Settings, comparison: Comparison) -> None:
+    """One line naming what the runs without the metric did record (a misspelt or
+    unrecorded --metric is otherwise only a column of dashes)."""
+    missing = [row.run_id for row in comparison.rows if row.epochs == 0]
+    if not missing:
+        return
+    names = recorded_metrics(settings, comparison.source, missing)
+    whose = "this run" if len(missing) == 1 else "these runs"
+    recorded = ", ".join(names) if names else "none"
+    print(f"no {comparison.metric} in {len(missing)} run(s); metrics {whose} recorded: {recorded}")
 
 
 def print_comparison(comparison: Comparison) -> None:

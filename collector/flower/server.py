@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Unpack, overload
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from collector import schema
+from collector.config import Settings
+from collector.errors import ConfigError
 from collector.flower.protocol import (
     ClientReport,
     RunNote,
@@ -37,7 +39,7 @@ from collector.flower.protocol import (
     read_client_report,
     sent_node_ids,
 )
-from collector.flower.settings import destinations
+from collector.flower.settings import destinations, server_settings
 from collector.flower.wrapping import RunwatchStrategy, S, wrap_strategy
 from collector.run import Run, RunOptions
 from collector.values import federated_metrics, round_field
@@ -89,6 +91,14 @@ def short_reason(reason: object) -> str:
     return f"{text[:_REASON_HEAD]} … {text[-_REASON_TAIL:]}"
 
 
+def _settings_of(context: Context) -> Settings | None:
+    try:
+        return server_settings(context)
+    except ConfigError as exc:
+        log.warning("runwatch: %s; using the environment's settings", exc)
+        return None
+
+
 def _utc(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
@@ -101,6 +111,10 @@ class FederatedRun(Run):
     ``finish(status)`` closes them; ``with`` finishes ``failed`` when the body raises.
     Any of the three may be unavailable (database down, port busy): the others go on.
     It adds the rounds: the planned count on the exporter and ``wrap`` for the strategy.
+
+    ``context`` (the ServerApp's): its run config's ``runwatch-*`` keys over the environment
+    (``collector.flower.settings``), unless ``settings`` is given; a malformed key is one
+    warning and the environment's settings.
     """
 
     def __init__(
@@ -108,8 +122,11 @@ class FederatedRun(Run):
         experiment: str = "default",
         *,
         num_rounds: int | None = None,
+        context: Context | None = None,
         **options: Unpack[RunOptions],
     ) -> None:
+        if context is not None and options.get("settings") is None:
+            options["settings"] = _settings_of(context)
         super().__init__(experiment, mode=schema.MODE_FEDERATED, **options)
         self.num_rounds = num_rounds
 

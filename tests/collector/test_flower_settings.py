@@ -6,8 +6,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, RecordDict
 
 from collector.errors import ConfigError
+from collector.flower import FederatedRun
 from collector.flower.settings import destinations, settings_from_config
 
 ENV = {"RUNWATCH_HOME": "/from/env", "INFLUXDB_V2_TOKEN": "s3cret-token"}
@@ -70,3 +72,28 @@ def test_destinations_say_where_without_secrets(tmp_path: Path) -> None:
     assert "hidden" not in line and "t0k" not in line
     assert "postgresql://u:***@db/runs" in line and "http://i:8086" in line
     assert str(tmp_path / "spool") in line
+
+
+def _server_context(run_config: dict[str, bool | float | int | str]) -> Context:
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+
+
+def test_federated_run_takes_its_settings_from_the_serverapps_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNWATCH_HOME", str(tmp_path / "env"))
+    context = _server_context({"runwatch-home": str(tmp_path / "run"), "num-server-rounds": 2})
+    assert FederatedRun("e", context=context).settings.home == tmp_path / "run"
+    given = settings_from_config(environ={"RUNWATCH_HOME": str(tmp_path / "given")}, dotenv=None)
+    assert FederatedRun("e", context=context, settings=given).settings.home == tmp_path / "given"
+
+
+def test_a_malformed_run_config_key_falls_back_to_the_environment_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RUNWATCH_HOME", str(tmp_path / "env"))
+    context = _server_context({"runwatch-prometheus-port": "not-a-port"})
+    with caplog.at_level(logging.WARNING, logger="collector.flower"):
+        run = FederatedRun("e", context=context)
+    assert run.settings.home == tmp_path / "env"
+    assert [r for r in caplog.records if "RUNWATCH_PROMETHEUS_PORT" in r.getMessage()]

@@ -144,6 +144,7 @@ def test_every_query_has_a_description_and_typed_unique_params() -> None:
         "round_comparison",
         "client_spread",
         "gradient_health",
+        "metric_names",
     }
     for name, query in QUERIES.items():
         assert query.name == name and query.description

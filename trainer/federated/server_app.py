@@ -14,10 +14,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from collector.config import Settings
-from collector.errors import ConfigError
 from collector.flower import FederatedRun
 from collector.flower.server import EvaluateFn
-from collector.flower.settings import server_settings
 from trainer.federated.config import FederatedConfig
 from trainer.federated.data import central_test_loader, dataset_splits
 from trainer.federated.task import build_model, evaluate, load_arrays, model_arrays, quiet_lightning
@@ -60,9 +58,10 @@ def serve_federated(
     strategy: Strategy | None = None,
     *,
     settings: Settings | None = None,
+    context: Context | None = None,
 ) -> None:
-    """Run the rounds; ``strategy`` replaces FedAvg (it is wrapped the same way);
-    ``settings`` None: the environment's."""
+    """Run the rounds; ``strategy`` replaces FedAvg (it is wrapped the same way).
+    Settings: ``settings``, else the environment with ``context``'s run config keys."""
     quiet_lightning()
     initial = model_arrays(build_model(dataset_splits(config.seed).num_features, config))
     if strategy is None:
@@ -80,6 +79,7 @@ def serve_federated(
     run = FederatedRun(
         config.experiment,
         settings=settings,
+        context=context,
         run_id=config.run_id or None,
         num_rounds=config.num_rounds,
         hyperparams=config.hyperparams(),
@@ -98,9 +98,4 @@ def serve_federated(
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    try:
-        settings: Settings | None = server_settings(context)  # runwatch-* run config keys
-    except ConfigError as exc:
-        log.warning("runwatch: %s; using the environment's settings", exc)
-        settings = None
-    serve_federated(grid, FederatedConfig.from_run_config(context.run_config), settings=settings)
+    serve_federated(grid, FederatedConfig.from_run_config(context.run_config), context=context)

@@ -17,9 +17,8 @@ import pytest
 from collector.cli import main
 from collector.config import Settings, load_settings
 from collector.flux_queries import METRIC_SUMMARY, RUNS
-from collector.schema import evaluation_field
 from collector.store import Store
-from collector.values import canonical_name
+from collector.values import canonical_name, round_field
 from grafana.dashboards import LOSSES, VALIDATION_SCORES
 from tests.collector.influx_wire import RecordingProxy, recording_proxy
 from tests.servers._process import free_port
@@ -123,14 +122,18 @@ def test_text_table(three_runs: list[str], capsys: pytest.CaptureFixture[str]) -
     assert rows[three_runs[0]][1:] == ["baseline", "centralized", "4", "0.5", "1", "0.5", "3"]
     assert rows[three_runs[1]][1:] == ["wider", "centralized", "2", "0.4", "1", "0.4", "1"]
     assert rows[three_runs[2]][1:] == ["no-val", "centralized", "0", "-", "-", "-", "-"]
-    assert lines[-1] == f"best: {three_runs[1]} (val_loss=0.4 at epoch 1)"
+    assert lines[-2] == f"best: {three_runs[1]} (val_loss=0.4 at epoch 1)"
+    assert lines[-1] == "no val_loss in 1 run(s); metrics this run recorded: train_loss"
 
 
 def test_a_metric_no_run_has(three_runs: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", *three_runs, "--metric", "val_nothing"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "val_nothing (higher is better), from sql"
-    assert out.rstrip().endswith("no run recorded val_nothing")
+    assert out.rstrip().endswith(
+        "no run recorded val_nothing\n"
+        "no val_nothing in 3 run(s); metrics these runs recorded: train_loss, val_loss, val_recall"
+    )  # the client's rows are not the run's
 
 
 def test_unknown_runs_are_all_named_in_one_line(
@@ -287,11 +290,11 @@ def assert_same_table_from_both_sources(
 
 def expected_row(store: Store, run_id: str, metric: str) -> dict[str, Any]:
     """What the comparison must say about one run, worked out here from the store's rows:
-    client-less epoch-end values, or a federated run's aggregated rounds of an evaluation
-    metric."""
+    client-less epoch-end values, or a federated run's aggregated rounds of a metric a round
+    point holds (evaluation metrics, train_loss)."""
     run = store.get_run(run_id)
     if run.mode == "federated":
-        rounds = store.aggregated_metrics(run_id) if evaluation_field(metric) else []
+        rounds = store.aggregated_metrics(run_id) if round_field(metric) else []
         values = {cast(int, r.round_number): r.value for r in rounds if r.name == metric}
     else:
         values = {
@@ -337,7 +340,7 @@ def test_influx_and_sql_agree_on_real_runs(
     assert by_run[real_runs.diverging]["epochs"] == EPOCHS_DIVERGING
     federated = by_run[real_runs.federated]
     assert federated["unit"] == "round"
-    if evaluation_field(metric) is not None:
+    if round_field(metric) is not None:
         assert (federated["epochs"], federated["last_epoch"]) == (ROUNDS, ROUNDS)
 
 
@@ -359,6 +362,26 @@ def test_influx_text_output_on_real_runs(
     best = min(from_influx["runs"], key=lambda r: r["best_value"])
     assert f"best: {best['run_id']} (val_loss=" in lines[-2]
     assert lines[-1].startswith("federated runs: their EPOCHS count rounds")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_influx_and_sql_name_the_same_recorded_metrics_for_a_metric_no_run_has(
+    real_runs: LoadedRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [real_runs.healthy, real_runs.federated]
+    lines = {}
+    for source in ("influx", "sql"):
+        assert main(["compare", *runs, "--metric", "val_nothing", "--source", source]) == 0
+        lines[source] = capsys.readouterr().out.splitlines()[-1]
+    assert lines["influx"] == lines["sql"]
+    prefix = "no val_nothing in 2 run(s); metrics these runs recorded: "
+    assert lines["sql"].startswith(prefix)
+    names = lines["sql"].removeprefix(prefix).split(", ")
+    assert {"val_loss", "val_acc", "train_loss"} <= set(names)  # the federated aggregate's too
+    for name in names:  # each one it names is one compare finds
+        document = compare_json(capsys, *runs, "--metric", name, "--source", "sql")
+        assert any(row["epochs"] for row in document["runs"]), name
 
 
 @pytest.mark.integration
