@@ -1,17 +1,25 @@
-"""Sustained end-to-end throughput: ``Recorder.record()`` → spool → shipper → server, into
-InfluxDB 2 and VictoriaMetrics side by side in one run.
+"""Shipping throughput into a real InfluxDB 2, against influxdb-client in the same run.
 
-Each repeat records N points as fast as one thread can and closes the recorder, which returns
-once the server has acknowledged every point; points/s = N / (first record → last ack). The
-two servers take turns (InfluxDB 2, VictoriaMetrics, InfluxDB 2, ...), so machine noise
-falls on both alike. Both are real servers started on 127.0.0.1 with temporary data and
-stopped at the end: influxd built by deploy/servers/influxd.sh, Debian's victoria-metrics.
-Target: >= 100,000 points/s into each.
+Per repeat, taking turns on one influxd (so machine noise falls on all alike), each into a
+fresh bucket:
+
+- **runwatch end to end**: N points ``Recorder.record()``-ed as fast as one thread can, then
+  ``close()``, which returns once the server acknowledged every point;
+  points/s = N / (first record → last ack);
+- **runwatch sync**: ``ship_backlog`` (what ``runwatch sync`` runs) of an N-point backlog a
+  recorder without InfluxDB spooled before the clock starts;
+- **peer**: influxdb-client's SYNCHRONOUS write API posting the very same spooled lines,
+  pre-built, 5,000 per request, gzip on (runwatch ships gzipped) and gzip off.
+
+influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it).
+Targets (issue 15): end to end >= 1.0x the peer's synchronous write (gzip on, the same
+wire format), sync >= 300,000 points/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -22,51 +30,88 @@ from collections.abc import Callable
 from pathlib import Path
 
 from collector import Recorder, new_run_id
+from collector.backlog import ship_backlog
 from collector.config import Settings
+from collector.spool import SpoolStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's server helpers
-from tests.servers._process import require_binary
 from tests.servers.influxdb2 import InfluxDB2, built_influxd
-from tests.servers.victoriametrics import VictoriaMetrics
 
-Run = Callable[[], tuple[float, float, int]]
+PEER_BATCH_LINES = 5_000
 
 
-def one_run(settings: Settings, points: int) -> tuple[float, float, int]:
-    """(points/s end to end, points/s recorded, points acknowledged)."""
-    started = time.perf_counter()
-    rec = Recorder(new_run_id(), experiment="bench-throughput", settings=settings)
+def record(rec: Recorder, points: int) -> None:
     for i in range(points):
         rec.record("batch", {"loss": 1.0 / (i + 1), "step": i, "batch_idx": i % 500})
-    recorded = time.perf_counter()
+
+
+def end_to_end(settings: Settings, points: int) -> float:
+    started = time.perf_counter()
+    rec = Recorder(new_run_id(), experiment="bench-throughput", settings=settings)
+    record(rec, points)
     rec.close(timeout=600)
-    finished = time.perf_counter()
-    shipped = rec.stats.points_shipped
-    return points / (finished - started), points / (recorded - started), shipped
+    elapsed = time.perf_counter() - started
+    if rec.stats.points_shipped != points:
+        raise SystemExit(f"end to end: {rec.stats.points_shipped} of {points} acknowledged")
+    return points / elapsed
 
 
-def victoriametrics_settings(server: VictoriaMetrics, home: Path) -> Settings:
-    return Settings(
-        home=home,
-        db_url="sqlite://",
-        influx_url=server.url,
-        influx_org="bench",
-        influx_token="bench",
-        prometheus_port=0,
+def spool_backlog(settings: Settings, points: int) -> Path:
+    """An N-point backlog spooled by a recorder without InfluxDB; its spool file."""
+    offline = dataclasses.replace(settings, influx_url=None)
+    run_id = new_run_id()
+    with Recorder(run_id, experiment="bench-throughput", settings=offline) as rec:
+        record(rec, points)
+    return SpoolStream.at(settings.spool_dir, run_id).path
+
+
+def sync(settings: Settings, points: int) -> float:
+    spool_backlog(settings, points)
+    started = time.perf_counter()
+    result = ship_backlog(settings)
+    elapsed = time.perf_counter() - started
+    if result.error is not None or result.lines_shipped != points:
+        raise SystemExit(f"sync: {result.lines_shipped} of {points} shipped ({result.error})")
+    return points / elapsed
+
+
+def peer(settings: Settings, batches: list[bytes], gzip: bool) -> float:
+    from influxdb_client.client.influxdb_client import InfluxDBClient
+    from influxdb_client.client.write_api import SYNCHRONOUS
+
+    lines = sum(b.count(b"\n") for b in batches)
+    client = InfluxDBClient(
+        url=settings.influx_url or "",
+        token=settings.influx_token or "",
+        org=settings.influx_org or "",
+        enable_gzip=gzip,
+    )
+    write = client.write_api(write_options=SYNCHRONOUS).write
+    started = time.perf_counter()
+    for batch in batches:
+        write(bucket=settings.influx_bucket, record=batch, write_precision="ns")
+    elapsed = time.perf_counter() - started
+    client.close()
+    return lines / elapsed
+
+
+def batches_of(path: Path, size: int) -> list[bytes]:
+    lines = path.read_bytes().splitlines(keepends=True)
+    return [b"".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+
+
+def fresh_settings(server: InfluxDB2, root: Path) -> Settings:
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    server.create_bucket(bucket)
+    return server.settings(root / f"home-{uuid.uuid4().hex}", bucket).with_overrides(
+        db_url="sqlite://"
     )
 
 
-def influxdb2_settings(server: InfluxDB2, home: Path) -> Settings:
-    bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    server.create_bucket(bucket)
-    return server.settings(home, bucket).with_overrides(db_url="sqlite://")
-
-
-def report(name: str, end_to_end: list[float], recording: list[float]) -> None:
-    print(
-        f"  {name:<16} median {statistics.median(end_to_end):>9,.0f} points/s acknowledged "
-        f"(min {min(end_to_end):,.0f}, max {max(end_to_end):,.0f}); "
-        f"recording alone {statistics.median(recording):,.0f} points/s"
+def summary(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values):>9,.0f} points/s "
+        f"(range {min(values):,.0f}-{max(values):,.0f})"
     )
 
 
@@ -75,45 +120,45 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    vm_binary = require_binary("victoria-metrics", "/usr/bin/victoria-metrics*")
     influxd = built_influxd()
     if not os.access(influxd, os.X_OK):
         raise SystemExit(f"influxd not built at {influxd}: run deploy/servers/influxd.sh")
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         root = Path(tmp)
         (root / "influxdb2").mkdir()
-        influx = InfluxDB2(str(influxd), root / "influxdb2")
-        vm = VictoriaMetrics(vm_binary, root / "vm").start()
+        server = InfluxDB2(str(influxd), root / "influxdb2")
         try:
-            runs: dict[str, Run] = {
-                "InfluxDB 2": lambda: one_run(
-                    influxdb2_settings(influx, root / f"home-{uuid.uuid4().hex}"), args.points
+            prebuilt = batches_of(
+                spool_backlog(fresh_settings(server, root), args.points), PEER_BATCH_LINES
+            )
+            runs: dict[str, Callable[[], float]] = {
+                "runwatch record()->ack": lambda: end_to_end(
+                    fresh_settings(server, root), args.points
                 ),
-                "VictoriaMetrics": lambda: one_run(
-                    victoriametrics_settings(vm, root / f"home-{uuid.uuid4().hex}"), args.points
-                ),
+                "runwatch sync": lambda: sync(fresh_settings(server, root), args.points),
+                "peer gzip on": lambda: peer(fresh_settings(server, root), prebuilt, True),
+                "peer gzip off": lambda: peer(fresh_settings(server, root), prebuilt, False),
             }
-            results: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in runs}
+            results: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(args.repeats):
                 for name, run in runs.items():
-                    total, record_only, shipped = run()
-                    if shipped != args.points:
-                        raise SystemExit(f"{name}: {shipped} of {args.points} points acknowledged")
-                    results[name][0].append(total)
-                    results[name][1].append(record_only)
+                    results[name].append(run())
         finally:
-            influx.stop()
-            vm.stop()
+            server.stop()
     print(
-        f"end to end, {args.points:,} points (3 fields) per run, {args.repeats} runs per server "
-        "taking turns, gzip on, 5,000 lines per request"
+        f"{args.points:,} points (3 fields) per run, {args.repeats} runs each taking turns on "
+        f"one influxd; peer: influxdb-client SYNCHRONOUS, {PEER_BATCH_LINES:,} pre-built lines "
+        "per request"
     )
-    for name, (end_to_end, recording) in results.items():
-        report(name, end_to_end, recording)
-    influx_median = statistics.median(results["InfluxDB 2"][0])
-    vm_median = statistics.median(results["VictoriaMetrics"][0])
-    print(f"  InfluxDB 2 / VictoriaMetrics: {influx_median / vm_median:.2f}x")
-    print("  target >= 100,000 points/s into each")
+    for name, values in results.items():
+        print(f"  {name:<24} {summary(values)}")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name in ("runwatch record()->ack", "runwatch sync"):
+        print(
+            f"  {name} / peer gzip on: {medians[name] / medians['peer gzip on']:.2f}x; "
+            f"/ peer gzip off: {medians[name] / medians['peer gzip off']:.2f}x"
+        )
+    print("  target: record()->ack >= 1.0x peer (gzip on); sync >= 300,000 points/s")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from collector.config import Settings
 from collector.errors import ConfigError, UnknownRunError
 from collector.shipper import (
+    PARALLEL_TUNING,
     ShipTuning,
     StreamShipper,
     WriteTarget,
@@ -90,7 +91,7 @@ def ship_backlog(
     streams = list_streams(settings.spool_dir, run_id)
     if run_id is not None and not streams:
         raise UnknownRunError(run_id)
-    tuning = tuning or ShipTuning()
+    tuning = tuning or PARALLEL_TUNING
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     total = sum(stream_backlog(s).unshipped_bytes for s in streams if not is_live(s))
     done = 0

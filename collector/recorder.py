@@ -31,7 +31,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -40,7 +40,7 @@ from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
 from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
-from collector.shipper import ShipperThread, ShipTuning, target_for
+from collector.shipper import PARALLEL_TUNING, ShipperThread, ShipTuning, target_for
 from collector.spool import SpoolWriter
 
 log = logging.getLogger("collector.recorder")
@@ -70,7 +70,7 @@ class RecorderTuning:
     """How often the background flusher appends queued points (the SIGKILL loss bound)."""
     exit_ship_timeout_s: float = 2.0
     """Shipping time granted at interpreter exit to a recorder nobody closed."""
-    ship: ShipTuning = field(default_factory=ShipTuning)
+    ship: ShipTuning = PARALLEL_TUNING
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Shipping spooled lines to InfluxDB 2 (``/api/v2/write``) and recording what it acknowledged.
 
 The shipper reads batches of complete lines *from the spool file* (never from an in-memory
-queue, so memory stays flat however long InfluxDB is down), posts each batch with
-influxdb-client's SYNCHRONOUS write API from its own thread (gzip on, about 5,000 lines a
-request), and advances the stream's ``.ack`` offset after each acknowledged batch.
+queue, so memory stays flat however long InfluxDB is down), posts each batch from its own
+thread with the standard library's ``http.client`` (keep-alive, gzip at level 1, about 5,000
+lines a request; the next batch is read and compressed while the server answers the one in
+flight), and advances the stream's ``.ack`` offset over acknowledged batches, in spool order.
+A closing shipper gives up early when the server does not answer: what is left stays on disk
+for ``runwatch sync``.
 
 Failures:
 
@@ -18,25 +21,30 @@ Failures:
 - other 4xx (401, 403, 404: token, org or bucket) are *configuration* errors: nothing is
   dropped, the data waits on disk.
 
-influxdb-client traps avoided on purpose: its batching ``WriteApi.flush()`` does nothing and
-``InfluxDBClient.close()`` does not flush a batching API (so no batching API here); it drops
-NaN/Inf silently (the point builder never produces them).
+Why not influxdb-client for writes: its import costs seconds and ~30 MiB, its synchronous
+write cannot overlap two requests, its batching ``WriteApi.flush()`` does nothing and
+``InfluxDBClient.close()`` does not flush a batching API. (Queries still use it.)
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import random
 import re
 import threading
 import time
+import urllib.parse
+import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from collector.points import to_wire
 from collector.spool import (
+    Batch,
     SpoolStream,
     quarantine,
     read_ack,
@@ -97,8 +105,40 @@ class WriteTarget(Protocol):
     def close(self) -> None: ...
 
 
+class PendingWrite(Protocol):
+    def result(self) -> None:
+        """Wait for the answer; raise a ``WriteError`` unless acknowledged."""
+
+    def cancel(self) -> None:
+        """Forget the answer (its connection is closed)."""
+
+
+@runtime_checkable
+class PipelinedWriteTarget(WriteTarget, Protocol):
+    """A target that takes a request before the previous one is answered: the shipper reads
+    and compresses the next batch while the server works on this one."""
+
+    def encode(self, payload: bytes) -> bytes:
+        """The request body for ``payload`` (gzip, when on)."""
+
+    def send(self, body: bytes, timeout_s: float) -> PendingWrite:
+        """Post an ``encode``d body; raise ``TransientWriteError`` when it cannot be sent."""
+
+
+DEFAULT_GZIP_LEVEL = 1
+"""zlib level 1 compresses a 5,000-line batch about 8x in 3 ms; level 9 (influxdb-client's)
+gains 10 % more for 15 ms (benchmarks/bench_pipeline_throughput.py)."""
+CONNECT_TIMEOUT_S = 1.0
+_STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
 class InfluxWriteTarget:
-    """influxdb-client's SYNCHRONOUS write API, gzip on, imported lazily (it is slow to import)."""
+    """POSTs to InfluxDB 2's ``/api/v2/write`` with the standard library's ``http.client``:
+    keep-alive connections, gzip at ``gzip_level``, ``precision=ns``, ``Authorization: Token``.
+
+    Not influxdb-client: its import costs 2.7 s and 30 MiB, and its synchronous write cannot
+    start a request before the previous one is answered (see docs/design.md, "Shipping").
+    """
 
     def __init__(
         self,
@@ -108,46 +148,126 @@ class InfluxWriteTarget:
         org: str | None,
         bucket: str,
         gzip: bool = True,
+        gzip_level: int = DEFAULT_GZIP_LEVEL,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.url = url
-        self._token = token
-        self._org = org
-        self._bucket = bucket
-        self._gzip = gzip
-        self._client: Any = None
-        self._write_api: Any = None
+        parts = urllib.parse.urlsplit(url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        query = urllib.parse.urlencode({"org": org or "", "bucket": bucket, "precision": "ns"})
+        self._path = f"{parts.path.rstrip('/')}/api/v2/write?{query}"
+        self._headers = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Accept": "application/json",
+            "User-Agent": "runwatch",
+        }
+        if token:
+            self._headers["Authorization"] = f"Token {token}"
+        if gzip:
+            self._headers["Content-Encoding"] = "gzip"
+        self._gzip_level = gzip_level if gzip else None
+        self._connect_timeout_s = connect_timeout_s
+        self._idle: list[http.client.HTTPConnection] = []
 
-    def _connect(self) -> None:
-        from influxdb_client.client.influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
-
-        self._client = InfluxDBClient(
-            url=self.url, token=self._token or "", org=self._org or "", enable_gzip=self._gzip
-        )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+    def encode(self, payload: bytes) -> bytes:
+        if self._gzip_level is None:
+            return payload
+        return zlib.compress(payload, self._gzip_level, wbits=31)  # wbits 31: gzip framing
 
     def write(self, payload: bytes, timeout_s: float) -> None:
-        from influxdb_client.rest import ApiException
-        from urllib3.exceptions import HTTPError
+        self.send(self.encode(payload), timeout_s).result()
 
-        if self._client is None:
-            self._connect()
-        # The sync write API takes no per-call timeout; the client reads this per request.
-        self._client.conf.timeout = max(1, int(timeout_s * 1000))
+    def send(self, body: bytes, timeout_s: float) -> _HttpPendingWrite:
+        if self._idle:
+            connection = self._idle.pop()
+            try:
+                self._post(connection, body, timeout_s)
+                return _HttpPendingWrite(self, connection, body, timeout_s, reused=True)
+            except _STALE_CONNECTION:
+                connection.close()  # the server closed an idle keep-alive: one fresh try
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise _unreachable(exc) from None
+        connection = self._connect(timeout_s)
         try:
-            self._write_api.write(
-                bucket=self._bucket, org=self._org, record=payload, write_precision="ns"
+            self._post(connection, body, timeout_s)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise _unreachable(exc) from None
+        return _HttpPendingWrite(self, connection, body, timeout_s, reused=False)
+
+    def _connect(self, timeout_s: float) -> http.client.HTTPConnection:
+        connect_timeout = min(self._connect_timeout_s, timeout_s)
+        connection: http.client.HTTPConnection
+        if self._https:
+            connection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=connect_timeout, context=_ssl_context()
             )
-        except ApiException as exc:
-            body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
-            raise classify_status(int(exc.status or 0), str(body or exc.reason or "")) from None
-        except (HTTPError, OSError) as exc:
-            raise TransientWriteError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise _unreachable(exc) from None
+        return connection
+
+    def _post(self, connection: http.client.HTTPConnection, body: bytes, timeout_s: float) -> None:
+        connection.timeout = timeout_s
+        if connection.sock is not None:
+            connection.sock.settimeout(timeout_s)
+        connection.request("POST", self._path, body, self._headers)
+
+    def _answer(self, pending: _HttpPendingWrite) -> None:
+        connection = pending.connection
+        try:
+            response = connection.getresponse()
+            text = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            if pending.reused and isinstance(exc, _STALE_CONNECTION):
+                # an idle keep-alive the server had closed: one more try, on a new connection
+                self.send(pending.body, pending.timeout_s).result()
+                return
+            raise _unreachable(exc) from None
+        if response.will_close:
+            connection.close()
+        else:
+            self._idle.append(connection)
+        if not 200 <= response.status < 300:
+            raise classify_status(response.status, text.decode("utf-8", "replace"))
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        while self._idle:
+            self._idle.pop().close()
+
+
+@dataclass
+class _HttpPendingWrite:
+    target: InfluxWriteTarget
+    connection: http.client.HTTPConnection
+    body: bytes
+    timeout_s: float
+    reused: bool
+
+    def result(self) -> None:
+        self.target._answer(self)
+
+    def cancel(self) -> None:
+        self.connection.close()
+
+
+def _unreachable(exc: BaseException) -> TransientWriteError:
+    """A request that got no HTTP answer (refused, reset, timed out): status None."""
+    return TransientWriteError(f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+def _ssl_context() -> Any:
+    import ssl
+
+    return ssl.create_default_context()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -182,6 +302,14 @@ class ShipTuning:
     batch_bytes: int = DEFAULT_BATCH_BYTES
     request_timeout_s: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    requests_in_flight: int = 1
+    """Requests posted before the oldest is answered, each on its own connection. 1 keeps
+    the wire order the spool order; 2 lets the server parse one batch while it stores the
+    other (the recorder's and ``runwatch sync``'s default, ``PARALLEL_TUNING``). The
+    acknowledged offset only ever advances over answered batches, in spool order."""
+
+
+PARALLEL_TUNING = ShipTuning(requests_in_flight=2)
 
 
 def target_for(settings: Any) -> InfluxWriteTarget:
@@ -194,8 +322,25 @@ def target_for(settings: Any) -> InfluxWriteTarget:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    batch: Batch
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Posted:
+    batch: Batch
+    pending: PendingWrite
+
+
 class StreamShipper:
-    """Ships one stream's unacknowledged complete lines, batch by batch, from a read descriptor."""
+    """Ships one stream's unacknowledged complete lines, batch by batch, from a read descriptor.
+
+    With a ``PipelinedWriteTarget``, the next batch is read and compressed while the server
+    works on the one posted (up to ``tuning.requests_in_flight`` posted at once); batches are
+    acknowledged strictly in spool order. ``settle()`` forgets what is still in flight.
+    """
 
     def __init__(
         self, stream: SpoolStream, fd: int, target: WriteTarget, tuning: ShipTuning
@@ -203,24 +348,85 @@ class StreamShipper:
         self.stream = stream
         self._fd = fd
         self._target = target
+        self._pipelined = target if isinstance(target, PipelinedWriteTarget) else None
         self._tuning = tuning
         self.acked = read_ack(stream)
         self.lines_shipped = 0
         """Lines InfluxDB took (refused ones are counted in ``lines_rejected`` only)."""
         self.lines_rejected = 0
         self.bytes_shipped = 0
+        self._posted: deque[_Posted] = deque()
+        self._prepared: _Prepared | None = None
 
     def ship_batch(self, end: int, timeout_s: float) -> int:
-        """Send the next batch below ``end``; the lines it covered (0: nothing complete).
+        """Ship the next batch below ``end``; the lines it covered (0: nothing complete).
 
         Raises ``TransientWriteError`` or ``ConfigWriteError`` with the ack unchanged.
         """
-        tuning = self._tuning
-        batch = read_batch(self._fd, self.acked, end, tuning.batch_lines, tuning.batch_bytes)
-        if batch is None:
+        if self._pipelined is None:
+            batch = self._read(self.acked, end)
+            if batch is None:
+                return 0
+            rejected_before = self.lines_rejected
+            self._send(batch.data, timeout_s)
+            return self._acknowledge(batch, rejected_before)
+        return self._ship_pipelined(self._pipelined, end, timeout_s)
+
+    def settle(self) -> None:
+        """Give up the requests still in flight (their batches stay unacknowledged)."""
+        while self._posted:
+            self._posted.popleft().pending.cancel()
+        self._prepared = None
+
+    def _ship_pipelined(self, target: PipelinedWriteTarget, end: int, timeout_s: float) -> int:
+        self._post_up_to(target, end, timeout_s)
+        if not self._posted:
             return 0
+        oldest = self._posted.popleft()
         rejected_before = self.lines_rejected
-        self._send(batch.data, timeout_s)
+        try:
+            oldest.pending.result()
+        except RejectedLinesError as exc:
+            self.settle()
+            self._split_rejected(oldest.batch.data, exc, timeout_s)
+        except BaseException:
+            self.settle()
+            raise
+        return self._acknowledge(oldest.batch, rejected_before)
+
+    def _post_up_to(self, target: PipelinedWriteTarget, end: int, timeout_s: float) -> None:
+        """Post batches until ``requests_in_flight`` are out, then prepare the next one."""
+        while len(self._posted) < max(1, self._tuning.requests_in_flight):
+            prepared = self._take_prepared(end) or self._prepare(target, self._next_start(), end)
+            if prepared is None:
+                return
+            try:
+                pending = target.send(prepared.body, timeout_s)
+            except BaseException:
+                self.settle()
+                raise
+            self._posted.append(_Posted(prepared.batch, pending))
+        self._prepared = self._prepare(target, self._next_start(), end)
+
+    def _next_start(self) -> int:
+        return self._posted[-1].batch.end if self._posted else self.acked
+
+    def _take_prepared(self, end: int) -> _Prepared | None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared.batch.start != self._next_start():
+            return None
+        short = prepared.batch.lines < self._tuning.batch_lines and prepared.batch.end < end
+        return None if short else prepared  # a short batch read before the writer appended
+
+    def _prepare(self, target: PipelinedWriteTarget, start: int, end: int) -> _Prepared | None:
+        batch = self._read(start, end)
+        return None if batch is None else _Prepared(batch, target.encode(to_wire(batch.data)))
+
+    def _read(self, start: int, end: int) -> Batch | None:
+        tuning = self._tuning
+        return read_batch(self._fd, start, end, tuning.batch_lines, tuning.batch_bytes)
+
+    def _acknowledge(self, batch: Batch, rejected_before: int) -> int:
         write_ack(self.stream, batch.end)
         self.acked = batch.end
         self.lines_shipped += batch.lines - (self.lines_rejected - rejected_before)
@@ -233,18 +439,21 @@ class StreamShipper:
         try:
             self._target.write(to_wire(data), timeout_s)
         except RejectedLinesError as exc:
-            lines = data.count(b"\n")
-            if exc.dropped is not None and exc.dropped >= lines:
-                # InfluxDB refused every line (all beyond retention, say): splitting would
-                # cost two requests per line and find the same.
-                self._reject(data, lines, exc)
-                return
-            first, second = split_lines(data)
-            if not second:
-                self._reject(data, lines, exc)
-                return
-            self._send(first, timeout_s)
-            self._send(second, timeout_s)
+            self._split_rejected(data, exc, timeout_s)
+
+    def _split_rejected(self, data: bytes, exc: RejectedLinesError, timeout_s: float) -> None:
+        lines = data.count(b"\n")
+        if exc.dropped is not None and exc.dropped >= lines:
+            # InfluxDB refused every line (all beyond retention, say): splitting would
+            # cost two requests per line and find the same.
+            self._reject(data, lines, exc)
+            return
+        first, second = split_lines(data)
+        if not second:
+            self._reject(data, lines, exc)
+            return
+        self._send(first, timeout_s)
+        self._send(second, timeout_s)
 
     def _reject(self, data: bytes, lines: int, exc: WriteError) -> None:
         what = "this line" if lines == 1 else f"these {lines} lines"
@@ -284,6 +493,32 @@ def ship_until_caught_up(
     early when ``interrupt`` becomes set (the deadline is then re-read); once it is set, the
     waits are served in full, so a closing shipper backs off like a live one.
     """
+    try:
+        return _ship_until(
+            shipper,
+            end,
+            tuning=tuning,
+            deadline=deadline,
+            interrupt=interrupt,
+            max_attempts=max_attempts,
+            on_batch=on_batch,
+            on_failure=on_failure,
+        )
+    finally:
+        shipper.settle()  # a request still in flight at the deadline is not waited for
+
+
+def _ship_until(
+    shipper: StreamShipper,
+    end: Callable[[], int],
+    *,
+    tuning: ShipTuning,
+    deadline: Callable[[], float | None],
+    interrupt: threading.Event | None,
+    max_attempts: int | None,
+    on_batch: Callable[[StreamShipper], None] | None,
+    on_failure: Callable[[WriteError], None] | None,
+) -> ShipOutcome:
     attempts = 0
     last_error: WriteError | None = None
     while True:
@@ -326,13 +561,18 @@ def ship_until_caught_up(
             on_batch(shipper)
 
 
+_CLOSE_STRIKES = 2
+
+
 class ShipperThread:
     """The recorder's background shipper for its own stream.
 
     Woken by ``nudge()`` after each spool flush (and every ``idle_poll_s``); ships what the
     writer has completed (``end()``); retries forever with capped backoff while the run
     lives. ``close(timeout)`` ships what it can until the deadline and returns; what is
-    left stays on disk for ``runwatch sync``.
+    left stays on disk for ``runwatch sync``. A closing shipper stops early when the server
+    is down: at its first unanswered request (refused, reset, timed out) when the server was
+    already unreachable before ``close``, else at its second in a row.
     """
 
     def __init__(
@@ -354,6 +594,8 @@ class ShipperThread:
         self._fd = os.open(stream.path, os.O_RDONLY)
         self._shipper = StreamShipper(stream, self._fd, target, tuning)
         self._failing = False
+        self._unreachable_strikes = 0
+        """Requests in a row that got no HTTP answer."""
         self.last_error: str | None = None
         self.failed_attempts = 0
         """Writes that failed since the thread started (each was retried after a backoff)."""
@@ -378,7 +620,10 @@ class ShipperThread:
         self._wake.set()
 
     def close(self, timeout: float) -> bool:
-        """Ship until caught up or ``timeout`` seconds pass; True when nothing is left."""
+        """Ship until caught up, ``timeout`` seconds pass or the server proves down; True
+        when nothing is left."""
+        if self._unreachable_strikes:  # down before close: one more unanswered try ends it
+            self._unreachable_strikes = _CLOSE_STRIKES - 1
         self._deadline = time.monotonic() + max(0.0, timeout)
         self._closing.set()
         self._wake.set()
@@ -423,6 +668,7 @@ class ShipperThread:
     def _failed(self, exc: WriteError) -> None:
         self.failed_attempts += 1
         self.last_error = str(exc)
+        self._give_up_closing_when_down(exc)
         if not self._failing:
             self._failing = True
             log.warning(
@@ -431,7 +677,17 @@ class ShipperThread:
                 self._stream.path,
             )
 
+    def _give_up_closing_when_down(self, exc: WriteError) -> None:
+        unanswered = isinstance(exc, TransientWriteError) and exc.status is None
+        if not unanswered:
+            self._unreachable_strikes = 0
+            return
+        self._unreachable_strikes += 1
+        if self._closing.is_set() and self._unreachable_strikes >= _CLOSE_STRIKES:
+            self._deadline = time.monotonic()  # down: what is left stays for `runwatch sync`
+
     def _recovered(self, _shipper: StreamShipper) -> None:
+        self._unreachable_strikes = 0
         if self._failing:
             self._failing = False
             log.info("runwatch: InfluxDB writes succeed again for run %s", self._stream.run_id)

@@ -47,6 +47,7 @@ REJECTED_SUFFIX = ".rejected"
 MAX_STREAMS_PER_RUN = 1_000
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _TAIL_CHUNK = 64 * 1024
+_FIRST_READ = 64 * 1024
 _COUNT_CHUNK = 1024 * 1024
 _EXACT_COUNT_LIMIT = 64 * 1024 * 1024
 
@@ -152,24 +153,30 @@ class Batch:
 
 def read_batch(fd: int, start: int, end: int, max_lines: int, max_bytes: int) -> Batch | None:
     """Up to ``max_lines`` complete lines from ``start``, not past ``end``; None when the
-    range holds no complete line. A single line longer than ``max_bytes`` is read whole."""
+    range holds no complete line. A single line longer than ``max_bytes`` is read whole.
+
+    Reads in chunks sized from the lines already read, so it reads little beyond what it
+    returns (not ``max_bytes`` for a batch a fifth of that)."""
     if end <= start:
         return None
-    want = min(max_bytes, end - start)
-    data = os.pread(fd, want, start)
-    cut = data.rfind(b"\n") + 1
-    while cut == 0 and start + len(data) < end:
-        more = os.pread(fd, min(len(data), end - start - len(data)), start + len(data))
-        if not more:
+    limit = min(max_bytes, end - start)
+    chunks: list[bytes] = []
+    read = lines = 0
+    chunk_size = _FIRST_READ
+    while read < limit and lines < max_lines:
+        chunk = os.pread(fd, min(chunk_size, limit - read), start + read)
+        if not chunk:
             break
-        newline = more.find(b"\n")
-        data += more
-        if newline >= 0:
-            cut = len(data) - len(more) + newline + 1
+        chunks.append(chunk)
+        read += len(chunk)
+        lines += chunk.count(b"\n")
+        if lines:  # the next chunk: what the missing lines should take, plus a tenth
+            chunk_size = max(_FIRST_READ, (max_lines - lines) * read // lines * 11 // 10)
+    data = b"".join(chunks)
+    cut = data.rfind(b"\n") + 1
     if cut == 0:
-        return None
+        return _one_long_line(fd, start, end, data)
     data = data[:cut]
-    lines = data.count(b"\n")
     if lines > max_lines:
         position = -1
         for _ in range(max_lines):
@@ -177,6 +184,22 @@ def read_batch(fd: int, start: int, end: int, max_lines: int, max_bytes: int) ->
         data = data[: position + 1]
         lines = max_lines
     return Batch(start, start + len(data), data, lines)
+
+
+def _one_long_line(fd: int, start: int, end: int, data: bytes) -> Batch | None:
+    """The first line from ``start`` when it is longer than a batch may be; None if torn."""
+    while start + len(data) < end:
+        more = os.pread(
+            fd, min(max(len(data), _FIRST_READ), end - start - len(data)), start + len(data)
+        )
+        if not more:
+            break
+        newline = more.find(b"\n")
+        if newline >= 0:
+            data += more[: newline + 1]
+            return Batch(start, start + len(data), data, 1)
+        data += more
+    return None
 
 
 def split_lines(data: bytes) -> tuple[bytes, bytes]:

@@ -9,6 +9,8 @@ The server is a real VictoriaMetrics (``/api/v2/write``), down meaning its port 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,3 +102,58 @@ def test_close_against_a_down_server_backs_off_within_its_timeout(tmp_path: Path
     assert 1 <= thread.failed_attempts <= 8, thread.failed_attempts
     assert elapsed < 5.0
     assert read_ack(writer.stream) == 0  # everything stays for `runwatch sync`
+
+
+@pytest.mark.integration
+def test_closing_against_a_down_server_stops_at_the_second_unanswered_request(
+    tmp_path: Path,
+) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN)
+    writer.append(lines(0, 50))
+    thread = ShipperThread(
+        writer.stream, lambda: writer.written, target_at(free_port()), ShipTuning()
+    )
+    assert not thread.close(timeout=120.0)  # returns long before: the server is down
+    writer.close()
+    assert thread.failed_attempts == 2, thread.failed_attempts
+    assert thread.last_error is not None and "Connection" in thread.last_error
+    assert read_ack(writer.stream) == 0  # everything stays for `runwatch sync`
+
+
+@pytest.mark.integration
+def test_closing_after_an_outage_tries_the_server_once_more_then_stops(tmp_path: Path) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN)
+    writer.append(lines(0, 50))
+    thread = ShipperThread(
+        writer.stream, lambda: writer.written, target_at(free_port()), ShipTuning()
+    )
+    wait_until(lambda: thread.failed_attempts >= 1, timeout=30)
+    before = thread.failed_attempts
+    assert not thread.close(timeout=120.0)
+    writer.close()
+    # one more try (two when a try was already under way as close began), not a backoff
+    # schedule running to the timeout
+    assert 1 <= thread.failed_attempts - before <= 2, (before, thread.failed_attempts)
+    assert read_ack(writer.stream) == 0
+
+
+def test_shipping_and_closing_never_import_influxdb_client(tmp_path: Path) -> None:
+    """influxdb-client costs seconds and ~30 MiB to import; the write path does without it."""
+    script = f"""
+import sys
+from pathlib import Path
+from collector import Recorder
+from collector.config import Settings
+settings = Settings(home=Path({str(tmp_path)!r}), db_url="sqlite://",
+                    influx_url="http://127.0.0.1:{free_port()}", influx_org="o",
+                    influx_token="t", prometheus_port=0)
+rec = Recorder("{RUN}", experiment="e", settings=settings)
+for i in range(100):
+    rec.record("batch", {{"loss": 1.0, "step": i}})
+rec.close(timeout=30)
+print(rec.stats.points_spooled, rec.stats.spool_backlog_bytes > 0, "influxdb_client" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split() == ["100", "True", "False"], done.stdout + done.stderr
