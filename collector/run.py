@@ -27,8 +27,11 @@ The Lightning adapter (``RunSession``: rank zero, epoch accumulator) and the Flo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import logging
 import math
+import os
 import socket
 import threading
 import time
@@ -49,6 +52,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collector.run")
 
+DEFAULT_EXPERIMENT = "default"
+"""The experiment of a run given none (``None``, ``""`` or blanks)."""
+
 
 class ErrorSink(Protocol):
     def telemetry_error(self) -> None: ...
@@ -59,6 +65,13 @@ class ErrorLedger:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"counts": Counter(self.counts)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.counts = state["counts"]
         self._lock = threading.Lock()
 
     def report(self, where: str, exc: BaseException, sink: ErrorSink | None = None) -> None:
@@ -122,7 +135,7 @@ class Run:
 
     def __init__(
         self,
-        experiment: str = "default",
+        experiment: str | None = DEFAULT_EXPERIMENT,
         *,
         settings: Settings | None = None,
         mode: str = schema.MODE_CENTRALIZED,
@@ -138,7 +151,7 @@ class Run:
     ) -> None:
         """``use_store=False``: points only, no run row (a Flower client on another machine,
         whose server owns the run's records); ``tags`` go on every point of the run."""
-        self.experiment = experiment
+        self.experiment = experiment_name(experiment)
         self.mode = mode
         self.run_id = validate_run_id(run_id) if run_id else new_run_id()
         self.source_path = source_path
@@ -158,9 +171,36 @@ class Run:
         self._heartbeat_interval_s = heartbeat_interval_s
         self._recorder_tuning = recorder_tuning
         self._refused: RunIdInUseError | None = None
+        self._continues = False
+        """A copy of a run another object started (pickled, deep-copied): it goes on with
+        that run's row instead of creating one."""
         self._recorder: Recorder | None = None
         self._exporter: PrometheusExporter | None = None
         self._heartbeat: Heartbeat | None = None
+        self._lock = threading.RLock()
+
+    # -- copies: pickle and deepcopy (ddp_spawn, copied trainers) --------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The run's configuration and where it stands, never its live resources (store
+        engine, recorder, exporter, heartbeat, lock): a copy opens its own on first use. A
+        copy of a running run continues it: no second row, no second start event."""
+        state = self.__dict__.copy()
+        state.update(
+            _store=None,
+            _owns_store=True,
+            _recorder=None,
+            _exporter=None,
+            _heartbeat=None,
+            _lock=None,
+            _refused=None,
+        )
+        if self.started and not self.finished:
+            state.update(started=False, _continues=True)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.RLock()
 
     # -- resources ---------------------------------------------------------------------
@@ -226,12 +266,16 @@ class Run:
                 return self
             if self._refused is not None:
                 raise self._refused
-            self._start_store()
+            if self._continues:
+                self._continue_in_store()
+            else:
+                self._start_store()
             self.started = True
             self.start_time = time.time()
             self._start_exporter()
             self._open_recorder()
-            self._on_started()
+            if not self._continues:
+                self._on_started()
         return self
 
     def _may_start(self) -> bool:
@@ -271,6 +315,19 @@ class Run:
         interval = self._heartbeat_interval_s or self.settings.heartbeat_s
         self._heartbeat = Heartbeat(self.heartbeat, interval)
         self._heartbeat.start()
+
+    def _continue_in_store(self) -> None:
+        """The store of a run whose row another copy of this object created."""
+        if not self._use_store:
+            return
+        with self.guard(self._where("start (store)")):
+            if self._store is None:
+                from collector.store.journal import JournalingStore
+
+                self._store = JournalingStore.for_run(self.settings, self.run_id)
+            interval = self._heartbeat_interval_s or self.settings.heartbeat_s
+            self._heartbeat = Heartbeat(self.heartbeat, interval)
+            self._heartbeat.start()
 
     def _start_exporter(self) -> None:
         if not self._want_prometheus:
@@ -424,22 +481,76 @@ class Run:
         )
 
 
+def experiment_name(experiment: object) -> str:
+    """``experiment`` as a run's experiment: ``DEFAULT_EXPERIMENT`` for None or blanks."""
+    text = "" if experiment is None else str(experiment).strip()
+    return text or DEFAULT_EXPERIMENT
+
+
+def params_mapping(params: object) -> Mapping[str, Any] | None:
+    """Hyperparameters as a mapping: a mapping, an ``argparse.Namespace`` (or any object
+    with ``__dict__`` Lightning hands over) or a dataclass instance; None for anything else."""
+    if isinstance(params, Mapping):
+        return params
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    if type(params).__name__ in ("Namespace", "AttributeDict", "SimpleNamespace"):
+        return vars(params)
+    return None
+
+
+_MAX_STORED_SEQUENCE = 1_000
+
+
 def jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as JSON-friendly values: nested mappings kept, anything else ``str``."""
-    return {str(key): _jsonable(value) for key, value in params.items()}
+    """Hyperparameters as JSON values, each as the value it is: numbers (numpy and torch
+    scalars too) as numbers, small arrays as lists, dataclasses and namespaces as mappings
+    (``outer.inner`` keys in the store), paths and enums as text. Anything else is stored as
+    its text, with one warning naming the key."""
+    return {str(key): _jsonable(value, str(key)) for key, value in params.items()}
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, key: str) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return jsonable_params(value)
-    if isinstance(value, list | tuple) and all(
-        v is None or isinstance(v, bool | int | float | str) for v in value
-    ):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
-        return jsonable_params(vars(value))
-    return str(value)
+    nested = params_mapping(value)
+    if nested is not None:
+        return {str(k): _jsonable(v, f"{key}.{k}") for k, v in nested.items()}
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value, key)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return _jsonable_sequence(list(value), key)
+    scalar = _array_scalar(value)
+    if scalar is not None:
+        return _jsonable(scalar, key)
+    if callable(getattr(value, "tolist", None)):  # numpy arrays, tensors
+        return _jsonable_sequence(value.tolist(), key)
+    return _unstorable(value, key)
+
+
+def _jsonable_sequence(values: list[Any], key: str) -> Any:
+    if len(values) > _MAX_STORED_SEQUENCE:
+        return _unstorable(values, key, why=f"over {_MAX_STORED_SEQUENCE} elements")
+    return [_jsonable(v, f"{key}[{i}]") for i, v in enumerate(values)]
+
+
+def _array_scalar(value: Any) -> bool | int | float | str | None:
+    """The Python number of a numpy or torch scalar (anything 0-d with ``item()``)."""
+    if getattr(value, "shape", None) not in ((), []) or not callable(getattr(value, "item", None)):
+        return None
+    try:
+        item = value.item()
+    except Exception:
+        return None
+    return item if isinstance(item, bool | int | float | str) else None
+
+
+def _unstorable(value: Any, key: str, why: str = "") -> str:
+    reason = why or f"a {type(value).__name__} is not a number, text, list or mapping"
+    log.warning("runwatch: hyperparameter %r stored as its text: %s", key, reason)
+    text = str(value)
+    return text if len(text) <= 1_000 else text[:1_000] + "…"

@@ -777,10 +777,21 @@ class RunwatchCallback(Callback):
         for part in self.parts:
             if part._session is None:
                 part._session = session
+        self._install_dispatchers()
+
+    def _install_dispatchers(self) -> None:
         for hook in _HOOK_NAMES:
             dispatch = self._dispatcher(hook)
             if dispatch is not None:
                 setattr(self, hook, dispatch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the per-instance dispatchers are closures: a copy builds its own
+        return {k: v for k, v in self.__dict__.items() if k not in _HOOK_NAMES}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._install_dispatchers()
 
     def _dispatcher(self, hook: str) -> Callable[..., None] | None:
         targets: list[Callable[..., None]] = [

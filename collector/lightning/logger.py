@@ -14,11 +14,19 @@ are: it writes what Lightning hands to ``log_metrics``, when Lightning hands it 
 - whether a call is step- or epoch-level is Lightning's own state (its logger connector's
   current loop iteration) when a runwatch callback has attached the trainer, else read from
   the names;
-- ``log_hyperparams`` -> the run configuration; ``finalize`` -> the run status;
-  ``after_save_checkpoint`` -> a run artifact and a ``checkpoint`` event.
+- ``log_hyperparams`` -> the run configuration; ``finalize`` -> the run status (the last
+  stage's: Lightning calls ``log_graph`` as each stage begins);
+  ``after_save_checkpoint`` -> a run artifact and a ``checkpoint`` event;
+- a value that is not a number is dropped alone, with one warning per metric name;
+- ``trainer.validate()`` outside fit is filed like ``trainer.test()``: under the last trained
+  epoch; before any fit its values stand for epoch 0 until fit's own replace them.
 
-Only global rank zero writes. ``save()`` is a no-op: Lightning calls it after every
-``log_metrics``, and the recorder already owns buffering and durability.
+Like Lightning's own loggers it has a directory (``save_dir`` = ``log_dir``:
+``<RUNWATCH_HOME>/runs/<run_id>``, where ``trainer.log_dir`` points, LightningCLI saves its
+config and default checkpoints go), pickles and deep-copies (its configuration travels, the
+live resources reopen on the other side: ``ddp_spawn``), and ``experiment`` follows the
+rank-zero convention. Only global rank zero writes. ``save()`` is a no-op: Lightning calls it
+after every ``log_metrics``, and the recorder already owns buffering and durability.
 """
 
 from __future__ import annotations
@@ -26,17 +34,20 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from argparse import Namespace
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from collector import schema
 from collector.config import Settings
 from collector.lightning._guard import guarded
 from collector.lightning.session import RunSession
+from collector.run import params_mapping
 from collector.values import canonical_name
 
 if TYPE_CHECKING:
@@ -71,7 +82,7 @@ class RunwatchLogger(Logger):
 
     def __init__(
         self,
-        experiment: str = "default",
+        experiment: str | None = "default",
         *,
         settings: Settings | None = None,
         session: RunSession | None = None,
@@ -83,6 +94,8 @@ class RunwatchLogger(Logger):
         super().__init__()
         self._batch_field_names: dict[str, str] = {}
         self._unfiled: set[str] = set()
+        self._not_numbers: set[str] = set()
+        self._dir_tried = False
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._batch_context: dict[str, float] | None = None
         self.metric_names: dict[str, str] = {}
@@ -107,14 +120,39 @@ class RunwatchLogger(Logger):
         return self.session.run_id
 
     @property
-    def save_dir(self) -> str | None:
-        return None
+    def save_dir(self) -> str:
+        """This run's directory, ``<RUNWATCH_HOME>/runs/<run_id>`` (created on first use):
+        ``trainer.log_dir``, LightningCLI's saved config, default checkpoints."""
+        directory = self.session.settings.home / "runs" / self.session.run_id
+        if not self._dir_tried:
+            self._dir_tried = True
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only home: whoever writes there will say so
+                log.warning("runwatch: cannot create the run's directory %s: %s", directory, exc)
+        return str(directory)
 
     @property
+    def log_dir(self) -> str:
+        return self.save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """Where every run's directory is."""
+        return str(Path(self.save_dir).parent)
+
+    @property
+    @rank_zero_experiment
     def experiment(self) -> RunSession:
-        """The run session (started on first access on rank zero, as Lightning does at setup)."""
+        """The run session (started on first access on rank zero, as Lightning does at setup);
+        Lightning's dummy experiment on other ranks."""
         self._start()
         return self.session
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trainer"] = None  # a weak reference; the copy's trainer attaches again
+        return state
 
     @property
     def error_ledger(self) -> Any:
@@ -127,6 +165,16 @@ class RunwatchLogger(Logger):
     @guarded
     def _start(self) -> None:
         self.session.start()
+
+    @rank_zero_only
+    @guarded
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Lightning calls this as each stage (fit, validate, test) begins: the run's status
+        will be that stage's, and the trainer is known even without runwatch's callbacks."""
+        self.session.begin_stage()
+        trainer = getattr(model, "_trainer", None)
+        if trainer is not None:
+            self.attach(trainer)
 
     def attach(self, trainer: pl.Trainer) -> None:
         """Let the logger read where the trainer is (runwatch callbacks call this at setup)."""
@@ -148,7 +196,7 @@ class RunwatchLogger(Logger):
     @guarded
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         session = self.session
-        values = dict(metrics)
+        values = self._numbers(metrics)
         epoch_value = values.pop("epoch", None)
         epoch = int(epoch_value) if _finite(epoch_value) else session.last_epoch
         if step is not None:
@@ -157,11 +205,16 @@ class RunwatchLogger(Logger):
             return
         level = self._level(values)
         if level == LEVEL_EPOCH:
-            if all(name.startswith("test") for name in values):
+            stage = self._stage()
+            outside_fit = stage in (TrainerFn.VALIDATING, TrainerFn.TESTING) or (
+                stage is None and all(name.startswith("test") for name in values)
+            )
+            if outside_fit:
                 epoch = session.last_epoch  # after fit, current_epoch is one past the last
             else:
                 session.last_epoch = epoch
-            session.epochs.add(epoch, self._epoch_fields(values))
+            provisional = stage == TrainerFn.VALIDATING and not session.fit_started
+            session.epochs.add(epoch, self._epoch_fields(values), provisional=provisional)
             return
         if level == LEVEL_EVAL_STEP:
             self._warn_unfiled(values)
@@ -173,6 +226,30 @@ class RunwatchLogger(Logger):
         if step is not None:
             fields["step"] = float(step)
         session.record("batch", fields)
+
+    def _numbers(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """The values that are numbers (a one-element tensor or array counts); each other one
+        is dropped with one warning per metric name, the rest of the call is kept."""
+        numbers: dict[str, float] = {}
+        for name, value in metrics.items():
+            number = _number(value)
+            if number is not None:
+                numbers[name] = number
+            elif name not in self._not_numbers:
+                self._not_numbers.add(name)
+                log.warning(
+                    "runwatch: metric %r = %.80r is not a number; dropped (the other metrics "
+                    "of the call are kept; said once per name)",
+                    name,
+                    value,
+                )
+        return numbers
+
+    def _stage(self) -> TrainerFn | None:
+        """What the trainer is doing (fit, validate, test), when it is known."""
+        trainer = self._trainer() if self._trainer is not None else None
+        state = getattr(trainer, "state", None)
+        return getattr(state, "fn", None)
 
     def _epoch_fields(self, values: Mapping[str, float]) -> dict[str, float]:
         """Epoch-level metrics under their canonical names (``val/acc@1`` -> ``val_acc_1``),
@@ -240,10 +317,18 @@ class RunwatchLogger(Logger):
 
     @rank_zero_only
     @guarded
-    def log_hyperparams(
-        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
-    ) -> None:
-        mapping = vars(params) if isinstance(params, Namespace) else dict(params)
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """A mapping, a ``Namespace`` or a dataclass (stored as its fields); anything else is
+        said in one warning and the run starts without it."""
+        mapping = params_mapping(params)
+        if mapping is None:
+            log.warning(
+                "runwatch: hyperparameters of type %s not stored (give a mapping, a Namespace "
+                "or a dataclass)",
+                type(params).__name__,
+            )
+            self._start()
+            return
         self.session.save_hyperparams(mapping)
 
     def save(self) -> None:
@@ -292,6 +377,21 @@ def _saved_checkpoint_path(callback: ModelCheckpoint) -> str:
 
 
 _UNKNOWN = object()
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float when it is a number (bool excluded) or holds exactly one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if callable(getattr(value, "item", None)) and getattr(value, "numel", lambda: 1)() == 1:
+        try:
+            item = value.item()  # type: ignore[attr-defined]
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        return float(item) if isinstance(item, int | float) and not isinstance(item, bool) else None
+    return None
 
 
 def _finite(value: object) -> TypeGuard[float]:

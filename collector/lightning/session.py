@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Unpack
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from collector import schema
 from collector.run import Run, RunOptions, jsonable_params
 
 if TYPE_CHECKING:
@@ -40,25 +42,52 @@ class EpochAccumulator:
 
     A value already written for an epoch is not written again; values that arrive later for
     an epoch already written (``test_*`` after fit) go out as a supplementary point.
+
+    *Provisional* values (a ``trainer.validate()`` before fit, filed under epoch 0) wait:
+    the epoch's own values replace them, and those left are written only at the final flush,
+    so a validation before fit never makes a second epoch-0 point.
     """
 
     def __init__(self, emit: EmitEpoch) -> None:
         self._emit = emit
         self._pending_epoch: int | None = None
         self._pending: dict[str, float] = {}
+        self._provisional: dict[int, dict[str, float]] = {}
         self._written: dict[int, dict[str, float]] = {}
         self._lock = threading.Lock()
 
-    def add(self, epoch: int, metrics: Mapping[str, float]) -> None:
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def add(self, epoch: int, metrics: Mapping[str, float], *, provisional: bool = False) -> None:
         with self._lock:
+            if provisional:
+                self._provisional.setdefault(epoch, {}).update(metrics)
+                return
             if self._pending_epoch is not None and epoch != self._pending_epoch:
                 self._flush_locked()
             self._pending_epoch = epoch
             self._pending.update(metrics)
+            waiting = self._provisional.get(epoch)
+            if waiting:
+                for name in metrics:
+                    waiting.pop(name, None)
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
+        """Write the pending epoch; ``final``: provisional values too (the run ends)."""
         with self._lock:
             self._flush_locked()
+            if final:
+                for epoch, metrics in sorted(self._provisional.items()):
+                    self._pending_epoch, self._pending = epoch, metrics
+                    self._flush_locked()
+                self._provisional.clear()
 
     def _flush_locked(self) -> None:
         epoch, metrics = self._pending_epoch, self._pending
@@ -84,7 +113,7 @@ class RunSession(Run):
 
     def __init__(
         self,
-        experiment: str = "default",
+        experiment: str | None = "default",
         *,
         mode: str = "centralized",
         **options: Unpack[RunOptions],
@@ -97,6 +126,30 @@ class RunSession(Run):
         self.fit_started = False
         self.last_step = 0
         self.last_epoch = 0
+        self._stage_began = False
+
+    def begin_stage(self) -> None:
+        """A Lightning stage (fit, validate, test, predict) begins: the status it ends with
+        replaces an earlier stage's (the run's status is the last stage's)."""
+        self._stage_began = True
+
+    def finish(self, status: str = "completed") -> None:
+        """End the run; a later stage's end replaces the status an earlier one stored (a
+        crash after ``validate()`` is the run's status), within a stage the first wins."""
+        with self._lock:
+            later_stage, self._stage_began = self._stage_began, False
+            if self.finished and later_stage and status != self.status:
+                self._restatus(status)
+                return
+        super().finish(status)
+
+    def _restatus(self, status: str) -> None:
+        self.status = status
+        self.end_time = time.time()
+        self._flush_epochs()
+        self.event(schema.EVENT_TRAINING_END, text=status)
+        self._complete_in_store(status)
+        self._close_recorder()
 
     # -- lifecycle: rank zero only; the callbacks announce training start and end ------
 
@@ -107,16 +160,16 @@ class RunSession(Run):
         pass
 
     def _before_finish(self, status: str) -> None:
-        self._flush_epochs()
+        self._flush_epochs(final=True)
 
     def flush(self) -> None:
         """Write the pending epoch point and hand queued points to the spool."""
         self._flush_epochs()
         super().flush()
 
-    def _flush_epochs(self) -> None:
+    def _flush_epochs(self, *, final: bool = False) -> None:
         with self.guard("RunSession.finish (epochs)"):
-            self.epochs.flush()
+            self.epochs.flush(final=final)
 
     def _writer(self) -> Recorder | None:
         # Points recorded after finish (trainer.test following fit) reopen a recorder on the
