@@ -170,9 +170,12 @@ class _StepCollector(Collector):
         return max(self.trained_steps, self.recorded_steps)
 
     def advance_to(self, step: float) -> None:
-        """A point's ``step`` field (recording thread); the counter never goes back."""
-        if step > self.recorded_steps:
-            self.recorded_steps = step
+        """A point's ``step`` field (recording thread): the steps taken before that batch's
+        own (Lightning's and CSVLogger's numbering), so ``step + 1`` have been taken once it
+        is recorded. The counter never goes back."""
+        taken = step + 1
+        if taken > self.recorded_steps:
+            self.recorded_steps = taken
 
     def step_completed(self, step: float, duration_s: float | None, samples: int) -> None:
         """A training step ended (training thread): ``step`` = steps taken so far."""

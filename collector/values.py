@@ -37,6 +37,7 @@ prefix keeps that phase whichever reply holds it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -92,6 +93,10 @@ def as_number(raw: object) -> float | None:
         return raw
     if raw is None or isinstance(raw, str | bytes | bytearray):
         return None
+    detach = getattr(raw, "detach", None)
+    if callable(detach):  # a tensor that requires grad: torch warns on float() without it
+        with contextlib.suppress(Exception):
+            raw = detach()
     try:
         return float(raw)  # type: ignore[arg-type]  # duck-typed: __float__ / __index__
     except (TypeError, ValueError, OverflowError):

@@ -9,7 +9,8 @@ import argparse
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from collector.cli.argtypes import positive_int, run_id_arg
 from collector.cli.output import print_table, printable
 from collector.config import Settings
 from collector.errors import RunwatchError
+from collector.schema import NONFINITE_SUFFIX
 from collector.store import RunSummary, Store
 
 LIST_COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "STATUS", "STARTED (UTC)", "DURATION", "HOST")
@@ -78,16 +80,67 @@ def show_run(args: argparse.Namespace, settings: Settings) -> int:
     store = Store.from_settings(settings)
     try:
         summary = store.get_run(args.run_id)
-        latest = store.latest_metrics(args.run_id, _latest_context(summary))
+        latest = LatestMetrics.of(store.latest_metric_steps(args.run_id, _latest_context(summary)))
     finally:
         store.dispose()
     if args.json:
-        print(
-            json.dumps({**summary.to_dict(with_metrics=False), "latest_metrics": latest}, indent=2)
-        )
+        document = {
+            **summary.to_dict(with_metrics=False),
+            "latest_metrics": latest.values,
+            "nonfinite_metrics": latest.nonfinite,
+        }
+        print(json.dumps(document, indent=2))
     else:
         print_summary(summary, latest)
     return 0
+
+
+@dataclass(frozen=True)
+class LatestMetrics:
+    """Each metric's latest value; None where its latest epoch (round) was NaN or infinite,
+    which the store keeps as a ``<name>_nonfinite`` flag beside the last finite value."""
+
+    values: dict[str, float | None]
+    nonfinite: dict[str, dict[str, float | int | None]]
+    """name -> ``step`` (its latest, non-finite), ``last_finite_value``, ``last_finite_step``."""
+
+    @classmethod
+    def of(cls, latest: Mapping[str, tuple[int, float]]) -> LatestMetrics:
+        values: dict[str, float | None] = {}
+        nonfinite: dict[str, dict[str, float | int | None]] = {}
+        flags = {
+            name.removesuffix(NONFINITE_SUFFIX): step
+            for name, (step, _flag) in latest.items()
+            if name.endswith(NONFINITE_SUFFIX)
+        }
+        for name, (_step, value) in latest.items():
+            if not name.endswith(NONFINITE_SUFFIX):
+                values[name] = value
+        for name, flag_step in flags.items():
+            finite = latest.get(name)
+            if finite is not None and finite[0] > flag_step:
+                continue  # finite again since
+            values[name] = None
+            nonfinite[name] = {
+                "step": flag_step,
+                "last_finite_value": None if finite is None else finite[1],
+                "last_finite_step": None if finite is None else finite[0],
+            }
+        return cls(dict(sorted(values.items())), nonfinite)
+
+    def rows(self, unit: str) -> list[tuple[str, str]]:
+        shown = []
+        for name, value in self.values.items():
+            if value is not None:
+                shown.append((name, _number(value)))
+                continue
+            flag = self.nonfinite[name]
+            text = f"NaN/Inf at {unit} {flag['step']}"
+            if flag["last_finite_value"] is not None:
+                last = _number(float(flag["last_finite_value"]))
+                text += f" (last finite {last} at {unit} {flag['last_finite_step']})"
+            shown.append((name, text))
+        return shown
 
 
 def export_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,7 +205,7 @@ def write_metrics_csv(target: Path, summary: RunSummary) -> None:
             )
 
 
-def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
+def print_summary(summary: RunSummary, latest: LatestMetrics) -> None:
     fields = [
         ("run_id", summary.run_id),
         ("experiment", summary.experiment),
@@ -174,7 +227,7 @@ def print_summary(summary: RunSummary, latest: dict[str, float]) -> None:
     _section("Final stats", [(k, _number(v)) for k, v in summary.final_stats.items()])
     _section(
         "Last round, clients' aggregate" if _federated(summary) else "Last epoch metrics",
-        [(k, _number(v)) for k, v in latest.items()],
+        latest.rows("round" if _federated(summary) else "epoch"),
     )
     _section(
         "Artifacts",

@@ -573,7 +573,7 @@ class MetricsFileExporter(SessionCallback):
             "experiment": session.experiment,
             "mode": session.mode,
             "total_epochs": len(history),
-            "stopped_epoch": trainer.current_epoch,
+            "stopped_epoch": _last_trained_epoch(trainer, history),
             "global_step": trainer.global_step,
             "monitor": self.monitor,
             "best_epoch": best[0] if best else None,
@@ -585,6 +585,13 @@ class MetricsFileExporter(SessionCallback):
         json_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
         self.written = [csv_path, json_path]
         return self.written
+
+
+def _last_trained_epoch(trainer: pl.Trainer, history: Sequence[Mapping[str, float]]) -> int:
+    """The last epoch that trained (after fit, ``current_epoch`` is one past it)."""
+    if history:
+        return int(max(row["epoch"] for row in history))
+    return max(trainer.current_epoch - 1, 0)
 
 
 def _logged_names(trainer: pl.Trainer, session: RunSession) -> dict[str, str]:

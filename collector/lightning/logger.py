@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -96,6 +97,8 @@ class RunwatchLogger(Logger):
         self._unfiled: set[str] = set()
         self._not_numbers: set[str] = set()
         self._dir_tried = False
+        self._checkpoints: set[str] = set()
+        """Checkpoint files recorded as artifacts (their rows go when the files do)."""
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._batch_context: dict[str, float] | None = None
         self.metric_names: dict[str, str] = {}
@@ -337,25 +340,48 @@ class RunwatchLogger(Logger):
     @rank_zero_only
     @guarded
     def finalize(self, status: str) -> None:
+        self._forget_deleted_checkpoints()
         session = self.session
         if status == "success" and session.stages_tracked and not session.fit_started:
             session.flush()  # a validate/test run before fit: the run goes on
             return
         session.finish(_LIGHTNING_STATUS.get(status, "completed"))
 
+    def _forget_deleted_checkpoints(self) -> None:
+        """ModelCheckpoint deletes the files that fall out of its top k after saving the
+        next one: their artifact rows go too."""
+        gone = _gone(self._checkpoints)
+        if gone:
+            self._checkpoints.difference_update(gone)
+            self.session.remove_artifacts(gone)
+
     @rank_zero_only
     @guarded
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        self._forget_deleted_checkpoints()
         path = _saved_checkpoint_path(checkpoint_callback)
         if not path:
             return
         score = checkpoint_callback.current_score
         metric_value = float(score) if score is not None else None
         monitor = checkpoint_callback.monitor
-        self.session.add_artifact(path, metric_name=monitor, metric_value=metric_value)
+        trainer = self._trainer() if self._trainer is not None else None
+        self.session.add_artifact(
+            path,
+            metric_name=monitor,
+            metric_value=metric_value,
+            # the step and epoch in Lightning's file name (epoch=0-step=4.ckpt)
+            step=None if trainer is None else trainer.global_step,
+            epoch=None if trainer is None else trainer.current_epoch,
+        )
+        self._checkpoints.add(path)
         text = path if monitor is None else f"{path} ({monitor}={metric_value})"
         value = metric_value if metric_value is not None and math.isfinite(metric_value) else 1.0
         self.session.event(schema.EVENT_CHECKPOINT, text=text, value=value)
+
+
+def _gone(paths: Iterable[str]) -> list[str]:
+    return sorted(p for p in paths if not os.path.exists(p))
 
 
 def _batch_field(name: str) -> str:

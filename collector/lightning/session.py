@@ -192,6 +192,8 @@ class RunSession(Run):
         kind: str = "checkpoint",
         metric_name: str | None = None,
         metric_value: float | None = None,
+        step: int | None = None,
+        epoch: int | None = None,
     ) -> None:
         if not self.start().started:
             return
@@ -201,8 +203,16 @@ class RunSession(Run):
                 self.run_id,
                 path,
                 kind=kind,
-                step=self.last_step,
-                epoch=self.last_epoch,
+                step=self.last_step if step is None else step,
+                epoch=self.last_epoch if epoch is None else epoch,
                 metric_name=metric_name,
                 metric_value=metric_value,
+            )
+
+    def remove_artifacts(self, paths: list[str]) -> None:
+        """Forget artifacts whose files are gone."""
+        if paths:
+            self.with_store(
+                self._where("remove_artifacts (store)"),
+                lambda store: store.remove_artifacts(self.run_id, paths),
             )

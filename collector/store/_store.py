@@ -345,6 +345,21 @@ class Store:
                 )
             )
 
+    def remove_artifacts(self, run_id: str, paths: Sequence[str]) -> int:
+        """Forget artifacts whose files are gone (a checkpoint that fell out of ModelCheckpoint's
+        top k); returns how many rows were removed."""
+        if not paths:
+            return 0
+        stored = [storable_text(p) for p in paths]
+        with self.session() as session:
+            result = session.execute(
+                delete(RunArtifact).where(
+                    RunArtifact.run_pk == writes.run_pk_of(session, run_id),
+                    RunArtifact.path.in_(stored),
+                )
+            )
+            return int(cast(CursorResult[Any], result).rowcount or 0)
+
     # -- reads -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str, *, with_metrics: bool = False) -> RunSummary:
@@ -400,6 +415,13 @@ class Store:
         """Each metric's value at its last step (client-less rows), e.g. for a summary."""
         with self.session(write=False) as session:
             return sql_queries.latest_values(session, writes.run_pk_of(session, run_id), context)
+
+    def latest_metric_steps(
+        self, run_id: str, context: str = "epoch_end"
+    ) -> dict[str, tuple[int, float]]:
+        """Each metric's last step and its value there (client-less rows)."""
+        with self.session(write=False) as session:
+            return sql_queries.latest_steps(session, writes.run_pk_of(session, run_id), context)
 
     def server_evaluations(self, run_id: str) -> list[ServerEvaluationRecord]:
         with self.session(write=False) as session:

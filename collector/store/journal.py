@@ -48,7 +48,13 @@ WHEN_ARGUMENT: Mapping[str, str] = {
     "add_artifact": "created_at",
 }
 """The keyword each journaled write takes for when it happened (replayed as that time)."""
-JOURNALED_WRITES = (*WHEN_ARGUMENT, "save_hyperparams", "record_round", "ensure_client")
+JOURNALED_WRITES = (
+    *WHEN_ARGUMENT,
+    "save_hyperparams",
+    "record_round",
+    "ensure_client",
+    "remove_artifacts",
+)
 
 
 def journal_dir(settings: Settings) -> Path:
@@ -111,6 +117,10 @@ class JournalingStore(Store):
 
     def add_artifact(self, *args: Any, **kwargs: Any) -> None:
         self._write("add_artifact", args, kwargs)
+
+    def remove_artifacts(self, *args: Any, **kwargs: Any) -> int:
+        removed = self._write("remove_artifacts", args, kwargs)
+        return removed if isinstance(removed, int) else 0
 
     def heartbeat(self, run_id: str) -> None:
         """Stamp the run; nothing to stamp while its rows wait in the journal."""

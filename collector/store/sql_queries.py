@@ -55,6 +55,11 @@ def _metric_select() -> Select[str, float, int, str, str, str, int, datetime]:
 
 def latest_values(session: Session, run_pk: int, context: str) -> dict[str, float]:
     """Each metric's value at its highest step (client-less rows only), e.g. for ``runs show``."""
+    return {name: value for name, (_step, value) in latest_steps(session, run_pk, context).items()}
+
+
+def latest_steps(session: Session, run_pk: int, context: str) -> dict[str, tuple[int, float]]:
+    """Each metric's highest step and its value there (client-less rows only)."""
     latest = (
         select(RunMetric.metric_name, func.max(RunMetric.step).label("step"))
         .where(
@@ -64,7 +69,7 @@ def latest_values(session: Session, run_pk: int, context: str) -> dict[str, floa
         .subquery()
     )
     query = (
-        select(RunMetric.metric_name, RunMetric.metric_value)
+        select(RunMetric.metric_name, RunMetric.step, RunMetric.metric_value)
         .join(
             latest,
             (RunMetric.metric_name == latest.c.metric_name) & (RunMetric.step == latest.c.step),
@@ -74,7 +79,7 @@ def latest_values(session: Session, run_pk: int, context: str) -> dict[str, floa
         )
         .order_by(RunMetric.metric_name, RunMetric.id)
     )
-    return {name: value for name, value in session.execute(query)}
+    return {name: (int(step), value) for name, step, value in session.execute(query)}
 
 
 def server_evaluation_records(session: Session, run_pk: int) -> list[ServerEvaluationRecord]:

@@ -112,7 +112,8 @@ def test_batch_and_gradient_points_advance_the_step_counter(exporter: Prometheus
     exporter.observe("batch", {"loss": 0.3, "step": 10.0, "epoch": 1.0, "samples_per_s": 99.0}, {})
     exporter.observe("gradient", {"total_norm": 2.5, "step": 20.0}, {})
     exporter.observe("batch", {"loss": 0.2, "step": 15.0}, {})  # older step: counter stays
-    assert value(exporter, prom.OPTIMIZER_STEPS) == 20.0
+    # step = steps taken before that batch's own (Lightning's numbering): 21 taken after it
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 21.0
     assert value(exporter, prom.TRAIN_LOSS) == 0.2
     assert value(exporter, prom.GRADIENT_NORM) == 2.5
     assert value(exporter, prom.SAMPLES_PER_SECOND) == 99.0
@@ -124,7 +125,7 @@ def test_nonfinite_flag_shows_nan_and_is_counted(exporter: PrometheusExporter) -
     loss = value(exporter, prom.TRAIN_LOSS)
     assert loss is not None and math.isnan(loss)
     assert value(exporter, prom.NONFINITE_VALUES) == 1.0
-    assert value(exporter, prom.OPTIMIZER_STEPS) == 5.0
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 6.0
 
 
 def test_step_completed_feeds_histogram_samples_and_timestamp(
@@ -250,7 +251,7 @@ def test_recorder_feeds_the_exporter_as_observer(tmp_path) -> None:  # type: ign
     assert value(exporter, prom.VAL_LOSS) == 0.25
     assert value(exporter, prom.TRAIN_LOSS) == 0.5  # name normalised by the recorder
     assert value(exporter, prom.GRADIENT_NORM) == 1.5
-    assert value(exporter, prom.OPTIMIZER_STEPS) == 40.0
+    assert value(exporter, prom.OPTIMIZER_STEPS) == 41.0
 
 
 def test_step_duration_buckets(exporter: PrometheusExporter) -> None:
