@@ -21,6 +21,7 @@ from collector.lightning.callbacks import (
     SystemMetricsCallback,
     TrainingEventsCallback,
 )
+from collector.lightning.confusion import ConfusionMatrixCallback, confusion_fields
 from collector.lightning.gradients import GradientNorms, gradient_norms
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import EpochAccumulator, RunSession
@@ -28,6 +29,7 @@ from collector.lightning.telemetry import Telemetry, runwatch_telemetry
 
 __all__ = [
     "BatchMetricsCallback",
+    "ConfusionMatrixCallback",
     "EpochAccumulator",
     "EpochMetricsCallback",
     "GradientMonitorCallback",
@@ -42,6 +44,7 @@ __all__ = [
     "SystemMetricsCallback",
     "Telemetry",
     "TrainingEventsCallback",
+    "confusion_fields",
     "gradient_norms",
     "runwatch_telemetry",
 ]

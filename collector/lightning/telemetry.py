@@ -27,6 +27,7 @@ from collector.lightning.callbacks import (
     SystemMetricsCallback,
     TrainingEventsCallback,
 )
+from collector.lightning.confusion import ConfusionMatrixCallback
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
@@ -74,6 +75,7 @@ def runwatch_telemetry(
     export_dir: Path | str | None = None,
     export_files: bool = True,
     persist: bool = True,
+    confusion_matrices: bool = True,
 ) -> Telemetry:
     """A logger and one bundled callback with the whole callback chain, sharing one run session.
 
@@ -81,7 +83,9 @@ def runwatch_telemetry(
     writes them; see docs/design.md); ``batch_every_n`` only switches the throughput part
     (``samples_per_s``, ``batch_idx``, the output's loss) on or off. Pass 0 for
     ``batch_every_n``, ``gradient_every_n`` or ``system_interval_s`` to leave that part out; ``export_files=False`` skips the CSV/JSON export, ``persist=False`` the bulk
-    epoch-metric persistence, ``prometheus=False`` the exporter.
+    epoch-metric persistence, ``prometheus=False`` the exporter, ``confusion_matrices=False``
+    the reading of the module's torchmetrics confusion matrices
+    (``collector.lightning.confusion``).
     """
     session = RunSession(
         experiment,
@@ -108,6 +112,8 @@ def runwatch_telemetry(
         parts.append(SystemMetricsCallback(session, interval_s=system_interval_s))
     if prometheus:
         parts.append(StepTimerCallback(session))
+    if confusion_matrices:
+        parts.append(ConfusionMatrixCallback(session))
     if export_files:
         parts.append(
             MetricsFileExporter(session, directory=export_dir, monitor=monitor, mode=monitor_mode)

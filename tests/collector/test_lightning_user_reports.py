@@ -168,3 +168,128 @@ def test_recording_a_loss_tensor_that_requires_grad_warns_nothing(runwatch_env: 
     batches = [p for p in read_points(load_settings(), run.run_id) if p.measurement == "batch"]
     assert [p.fields["loss"] for p in batches] == [2.0]
     assert not math.isnan(batches[0].fields["loss"])
+
+
+# -- torchmetrics confusion matrices ----------------------------------------------------------
+
+
+class Classifier(pl.LightningModule):
+    """A tiny classifier holding a torchmetrics confusion matrix, logging nothing by hand."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        from torchmetrics.classification import (
+            BinaryConfusionMatrix,
+            MulticlassConfusionMatrix,
+        )
+
+        self.layer = torch.nn.Linear(4, num_classes if num_classes > 2 else 1)
+        self.num_classes = num_classes
+        self.val_cm = (
+            BinaryConfusionMatrix() if num_classes == 2 else MulticlassConfusionMatrix(num_classes)
+        )
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self(x)
+        if self.num_classes == 2:
+            return torch.nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), y.float())
+        return torch.nn.functional.cross_entropy(out, y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        out = self(x)
+        preds = (out.squeeze(1) > 0).long() if self.num_classes == 2 else out.argmax(1)
+        self.val_cm.update(preds, y)
+        self.log("val_loss", float(batch_idx))
+
+    def on_validation_epoch_end(self) -> None:
+        self.seen.append(self.val_cm.compute().clone())
+        self.val_cm.reset()  # the user's own reset: runwatch read it first
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loaders(num_classes: int) -> tuple[Any, Any]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=generator)
+    y = torch.randint(0, num_classes, (64,), generator=generator)
+    data = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(data, batch_size=16), torch.utils.data.DataLoader(
+        data, batch_size=16
+    )
+
+
+def epoch_fields(run_id: str) -> dict[int, dict[str, float]]:
+    merged: dict[int, dict[str, float]] = {}
+    for p in read_points(load_settings(), run_id):
+        if p.measurement == "epoch":
+            merged.setdefault(int(p.fields["epoch"]), {}).update(p.fields)
+    return merged
+
+
+def test_a_binary_confusion_matrix_gives_the_counts_and_the_final_stats(
+    runwatch_env: Path,
+) -> None:
+    telemetry = runwatch_telemetry("binary-cm", system_interval_s=0)
+    model = Classifier(2)
+    train, val = loaders(2)
+    trainer_for(telemetry, max_epochs=2, limit_train_batches=None, limit_val_batches=None).fit(
+        model, train, val
+    )
+    fields = epoch_fields(telemetry.run_id)
+    for epoch, matrix in enumerate(model.seen[-2:]):
+        (tn, fp), (fn, tp) = matrix.tolist()
+        got = fields[epoch]
+        assert (got["val_cm_tp"], got["val_cm_tn"], got["val_cm_fp"], got["val_cm_fn"]) == (
+            tp,
+            tn,
+            fp,
+            fn,
+        )
+    store = Store.from_settings(load_settings())
+    try:
+        stats = store.get_run(telemetry.run_id).final_stats
+    finally:
+        store.dispose()
+    (tn, fp), (fn, tp) = model.seen[-1].tolist()
+    assert stats["final_cm_tp"] == tp and stats["final_cm_fn"] == fn
+    assert stats["final_accuracy_cm"] == pytest.approx((tp + tn) / 64)
+
+
+def test_a_multiclass_confusion_matrix_gives_per_class_precision_recall_f1(
+    runwatch_env: Path,
+) -> None:
+    telemetry = runwatch_telemetry("multiclass-cm", system_interval_s=0)
+    model = Classifier(3)
+    train, val = loaders(3)
+    trainer_for(telemetry, max_epochs=1, limit_train_batches=None, limit_val_batches=None).fit(
+        model, train, val
+    )
+    got = epoch_fields(telemetry.run_id)[0]
+    matrix = model.seen[-1].double()
+    f1s = []
+    for k in range(3):
+        tp = matrix[k, k].item()
+        predicted, actual = matrix[:, k].sum().item(), matrix[k, :].sum().item()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        f1s.append(f1)
+        assert got[f"val_precision_c{k}"] == pytest.approx(precision)
+        assert got[f"val_recall_c{k}"] == pytest.approx(recall)
+        assert got[f"val_f1_c{k}"] == pytest.approx(f1)
+    assert got["val_f1_macro"] == pytest.approx(sum(f1s) / 3)
+    assert "val_cm_tp" not in got
+
+
+def test_confusion_fields_refuse_a_matrix_that_is_not_square() -> None:
+    from collector.lightning import confusion_fields
+
+    with pytest.raises(ValueError, match="not a square confusion matrix"):
+        confusion_fields(torch.zeros(2, 3))
