@@ -390,19 +390,23 @@ class GradientMonitorCallback(SessionCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if not self.enabled or trainer.global_step % self.every_n_steps:
+        if not self.enabled:
+            return
+        global_step = trainer.global_step
+        if global_step % self.every_n_steps:
             return
         parameters = self._parameters or list(pl_module.named_parameters())
         norms = gradient_norms(parameters, max_layers=self.max_layers)
         if norms is None:
             return
-        step = float(trainer.global_step)
-        self.session.record(
+        step = float(global_step)
+        record = self.session.record
+        record(
             "gradient",
             {"total_norm": norms.total, "max_norm": norms.max, "min_norm": norms.min, "step": step},
         )
         for layer, norm in norms.layers.items():
-            self.session.record("gradient_layer", {"norm": norm, "step": step}, {"layer": layer})
+            record("gradient_layer", {"norm": norm, "step": step}, {"layer": layer})
 
 
 # -- learning rate -------------------------------------------------------------------------
