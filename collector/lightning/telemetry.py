@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,7 @@ def runwatch_telemetry(
     export_dir: Path | str | None = None,
     export_files: bool = True,
     persist: bool = True,
-    confusion_matrices: bool = True,
+    confusion_matrices: bool | Sequence[Any] = True,
 ) -> Telemetry:
     """A logger and one bundled callback with the whole callback chain, sharing one run session.
 
@@ -84,8 +84,8 @@ def runwatch_telemetry(
     (``samples_per_s``, ``batch_idx``, the output's loss) on or off. Pass 0 for
     ``batch_every_n``, ``gradient_every_n`` or ``system_interval_s`` to leave that part out; ``export_files=False`` skips the CSV/JSON export, ``persist=False`` the bulk
     epoch-metric persistence, ``prometheus=False`` the exporter, ``confusion_matrices=False``
-    the reading of the module's torchmetrics confusion matrices
-    (``collector.lightning.confusion``).
+    the reading of the module's torchmetrics confusion matrices; a list of them records those
+    instead of the module's (``collector.lightning.confusion``).
     """
     session = RunSession(
         experiment,
@@ -112,8 +112,10 @@ def runwatch_telemetry(
         parts.append(SystemMetricsCallback(session, interval_s=system_interval_s))
     if prometheus:
         parts.append(StepTimerCallback(session))
-    if confusion_matrices:
+    if confusion_matrices is True:
         parts.append(ConfusionMatrixCallback(session))
+    elif confusion_matrices:
+        parts.append(ConfusionMatrixCallback(session, metrics=confusion_matrices))
     if export_files:
         parts.append(
             MetricsFileExporter(session, directory=export_dir, monitor=monitor, mode=monitor_mode)

@@ -293,3 +293,41 @@ def test_confusion_fields_refuse_a_matrix_that_is_not_square() -> None:
 
     with pytest.raises(ValueError, match="not a square confusion matrix"):
         confusion_fields(torch.zeros(2, 3))
+
+
+class ExternalMatrixClassifier(Classifier):
+    """Updates a confusion matrix that is not one of its submodules (held outside the module)."""
+
+    def __init__(self, matrix: Any) -> None:
+        super().__init__(2)
+        object.__setattr__(self, "external_cm", matrix)  # not registered: only passing finds it
+        del self.val_cm
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.external_cm.update((self(x).squeeze(1) > 0).long(), y)
+        self.log("val_loss", float(batch_idx))
+
+    def on_validation_epoch_end(self) -> None:
+        self.seen.append(self.external_cm.compute().clone())
+        self.external_cm.reset()
+
+
+def test_a_confusion_matrix_passed_to_telemetry_is_recorded(runwatch_env: Path) -> None:
+    from torchmetrics.classification import BinaryConfusionMatrix
+
+    matrix = BinaryConfusionMatrix()
+    telemetry = runwatch_telemetry("passed-cm", system_interval_s=0, confusion_matrices=[matrix])
+    model = ExternalMatrixClassifier(matrix)
+    train, val = loaders(2)
+    trainer_for(telemetry, max_epochs=1, limit_train_batches=None, limit_val_batches=None).fit(
+        model, train, val
+    )
+    (tn, fp), (fn, tp) = model.seen[-1].tolist()
+    got = epoch_fields(telemetry.run_id)[0]
+    assert (got["val_cm_tp"], got["val_cm_tn"], got["val_cm_fp"], got["val_cm_fn"]) == (
+        tp,
+        tn,
+        fp,
+        fn,
+    )
