@@ -12,6 +12,8 @@ fresh bucket:
   pre-built, 5,000 per request, gzip on (runwatch ships gzipped) and gzip off.
 
 influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it).
+Besides points/s, each figure comes with the CPU seconds influxd and this process spent per
+1M points: on a 2-core machine the server's own share bounds what any client reaches.
 Targets (issue 15): end to end >= 1.0x the peer's synchronous write (gzip on, the same
 wire format), sync >= 300,000 points/s.
 """
@@ -28,6 +30,8 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from collector import Recorder, new_run_id
 from collector.backlog import ship_backlog
@@ -66,13 +70,18 @@ def spool_backlog(settings: Settings, points: int) -> Path:
 
 
 def sync(settings: Settings, points: int) -> float:
-    spool_backlog(settings, points)
+    """Ships a backlog spooled by ``with_backlog`` before (outside the CPU figures)."""
     started = time.perf_counter()
     result = ship_backlog(settings)
     elapsed = time.perf_counter() - started
     if result.error is not None or result.lines_shipped != points:
         raise SystemExit(f"sync: {result.lines_shipped} of {points} shipped ({result.error})")
     return points / elapsed
+
+
+def with_backlog(settings: Settings, points: int) -> Settings:
+    spool_backlog(settings, points)
+    return settings
 
 
 def peer(settings: Settings, batches: list[bytes], gzip: bool) -> float:
@@ -135,14 +144,27 @@ def main() -> None:
                 "runwatch record()->ack": lambda: end_to_end(
                     fresh_settings(server, root), args.points
                 ),
-                "runwatch sync": lambda: sync(fresh_settings(server, root), args.points),
+                "runwatch sync": lambda: sync(backlogs.pop(), args.points),
                 "peer gzip on": lambda: peer(fresh_settings(server, root), prebuilt, True),
                 "peer gzip off": lambda: peer(fresh_settings(server, root), prebuilt, False),
             }
+            backlogs: list[Settings] = []
             results: dict[str, list[float]] = {name: [] for name in runs}
+            server_cpu: dict[str, list[float]] = {name: [] for name in runs}
+            own_cpu: dict[str, list[float]] = {name: [] for name in runs}
+            influxd_process = psutil.Process(server.process.proc.pid)
             for _ in range(args.repeats):
                 for name, run in runs.items():
+                    if name == "runwatch sync":
+                        backlogs.append(with_backlog(fresh_settings(server, root), args.points))
+                    server_before = sum(influxd_process.cpu_times()[:2])
+                    own_before = time.process_time()
                     results[name].append(run())
+                    per_million = 1e6 / args.points
+                    own_cpu[name].append((time.process_time() - own_before) * per_million)
+                    server_cpu[name].append(
+                        (sum(influxd_process.cpu_times()[:2]) - server_before) * per_million
+                    )
         finally:
             server.stop()
     print(
@@ -151,7 +173,11 @@ def main() -> None:
         "per request"
     )
     for name, values in results.items():
-        print(f"  {name:<24} {summary(values)}")
+        print(
+            f"  {name:<24} {summary(values)}; CPU s per 1M points: influxd "
+            f"{statistics.median(server_cpu[name]):.1f}, this process "
+            f"{statistics.median(own_cpu[name]):.1f}"
+        )
     medians = {name: statistics.median(values) for name, values in results.items()}
     for name in ("runwatch record()->ack", "runwatch sync"):
         print(

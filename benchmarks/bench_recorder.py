@@ -2,7 +2,10 @@
 
 Prints, per point shape, the median per-call time (``perf_counter_ns`` around each call,
 timer overhead subtracted) and the amortised mean (a block of calls timed as a whole, so the
-spool append every ``flush_lines`` points is included). Target: median <= 5 µs per point.
+lines built and appended every ``flush_lines`` points are included). Peer in the same run:
+influxdb-client's ``Point`` serialisation of the same 5-field batch point (``Point(...)
+.tag(...).field(...).time(...).to_line_protocol()``), medians likewise.
+Target (issue 15): the 5-field point's median <= 0.2x that serialisation (about 0.5 µs).
 Spool only (no InfluxDB): the shipper runs on its own thread and is measured by
 bench_pipeline_throughput.py.
 """
@@ -19,8 +22,10 @@ from pathlib import Path
 from collector import Recorder, new_run_id
 from collector.config import Settings
 
+FIVE_FIELDS = "batch (5 fields)"
+PEER = "peer: influxdb-client Point, 5 fields"
 SHAPES: dict[str, Callable[[Recorder, int], None]] = {
-    "batch (5 fields)": lambda rec, i: rec.record(
+    FIVE_FIELDS: lambda rec, i: rec.record(
         "batch", {"loss": 0.5 + i * 1e-6, "acc": 0.75, "step": i, "epoch": 3, "batch_idx": i}
     ),
     "gradient_layer (2 fields, layer tag)": lambda rec, i: rec.record(
@@ -45,6 +50,16 @@ SHAPES: dict[str, Callable[[Recorder, int], None]] = {
     ),
     "event (string field)": lambda rec, i: rec.event("checkpoint", text="epoch=3-step=1200.ckpt"),
 }
+
+
+def peer_point(_rec: Recorder | None, i: int) -> None:
+    from influxdb_client.client.write.point import Point
+
+    Point("batch").tag("run_id", "20260101-000000-bench").tag("experiment", "bench").tag(
+        "mode", "centralized"
+    ).field("loss", 0.5 + i * 1e-6).field("acc", 0.75).field("step", float(i)).field(
+        "epoch", 3.0
+    ).field("batch_idx", float(i)).time(1_767_225_600_000_000_000 + i).to_line_protocol()
 
 
 def timer_overhead_ns(samples: int = 100_000) -> float:
@@ -85,12 +100,13 @@ def main() -> None:
             f"record() on the calling thread, {args.calls:,} calls x {args.repeats} repeats, "
             f"interleaved; timer overhead {overhead:.0f} ns subtracted"
         )
-        results: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in SHAPES}
+        shapes = {**SHAPES, PEER: peer_point}
+        results: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in shapes}
         with Recorder(new_run_id(), experiment="bench", settings=settings) as rec:
-            for shape in SHAPES.values():  # warm-up: caches filled
+            for shape in shapes.values():  # warm-up: caches filled
                 block_mean_ns(rec, shape, 2_000)
             for _ in range(args.repeats):
-                for name, shape in SHAPES.items():
+                for name, shape in shapes.items():
                     medians, means = results[name]
                     medians.append(
                         statistics.median(per_call_ns(rec, shape, args.calls)) - overhead
@@ -98,10 +114,14 @@ def main() -> None:
                     means.append(block_mean_ns(rec, shape, args.calls))
         for name, (medians, means) in results.items():
             print(
-                f"  {name:<44} median {statistics.median(medians) / 1000:5.2f} µs/point   "
+                f"  {name:<44} median {statistics.median(medians) / 1000:5.2f} µs/point "
+                f"(range {min(medians) / 1000:.2f}-{max(medians) / 1000:.2f})   "
                 f"amortised mean {statistics.median(means) / 1000:5.2f} µs/point"
             )
-    print("  target: median <= 5 µs/point")
+    ours = statistics.median(results[FIVE_FIELDS][0])
+    peer = statistics.median(results[PEER][0])
+    print(f"  {FIVE_FIELDS}: {ours / peer:.2f}x the peer's Point serialisation (median)")
+    print("  target (issue 15): median <= 0.20x the peer's Point serialisation")
 
 
 if __name__ == "__main__":

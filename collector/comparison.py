@@ -22,14 +22,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector import flux_queries, schema
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError, UnknownRunError
-from collector.store import MetricRecord, Store
 from collector.values import canonical_name, federated_metric_name, round_field
 from collector.values import higher_is_better as default_higher_is_better
+
+if TYPE_CHECKING:  # SQLAlchemy takes half a second to import: `runwatch --help` needs none
+    from collector.store import MetricRecord, Store
 
 SOURCE_SQL = "sql"
 SOURCE_INFLUX = "influx"
@@ -251,6 +253,8 @@ def recorded_metrics(settings: Settings, source: str, run_ids: Sequence[str]) ->
     epoch metrics, and federated runs' aggregates under their federated names."""
     if source == SOURCE_INFLUX:
         return _metrics_in_influx(settings, run_ids)
+    from collector.store import Store
+
     store = Store.from_settings(settings)
     try:
         return _metrics_in_store(store, run_ids)

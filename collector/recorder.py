@@ -8,9 +8,14 @@
         rec.record("batch", {"loss": loss, "step": step})      # never raises
         rec.event("checkpoint", text="epoch=3.ckpt")
 
-``record()`` builds the line of line protocol on the calling thread (a few µs) and queues it
-in memory; every ``flush_lines`` points, and every ``flush_interval_s`` from a background
-thread, the queue is appended to the run's spool file (``collector.spool``). A shipper
+``record()`` queues the point's values in memory (a copy of its fields, well under a µs) and
+the line of line protocol is built when the queue is appended to the run's spool file
+(``collector.spool``): every ``flush_interval_s`` by a background thread, and by ``record()``
+itself once ``flush_lines`` points wait (the bound on what a crash loses). Only plain
+``float``/``int`` values are queued as they are; any other value (a tensor, a numpy scalar,
+text) makes ``record()`` build the line at once, so no tensor (and its autograd graph) is kept
+alive by the queue. With observers, points are built at once too: observers see them
+synchronously. A shipper
 thread (``collector.shipper``) posts the spool to InfluxDB; the training thread never waits
 on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
@@ -136,7 +141,8 @@ class Recorder:
         self._observers = list(observers)
         self._broken_observers: set[int] = set()
         self._observe = bool(self._observers)
-        self._pending: deque[str] = deque()
+        self._pending: deque[str | _QueuedPoint] = deque()
+        self._measurements = frozenset(schema.MEASUREMENTS)
         self._write_lock = threading.Lock()
         self._last_ns = 0
         self._recorded = 0
@@ -190,6 +196,20 @@ class Recorder:
                 self._last_ns = time_ns
             else:
                 time_ns = self._explicit_ns(time)
+            if not self._observe and measurement in self._measurements:
+                for value in fields.values():
+                    kind = type(value)
+                    if kind is not float and kind is not int:
+                        break
+                else:  # plain numbers: the flush builds the line, off this thread if it can
+                    pending = self._pending
+                    pending.append(
+                        (measurement, dict(fields), dict(tags) if tags else None, time_ns)
+                    )
+                    self._recorded += 1
+                    if len(pending) >= self._flush_lines:
+                        self._drain()
+                    return
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, self._observe
             )
@@ -272,7 +292,8 @@ class Recorder:
             count = len(pending)
             if not count:
                 return
-            lines = [pending.popleft() for _ in range(count)]
+            lines = self._lines([pending.popleft() for _ in range(count)])
+            count = len(lines)
             writer = self._writer
             if writer is None:
                 self._lost += count
@@ -284,6 +305,30 @@ class Recorder:
                 self._fail(f"spool write failed, {count} points lost: {exc}")
                 return
             self._spooled += count
+
+    def _lines(self, queued: list[str | _QueuedPoint]) -> list[str]:
+        """The queued points as lines (those queued as values built now); a point that turns
+        out invalid is dropped and no longer counted as recorded."""
+        lines: list[str] = []
+        build = self._build
+        for entry in queued:
+            if isinstance(entry, str):
+                lines.append(entry)
+                continue
+            measurement, fields, tags, time_ns = entry
+            try:
+                line = build(measurement, fields, tags, time_ns, False)[0]
+            except Exception as exc:
+                line = None
+                self._problems.dropped_points += 1
+                self._problems.warn_once(
+                    "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
+                )
+            if line is None:
+                self._recorded -= 1
+            else:
+                lines.append(line)
+        return lines
 
     def _flush_periodically(self) -> None:
         interval = self.tuning.flush_interval_s
@@ -353,6 +398,10 @@ class Recorder:
 
     @property
     def stats(self) -> RecorderStats:
+        """Counts so far; appends queued points to the spool first, so every point recorded
+        before is counted as spooled, dropped or flagged."""
+        if not self._closed:
+            self.flush()
         shipper = self._shipper
         spooled_offset = self._spooled_offset()
         acked = shipper.acked if shipper is not None else 0
@@ -397,6 +446,9 @@ class Recorder:
         self._shipper = None
         self._pending = deque()
 
+
+_QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
+"""(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 

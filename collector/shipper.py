@@ -129,6 +129,10 @@ DEFAULT_GZIP_LEVEL = 1
 """zlib level 1 compresses a 5,000-line batch about 8x in 3 ms; level 9 (influxdb-client's)
 gains 10 % more for 15 ms (benchmarks/bench_pipeline_throughput.py)."""
 CONNECT_TIMEOUT_S = 1.0
+ACK_SAVE_INTERVAL_S = 0.5
+"""How often a busy shipper rewrites the ``.ack`` file (and whenever it stops or waits):
+replacing it costs ~3 ms on ext4, which flushes a file renamed over another. A crash
+re-sends at most this much acknowledged data, which is harmless."""
 _STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
@@ -351,6 +355,8 @@ class StreamShipper:
         self._pipelined = target if isinstance(target, PipelinedWriteTarget) else None
         self._tuning = tuning
         self.acked = read_ack(stream)
+        self._saved_ack = self.acked
+        self._ack_saved_at = time.monotonic()
         self.lines_shipped = 0
         """Lines InfluxDB took (refused ones are counted in ``lines_rejected`` only)."""
         self.lines_rejected = 0
@@ -373,10 +379,19 @@ class StreamShipper:
         return self._ship_pipelined(self._pipelined, end, timeout_s)
 
     def settle(self) -> None:
-        """Give up the requests still in flight (their batches stay unacknowledged)."""
+        """Give up the requests still in flight (their batches stay unacknowledged) and
+        save the acknowledged offset."""
         while self._posted:
             self._posted.popleft().pending.cancel()
         self._prepared = None
+        self.save_ack()
+
+    def save_ack(self) -> None:
+        """Write the acknowledged offset to the stream's ``.ack`` file, if it moved."""
+        if self.acked != self._saved_ack:
+            write_ack(self.stream, self.acked)
+            self._saved_ack = self.acked
+        self._ack_saved_at = time.monotonic()
 
     def _ship_pipelined(self, target: PipelinedWriteTarget, end: int, timeout_s: float) -> int:
         self._post_up_to(target, end, timeout_s)
@@ -427,8 +442,9 @@ class StreamShipper:
         return read_batch(self._fd, start, end, tuning.batch_lines, tuning.batch_bytes)
 
     def _acknowledge(self, batch: Batch, rejected_before: int) -> int:
-        write_ack(self.stream, batch.end)
         self.acked = batch.end
+        if time.monotonic() - self._ack_saved_at >= ACK_SAVE_INTERVAL_S:
+            self.save_ack()
         self.lines_shipped += batch.lines - (self.lines_rejected - rejected_before)
         self.bytes_shipped += len(batch.data)
         return batch.lines

@@ -8,8 +8,9 @@ Files under ``settings.spool_dir`` (``<RUNWATCH_HOME>/spool``), one *stream* per
   a live writer holds an exclusive ``flock`` on its stream, so two processes never interleave
   in one file and ``runwatch sync`` leaves a stream alone while its writer lives.
 - ``<run>.ack``: the byte offset up to which InfluxDB acknowledged the stream, as decimal
-  text, replaced atomically (temp file + ``os.replace``). Everything after it is re-sent by
-  the stream's next shipper; re-sending is harmless (same series and timestamp overwrite).
+  text, replaced atomically (temp file + ``os.replace``) at most every 0.5 s while a shipper
+  is busy and whenever it stops or waits. Everything after it is re-sent by the stream's next
+  shipper; re-sending is harmless (same series and timestamp overwrite).
 - ``<run>.rejected``: lines InfluxDB refused (malformed, type conflict, beyond retention) and torn tails, each group after a
   ``#`` comment saying why; kept for people, never shipped.
 
@@ -176,14 +177,25 @@ def read_batch(fd: int, start: int, end: int, max_lines: int, max_bytes: int) ->
     cut = data.rfind(b"\n") + 1
     if cut == 0:
         return _one_long_line(fd, start, end, data)
-    data = data[:cut]
     if lines > max_lines:
-        position = -1
-        for _ in range(max_lines):
-            position = data.find(b"\n", position + 1)
-        data = data[: position + 1]
+        cut = _after_newline(data, cut, lines, max_lines)
         lines = max_lines
-    return Batch(start, start + len(data), data, lines)
+    return Batch(start, start + cut, data[:cut] if cut < len(data) else data, lines)
+
+
+def _after_newline(data: bytes, last_cut: int, newlines: int, wanted: int) -> int:
+    """Offset just past the ``wanted``-th newline of ``data``, which holds ``newlines``
+    of them, the last ending at ``last_cut``; searched from whichever end is nearer."""
+    excess = newlines - wanted
+    if excess < wanted:
+        position = last_cut - 1
+        for _ in range(excess):
+            position = data.rfind(b"\n", 0, position)
+        return position + 1
+    position = -1
+    for _ in range(wanted):
+        position = data.find(b"\n", position + 1)
+    return position + 1
 
 
 def _one_long_line(fd: int, start: int, end: int, data: bytes) -> Batch | None:

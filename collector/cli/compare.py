@@ -26,7 +26,6 @@ from collector.comparison import (
 )
 from collector.config import Settings
 from collector.errors import ConfigError
-from collector.store import Store
 
 COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "EPOCHS", "BEST", "BEST EPOCH", "LAST", "LAST EPOCH")
 
@@ -94,6 +93,8 @@ def build_comparison(
         if not settings.influx_enabled:
             raise ConfigError("--source influx needs INFLUXDB_V2_URL (or use --source sql)")
         return compare_from_influx(settings, run_ids, metric, higher=higher)
+    from collector.store import Store
+
     store = Store.from_settings(settings)
     try:
         return compare_from_store(store, run_ids, metric, higher=higher)

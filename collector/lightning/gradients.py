@@ -1,15 +1,14 @@
 """Gradient norms with fused foreach kernels and one host transfer.
 
-``torch._foreach_norm`` computes every parameter's norm in a few fused launches; on an
-accelerator, stacking them and calling ``.tolist()`` once means one device synchronisation per
-sample, where a loop of ``p.grad.norm().item()`` synchronises once per parameter (on the CPU,
-where nothing synchronises, reading each norm costs less than stacking them).
+``torch._foreach_norm`` computes every parameter's norm in a few fused launches; stacking them
+and calling ``.tolist()`` once means one device synchronisation per sample, where a loop of
+``p.grad.norm().item()`` synchronises once per parameter.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -45,21 +44,12 @@ def gradient_norms(
         return None
     with torch.no_grad():
         norms = torch._foreach_norm(grads)
-        values = _host_values(norms)
+        try:
+            stacked = torch.stack(norms)
+        except RuntimeError:  # parameters spread over devices (model parallel)
+            stacked = torch.stack([n.to(norms[0].device, torch.float32) for n in norms])
+        values: list[float] = stacked.tolist()  # the one sync
     return _summary(names, values, max_layers)
-
-
-def _host_values(norms: Sequence[torch.Tensor]) -> list[float]:
-    """The norms as floats: on the CPU one ``item()`` each (cheaper than stacking them),
-    on an accelerator one stacked transfer (one synchronisation, not one per parameter)."""
-    if norms[0].device.type == "cpu":
-        return [n.item() for n in norms]
-    try:
-        stacked = torch.stack(list(norms))
-    except RuntimeError:  # parameters spread over devices (model parallel)
-        stacked = torch.stack([n.to(norms[0].device, torch.float32) for n in norms])
-    values: list[float] = stacked.tolist()  # the one sync
-    return values
 
 
 def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from collector.config import Settings, mask_url
 from collector.errors import RunIdInUseError, UnknownRunError
 from collector.ids import new_run_id, validate_run_id
-from collector.store import sql_queries, writes
+from collector.store import run_listing, sql_queries, writes
 from collector.store.bulk import insert_metric_rows
 from collector.store.engine import (
     DatabaseUnavailableError,
@@ -379,6 +379,16 @@ class Store:
         self._mark_stale_runs()
         with self.session(write=False) as session:
             return sql_queries.run_summaries(session, limit=limit, with_metrics=with_metrics)
+
+    def listing(
+        self, wanted: run_listing.ListingFilter | None = None, *, details: bool = True
+    ) -> list[run_listing.RunListing]:
+        """What ``runs list`` shows, newest first, in two statements (one without
+        ``details``: hyperparameters and final stats) whatever the number of runs."""
+        self._mark_stale_runs()
+        wanted = wanted or run_listing.ListingFilter()
+        with self.session(write=False) as session:
+            return run_listing.list_runs(session, wanted, details=details)
 
     def metrics_by_context(self, run_id: str, context: str) -> list[MetricRecord]:
         with self.session(write=False) as session:

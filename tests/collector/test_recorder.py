@@ -167,6 +167,49 @@ def test_bad_input_is_counted_and_warned_once(
     assert len(caplog.records) == 2
 
 
+def test_queued_points_are_copies_built_in_recording_order(recorder: Recorder) -> None:
+    fields: dict[str, object] = {"loss": 0.5, "step": 1}
+    tags = {"layer": "a"}
+    recorder.record("gradient_layer", {"norm": 1.5, "step": 0}, tags=tags)
+    recorder.record("batch", fields)
+    fields["loss"], fields["step"] = 0.25, 2  # a caller reusing its dict
+    tags["layer"] = "b"
+    recorder.record("batch", fields)
+    recorder.record("batch", {"loss": "high", "step": 3})  # built at once: keeps its place
+    recorder.record("batch", {"//": 1.0})  # queued, dropped when built: no name
+    stats = recorder.stats
+    assert (stats.points_recorded, stats.points_spooled, stats.points_dropped) == (4, 4, 1)
+    lines = spool_lines(recorder)
+    assert [line.split(" ")[1] for line in lines] == [
+        "norm=1.5,step=0.0",
+        "loss=0.5,step=1.0",
+        "loss=0.25,step=2.0",
+        "step=3.0",
+    ]
+    assert ",layer=a " in lines[0]
+    stamps = [int(line.split(" ")[2]) for line in lines]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 4
+
+
+def test_a_loss_tensor_that_requires_grad_is_recorded_without_a_warning(
+    recorder: Recorder,
+) -> None:
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    weight = torch.tensor(2.0, requires_grad=True)
+    loss = weight * 0.25
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on float() of a tensor that requires grad
+        recorder.record("batch", {"loss": loss, "step": 7})
+        recorder.record("batch", {"loss": torch.tensor([1.0, 2.0]), "step": 8})  # not a scalar
+        recorder.flush()
+    lines = spool_lines(recorder)
+    assert lines[0].split(" ")[1] == "loss=0.5,step=7.0"
+    assert lines[1].split(" ")[1] == "step=8.0"
+    assert recorder.stats.fields_dropped == 1
+
+
 def test_observers_see_normalised_fields_nonfinite_flags_and_failures_are_contained(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,112 @@
+"""``Store.listing`` (``runs list``): what it shows, newest first, filtered, in two statements
+whatever the number of runs, on every backend."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import event
+
+from collector.store import Store
+from collector.store.run_listing import ListingFilter, RunListing
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _fill(store: Store, runs: int) -> list[str]:
+    run_ids = []
+    for number in range(runs):
+        run_id = store.create_run(
+            f"exp-{number % 2}",
+            "federated" if number % 3 == 0 else "centralized",
+            hyperparams={"lr": 0.1 * number, "model": {"depth": number}},
+            started_at=T0 + timedelta(hours=number),
+        )
+        store.persist_epoch_metrics(
+            run_id,
+            [{"epoch": 0, "val_cm_tp": 40, "val_cm_tn": 45, "val_cm_fp": 10, "val_cm_fn": 5}],
+            client_id="c1" if number % 3 == 0 else None,
+            round_number=1 if number % 3 == 0 else None,
+        )
+        store.add_artifact(run_id, f"/ckpt/{number}.ckpt")
+        store.complete_run(run_id, ended_at=T0 + timedelta(hours=number, minutes=30))
+        run_ids.append(run_id)
+    return run_ids
+
+
+def _selects(store: Store, call: Callable[[], object]) -> int:
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(store.engine, "before_cursor_execute", listener)
+    try:
+        call()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", listener)
+    return len([s for s in statements if s.lstrip().upper().startswith("SELECT")])
+
+
+@pytest.mark.parametrize("details", [True, False])
+def test_listing_costs_the_same_statements_for_any_number_of_runs(
+    new_db_url: Callable[[], str], details: bool
+) -> None:
+    counts = {}
+    for runs in (1, 12, 40):
+        store = Store(new_db_url())
+        try:
+            _fill(store, runs)
+            store.upgrade()
+            counts[runs] = _selects(store, functools.partial(store.listing, details=details))
+            limited = _selects(
+                store, functools.partial(store.listing, ListingFilter(limit=3), details=details)
+            )
+        finally:
+            store.dispose()
+        assert limited == counts[runs]
+    assert counts[1] == counts[12] == counts[40], counts
+    # the runs, and (details) their hyperparameters with final stats
+    assert counts[1] == (2 if details else 1), counts
+
+
+def test_listing_shows_columns_hyperparameters_and_final_stats(store: Store) -> None:
+    first, second = _fill(store, 2)
+    listed = store.listing()
+    assert [r.run_id for r in listed] == [second, first]
+    newest = listed[0]
+    assert isinstance(newest, RunListing)
+    assert (newest.experiment, newest.mode, newest.status) == ("exp-1", "centralized", "completed")
+    assert newest.start_time == T0 + timedelta(hours=1)
+    assert newest.duration_s == 1800.0
+    assert newest.hyperparams == {"lr": 0.1, "model.depth": 1}
+    assert newest.final_stats == store.get_run(second).final_stats
+    assert newest.final_stats["final_accuracy_cm"] == pytest.approx(0.85)
+    brief = store.listing(details=False)
+    assert [(r.run_id, r.hyperparams, r.final_stats) for r in brief] == [
+        (second, {}, {}),
+        (first, {}, {}),
+    ]
+    assert set(newest.to_dict()) == {
+        "run_id", "experiment", "mode", "status", "start_time", "end_time", "heartbeat_at",
+        "duration_s", "host", "source_path", "hyperparams", "final_stats",
+    }  # fmt: skip
+
+
+def test_listing_filters_by_experiment_start_and_limit_newest_first(store: Store) -> None:
+    run_ids = _fill(store, 6)  # run n starts at T0 + n hours, experiment exp-(n % 2)
+
+    def listed(**wanted: object) -> list[str]:
+        return [r.run_id for r in store.listing(ListingFilter(**wanted))]  # type: ignore[arg-type]
+
+    assert listed() == run_ids[::-1]
+    assert listed(limit=2) == run_ids[:3:-1]
+    assert listed(experiment="exp-1") == [run_ids[5], run_ids[3], run_ids[1]]
+    assert listed(since=T0 + timedelta(hours=3)) == run_ids[:2:-1]
+    assert listed(since=T0 + timedelta(hours=2, minutes=1), experiment="exp-0", limit=5) == [
+        run_ids[4]
+    ]
+    assert listed(experiment="nope") == []
+    # the details of a filtered listing belong to the runs listed
+    (only,) = store.listing(ListingFilter(experiment="exp-0", limit=1))
+    assert only.run_id == run_ids[4] and only.hyperparams == {"lr": 0.4, "model.depth": 4}
