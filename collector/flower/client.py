@@ -128,8 +128,8 @@ class ClientTelemetry:
             parts.append(SystemMetricsCallback(self.session, interval_s=system_interval_s))
         self.logger = RunwatchLogger(note.experiment, session=self.session)
         self.callbacks: list[Callback] = [
+            _CheckpointsUnderRunHome(self.checkpoint_dir),  # before RunwatchCallback's own
             RunwatchCallback(self.session, parts),
-            _CheckpointsUnderRunHome(self.checkpoint_dir),
         ]
         self._started_at = time.time()
         self._ended_at: float | None = None

@@ -24,7 +24,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import guarded
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_norms
@@ -840,6 +840,12 @@ class RunwatchCallback(Callback):
             isinstance(logger, RunwatchLogger) and logger.session is self.session
             for logger in trainer.loggers
         )
+        first = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(first, RunwatchLogger) and first.session is self.session:
+            # Lightning would nest them as <save_dir>/<name>/<version>/checkpoints
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                    callback.dirpath = str(Path(first.save_dir) / "checkpoints")
 
     @guarded
     def _fit_started(self, *_: Any, **__: Any) -> None:

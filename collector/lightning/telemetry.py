@@ -65,6 +65,7 @@ def runwatch_telemetry(
     store: Store | None = None,
     source_path: str | None = None,
     hyperparams: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
     prometheus: bool = True,
     batch_every_n: int = DEFAULT_BATCH_EVERY_N,
     gradient_every_n: int = DEFAULT_GRADIENT_EVERY_N,
@@ -83,7 +84,8 @@ def runwatch_telemetry(
     writes them; see docs/design.md); ``batch_every_n`` only switches the throughput part
     (``samples_per_s``, ``batch_idx``, the output's loss) on or off. Pass 0 for
     ``batch_every_n``, ``gradient_every_n`` or ``system_interval_s`` to leave that part out; ``export_files=False`` skips the CSV/JSON export, ``persist=False`` the bulk
-    epoch-metric persistence, ``prometheus=False`` the exporter, ``confusion_matrices=False``
+    epoch-metric persistence, ``prometheus=False`` the exporter; ``tags`` go on every point
+    of the run (as InfluxDB tags: keep their values few, a tag per value is a series), ``confusion_matrices=False``
     the reading of the module's torchmetrics confusion matrices; a list of them records those
     instead of the module's (``collector.lightning.confusion``).
     """
@@ -94,6 +96,7 @@ def runwatch_telemetry(
         store=store,
         source_path=source_path,
         hyperparams=hyperparams,
+        tags=tags,
         prometheus=prometheus,
     )
     parts: list[SessionCallback] = [
