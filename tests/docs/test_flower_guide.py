@@ -144,3 +144,56 @@ def test_the_guides_commands_show_the_run(
     (row,) = json.loads(capsys.readouterr().out)["runs"]
     assert (row["unit"], row["epochs"]) == ("round", ROUNDS)
     assert row["best_value"] is not None
+
+
+@pytest.mark.slow
+def test_on_supernodes_each_client_takes_its_home_from_its_node_config(
+    tmp_path: Path,
+) -> None:
+    """The deployment engine: a real SuperLink and two SuperNodes whose environment points at
+    one home; each node's ``--node-config runwatch-home`` wins for its ClientApps, the run
+    config's for the ServerApp."""
+    app_dir = tmp_path / "app"
+    for path, text in app_files().items():
+        target = app_dir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    server_home = tmp_path / "server-home"
+    client_homes = [tmp_path / f"node-{i}-home" for i in range(CLIENTS)]
+    run_config = tmp_path / "run-config.toml"
+    run_config.write_text(f'runwatch-home = "{server_home}"\n', encoding="utf-8")
+    decoy = tmp_path / "decoy-home"
+    env = {"RUNWATCH_HOME": str(decoy), "RUNWATCH_PROMETHEUS_PORT": "0", "HOME": str(tmp_path)}
+    workdir = tmp_path / "flower"
+    workdir.mkdir()
+    with FlowerRuntime(
+        workdir,
+        engine="deployment",
+        num_clients=CLIENTS,
+        env=env,
+        client_node_config=[{"runwatch-home": str(home)} for home in client_homes],
+    ) as runtime:
+        flower = runtime.run_app(run_config, app_dir=app_dir, timeout_s=500)
+    log = flower.log_path.read_text(encoding="utf-8", errors="replace")
+    assert flower.ok, log[-3000:]
+    assert not decoy.exists()
+    settings = load_settings({"RUNWATCH_HOME": str(server_home)}, dotenv=None)
+    run_id = the_run_id(settings)
+    partitions: set[str] = set()
+    for home in client_homes:
+        spooled = [
+            line
+            for stream in (home / "spool").glob("*.lp")
+            for line in stream.read_text(encoding="utf-8").splitlines()
+        ]
+        assert spooled, f"no client points under {home}"
+        assert all(f"run_id={run_id}" in line for line in spooled)
+        partitions |= set(re.findall(r",partition_id=(\d+)", "\n".join(spooled)))
+        assert list((home / "checkpoints" / run_id).rglob("*.ckpt"))
+    assert partitions == {"0", "1"}
+    server_lines = "\n".join(
+        p.read_text(encoding="utf-8") for p in (server_home / "spool").glob("*.lp")
+    )
+    assert re.search(r"^round,", server_lines, re.MULTILINE)  # the server's rounds
+    # the clients' own epoch points are in their homes, none in the server's
+    assert not re.search(r"^epoch,.*client_id=", server_lines, re.MULTILINE)

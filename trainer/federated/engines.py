@@ -162,7 +162,10 @@ class FlowerRuntime:
         num_clients: int = 2,
         env: Mapping[str, str] | None = None,
         client_env: Sequence[Mapping[str, str]] | None = None,
+        client_node_config: Sequence[Mapping[str, str]] | None = None,
     ) -> None:
+        """``client_env`` / ``client_node_config``: per SuperNode (by partition), more
+        environment and more ``--node-config`` entries (deployment engine)."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.workdir = workdir
@@ -172,6 +175,7 @@ class FlowerRuntime:
         self.port: int | None = None
         self._extra_env = dict(env or {})
         self._client_env = [dict(e) for e in client_env] if client_env else None
+        self._client_node_config = [dict(c) for c in client_node_config or ()]
         self._processes: list[_Process] = []
         self._watcher: _DescendantWatcher | None = None
         self.seen_processes: list[psutil.Process] = []
@@ -304,9 +308,17 @@ class FlowerRuntime:
             "--port",
             str(free_port()),
             "--node-config",
-            f"partition-id={partition_id} num-partitions={self.num_clients}",
+            self._node_config(partition_id),
         ]
         self._spawn(f"supernode-{partition_id}", argv, env)
+
+    def _node_config(self, partition_id: int) -> str:
+        """Flower's ``--node-config``: space-separated ``key=value``, values in TOML."""
+        entries = [f"partition-id={partition_id}", f"num-partitions={self.num_clients}"]
+        if partition_id < len(self._client_node_config):
+            for key, value in self._client_node_config[partition_id].items():
+                entries.append(f"{key}={json.dumps(value)}")  # a JSON string is a TOML one
+        return " ".join(entries)
 
     def _wait_http(self, process: _Process, url: str) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT_S
