@@ -178,6 +178,8 @@ class RunwatchLogger(Logger):
         trainer = getattr(model, "_trainer", None)
         if trainer is not None:
             self.attach(trainer)
+            if self._stage() == TrainerFn.FITTING:
+                self.session.fit_started = True
 
     def attach(self, trainer: pl.Trainer) -> None:
         """Let the logger read where the trainer is (runwatch callbacks call this at setup)."""
@@ -342,9 +344,13 @@ class RunwatchLogger(Logger):
     def finalize(self, status: str) -> None:
         self._forget_deleted_checkpoints()
         session = self.session
-        if status == "success" and session.stages_tracked and not session.fit_started:
-            session.flush()  # a validate/test run before fit: the run goes on
-            return
+        if status == "success" and not session.fit_started:
+            if session.stages_tracked:
+                session.flush()  # a validate/test run before fit: the run goes on
+                return
+            # The logger alone cannot know whether a fit follows: the run ends now, and a
+            # validate()'s provisional epoch-0 values wait for that fit or the process's end.
+            session.hold_provisional_epochs()
         session.finish(_LIGHTNING_STATUS.get(status, "completed"))
 
     def _forget_deleted_checkpoints(self) -> None:

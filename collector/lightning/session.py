@@ -9,11 +9,12 @@ and counted, never raised.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -127,6 +128,25 @@ class RunSession(Run):
         self.last_step = 0
         self.last_epoch = 0
         self._stage_began = False
+        self._holding_provisional = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._holding_provisional:
+            atexit.register(self._write_held_epochs)
+
+    def hold_provisional_epochs(self) -> None:
+        """Keep provisional epoch values (a ``validate()`` before fit) out of the run's end:
+        a later fit's own values replace them, and what is left is written when that fit
+        ends, or when the process exits."""
+        if not self._holding_provisional:
+            self._holding_provisional = True
+            atexit.register(self._write_held_epochs)
+
+    def _write_held_epochs(self) -> None:
+        with self.guard("RunSession.exit (provisional epochs)"):
+            self.epochs.flush(final=True)
+            self._close_recorder()
 
     def begin_stage(self) -> None:
         """A Lightning stage (fit, validate, test, predict) begins: the status it ends with
@@ -160,7 +180,11 @@ class RunSession(Run):
         pass
 
     def _before_finish(self, status: str) -> None:
-        self._flush_epochs(final=True)
+        final = self.fit_started or not self._holding_provisional
+        self._flush_epochs(final=final)
+        if final and self._holding_provisional:
+            self._holding_provisional = False
+            atexit.unregister(self._write_held_epochs)
 
     def flush(self) -> None:
         """Write the pending epoch point and hand queued points to the spool."""

@@ -272,11 +272,19 @@ def test_one_bad_value_drops_only_itself_with_one_warning_per_name(
         logger.log_metrics({"train_loss": 0.5, "train_acc": "high", "train_f1": 0.25}, step=0)
         logger.log_metrics({"train_loss": 0.4, "train_acc": "higher", "train_f1": 0.2}, step=1)
         logger.log_metrics({"train_loss": torch.tensor([1.0, 2.0])}, step=2)
+        logger.log_metrics({"train_loss": 0.3, "train_f1": None}, step=3)
+        logger.log_metrics({"train_loss": 0.2, "train_f1": np.array([0.1, 0.2])}, step=4)
     logger.finalize("success")
     batches = [p for p in read_points(load_settings(), logger.version) if p.measurement == "batch"]
-    assert [(p.fields["loss"], p.fields["f1"]) for p in batches] == [(0.5, 0.25), (0.4, 0.2)]
+    assert [(p.fields["loss"], p.fields.get("f1")) for p in batches] == [
+        (0.5, 0.25),
+        (0.4, 0.2),
+        (0.3, None),
+        (0.2, None),
+    ]
     warned = [r.getMessage() for r in caplog.records if "train_acc" in r.getMessage()]
     assert len(warned) == 1 and "'high'" in warned[0]
+    assert len([r for r in caplog.records if "train_f1" in r.getMessage()]) == 1
     assert [r for r in caplog.records if "train_loss" in r.getMessage()]  # the 2-element tensor
     assert logger.session.error_ledger.total == 0  # dropped values are not telemetry errors
 
@@ -338,31 +346,108 @@ def epoch_numbers(run_id: str) -> list[int]:
     return sorted(int(p.fields["epoch"]) for p in points if p.measurement == "epoch")
 
 
-def test_validate_after_fit_is_filed_under_the_last_trained_epoch(runwatch_env: Path) -> None:
-    telemetry = runwatch_telemetry("validate", system_interval_s=0)
-    trainer = trainer_for(telemetry.logger, list(telemetry.callbacks), max_epochs=2)
-    model = LoggingModel()
-    trainer.fit(model)
-    trainer.validate(model)
-    telemetry.session.finish()
-    assert set(epoch_numbers(telemetry.run_id)) == {0, 1}
+WITH_AND_WITHOUT_CALLBACKS = pytest.mark.parametrize(
+    "callbacks", [True, False], ids=["telemetry", "logger-alone"]
+)
 
 
-def test_validate_before_fit_writes_no_second_epoch_zero(runwatch_env: Path) -> None:
+def runwatch_for(callbacks: bool) -> tuple[RunwatchLogger, list[pl.Callback]]:
+    if not callbacks:
+        return RunwatchLogger("validate"), []
     telemetry = runwatch_telemetry("validate", system_interval_s=0)
+    return telemetry.logger, list(telemetry.callbacks)
+
+
+@WITH_AND_WITHOUT_CALLBACKS
+def test_validate_after_fit_is_filed_under_the_last_trained_epoch(
+    runwatch_env: Path, callbacks: bool
+) -> None:
+    logger, chain = runwatch_for(callbacks)
     model = LoggingModel()
-    trainer_for(telemetry.logger, list(telemetry.callbacks)).validate(model)
-    trainer = trainer_for(telemetry.logger, list(telemetry.callbacks), max_epochs=2)
+    trainer_for(logger, chain, max_epochs=2).fit(model)
+    trainer_for(logger, chain).validate(model)
+    logger.session.finish()
+    assert set(epoch_numbers(logger.version)) == {0, 1}
+    assert stored_run(logger.version).status == "completed"
+
+
+@WITH_AND_WITHOUT_CALLBACKS
+def test_validate_before_fit_writes_no_second_epoch_zero(
+    runwatch_env: Path, callbacks: bool
+) -> None:
+    logger, chain = runwatch_for(callbacks)
+    model = LoggingModel()
+    validated = trainer_for(logger, chain)
+    validated.validate(model)
+    before_fit = float(validated.callback_metrics["val_loss"])
+    trainer = trainer_for(logger, chain, max_epochs=2)
     trainer.fit(model)
-    numbers = epoch_numbers(telemetry.run_id)
-    assert set(numbers) == {0, 1}
+    assert epoch_numbers(logger.version) == [0, 1]
+    epoch_zero = [
+        p.fields["val_loss"]
+        for p in read_points(load_settings(), logger.version)
+        if p.measurement == "epoch" and p.fields["epoch"] == 0
+    ]
+    assert len(epoch_zero) == 1 and epoch_zero[0] != pytest.approx(before_fit)
+    assert stored_run(logger.version).status == "completed"
+    if not callbacks:
+        return
     store = Store.from_settings(load_settings())
     try:
         rows = [
             r.step
-            for r in store.metrics_by_context(telemetry.run_id, "epoch_end")
+            for r in store.metrics_by_context(logger.version, "epoch_end")
             if r.name == "val_loss"
         ]
     finally:
         store.dispose()
     assert sorted(rows) == [0, 1]
+
+
+VALIDATE_ONLY = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.filterwarnings("ignore")
+    from collector.lightning import RunwatchLogger
+    from tests.collector.test_lightning_contract import LoggingModel, trainer_for
+
+    logger = RunwatchLogger("validate-only")
+    trainer = trainer_for(logger)
+    trainer.validate(LoggingModel(), verbose=False)
+    json.dump(
+        {"run_id": logger.version, "val_loss": float(trainer.callback_metrics["val_loss"])},
+        open(sys.argv[1], "w"),
+    )
+    """
+)
+
+
+def test_a_validate_only_run_with_the_logger_alone_keeps_its_values(tmp_path: Path) -> None:
+    """Its epoch-0 values wait for a fit that never comes: they are written at exit."""
+    home = tmp_path / "home"
+    script = tmp_path / "validate_only.py"
+    script.write_text(VALIDATE_ONLY, encoding="utf-8")
+    env = {**os.environ, "RUNWATCH_HOME": str(home), "RUNWATCH_PROMETHEUS_PORT": "0"}
+    env["PYTHONPATH"] = str(REPO)
+    for name in ("RUNWATCH_DB_URL", "INFLUXDB_V2_URL", "INFLUXDB_V2_TOKEN"):
+        env.pop(name, None)
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(report)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "telemetry error" not in done.stderr
+    result = json.loads(report.read_text())
+    settings = load_settings({"RUNWATCH_HOME": str(home)}, dotenv=None)
+    epochs = [p.fields for p in read_points(settings, result["run_id"]) if p.measurement == "epoch"]
+    assert epochs == [{"epoch": 0.0, "val_loss": pytest.approx(result["val_loss"])}]
+    store = Store.from_settings(settings)
+    try:
+        assert store.get_run(result["run_id"]).status == "completed"
+    finally:
+        store.dispose()
