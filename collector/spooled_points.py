@@ -70,81 +70,33 @@ def read_points(
 def parse_line(line: str) -> SpooledPoint | None:
     """One spooled line as a point; None when it is not one."""
     try:
-        head, position = _until_unescaped_space(line, 0)
-        fields_text, position = _fields_part(line, position)
-        time_ns = int(line[position:].strip())
-        measurement, *tag_parts = _split_unescaped(head, ",")
+        head, fields_text, time_text = _split(line, " ", quotes=True)
+        time_ns = int(time_text)
+        measurement, *tag_parts = _split(head, ",")
         tags = dict(_key_value(part) for part in tag_parts)
-        fields = dict(_field(part) for part in _split_fields(fields_text))
-    except (ValueError, IndexError):
+        fields = dict(_field(part) for part in _split(fields_text, ",", quotes=True))
+    except ValueError:
         return None
     return SpooledPoint(_unescape(measurement), tags, fields, time_ns)
 
 
-def _until_unescaped_space(line: str, start: int) -> tuple[str, int]:
-    i = start
-    while i < len(line):
-        char = line[i]
+def _split(text: str, separator: str, *, quotes: bool = False, most: int = -1) -> list[str]:
+    """``text`` cut at each ``separator`` that is not backslash-escaped (nor, with
+    ``quotes``, inside a double-quoted string), at most ``most`` times."""
+    parts: list[str] = []
+    start, quoted, i = 0, False, 0
+    while i < len(text):
+        char = text[i]
         if char == "\\":
             i += 2
             continue
-        if char == " ":
-            return line[start:i], i + 1
-        i += 1
-    raise ValueError("no separator")
-
-
-def _fields_part(line: str, start: int) -> tuple[str, int]:
-    """The field set (quoted strings may hold spaces) and where the timestamp begins."""
-    i, quoted = start, False
-    while i < len(line):
-        char = line[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == '"':
+        if quotes and char == '"':
             quoted = not quoted
-        elif char == " " and not quoted:
-            return line[start:i], i + 1
+        elif char == separator and not quoted and len(parts) != most:
+            parts.append(text[start:i])
+            start = i + 1
         i += 1
-    raise ValueError("no timestamp")
-
-
-def _split_unescaped(text: str, separator: str) -> list[str]:
-    parts, current, i = [], [], 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        if char == separator:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    parts.append("".join(current))
-    return parts
-
-
-def _split_fields(text: str) -> list[str]:
-    parts, current, quoted, i = [], [], False, 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            current.append(text[i : i + 2])
-            i += 2
-            continue
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    parts.append("".join(current))
+    parts.append(text[start:])
     return parts
 
 
@@ -160,26 +112,13 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def _split_once(text: str, separator: str) -> tuple[str, str]:
-    """``text`` cut at its first unescaped ``separator``."""
-    i = 0
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == separator:
-            return text[:i], text[i + 1 :]
-        i += 1
-    raise ValueError(f"no {separator!r}")
-
-
 def _key_value(part: str) -> tuple[str, str]:
-    key, value = _split_once(part, "=")
+    key, value = _split(part, "=", most=1)
     return _unescape(key), _unescape(value)
 
 
 def _field(part: str) -> tuple[str, float | str]:
-    key, raw = _split_once(part, "=")
+    key, raw = _split(part, "=", most=1)
     name = _unescape(key)
     if raw.startswith('"'):
         if not raw.endswith('"') or len(raw) < 2:

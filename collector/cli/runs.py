@@ -23,7 +23,7 @@ from collector.schema import NONFINITE_SUFFIX
 
 if TYPE_CHECKING:  # the store (SQLAlchemy, half a second) is imported where it is used
     from collector.store import RunSummary
-    from collector.store.run_listing import RunListing
+    from collector.store.records import RunListing
 
 LIST_COLUMNS = ("RUN_ID", "EXPERIMENT", "MODE", "STATUS", "STARTED (UTC)", "DURATION", "HOST")
 CSV_COLUMNS = (

@@ -44,7 +44,13 @@ from collector.store.models import (
     ServerEvaluation,
     utc_now,
 )
-from collector.store.records import MetricRecord, RoundRecord, RunSummary, ServerEvaluationRecord
+from collector.store.records import (
+    MetricRecord,
+    RoundRecord,
+    RunListing,
+    RunSummary,
+    ServerEvaluationRecord,
+)
 from collector.store.session import session_scope
 from collector.store.values import FiniteValues, storable_name, storable_text
 
@@ -382,7 +388,7 @@ class Store:
 
     def listing(
         self, wanted: run_listing.ListingFilter | None = None, *, details: bool = True
-    ) -> list[run_listing.RunListing]:
+    ) -> list[RunListing]:
         """What ``runs list`` shows, newest first, in two statements (one without
         ``details``: hyperparameters and final stats) whatever the number of runs."""
         self._mark_stale_runs()

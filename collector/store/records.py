@@ -79,8 +79,8 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    """One run as it was when read. ``metrics`` is empty unless asked for."""
+class RunListing:
+    """One run as ``runs list`` shows it: its columns, hyperparameters and final stats."""
 
     run_id: str
     experiment: str
@@ -93,12 +93,6 @@ class RunSummary:
     source_path: str | None
     hyperparams: dict[str, Any] = field(default_factory=dict)
     final_stats: dict[str, float] = field(default_factory=dict)
-    clients: tuple[str, ...] = ()
-    rounds: tuple[RoundRecord, ...] = ()
-    artifacts: tuple[ArtifactRecord, ...] = ()
-    metrics: tuple[MetricRecord, ...] = ()
-    client_partitions: dict[str, str] = field(default_factory=dict)
-    """Federated: client id -> its node config ``partition-id``, for clients that sent one."""
 
     @property
     def duration_s(self) -> float | None:
@@ -106,8 +100,8 @@ class RunSummary:
             return None
         return (self.end_time - self.start_time).total_seconds()
 
-    def to_dict(self, *, with_metrics: bool = True) -> dict[str, Any]:
-        data: dict[str, Any] = {
+    def to_dict(self) -> dict[str, Any]:
+        return {
             "run_id": self.run_id,
             "experiment": self.experiment,
             "mode": self.mode,
@@ -120,6 +114,23 @@ class RunSummary:
             "source_path": self.source_path,
             "hyperparams": dict(self.hyperparams),
             "final_stats": dict(self.final_stats),
+        }
+
+
+@dataclass(frozen=True)
+class RunSummary(RunListing):
+    """One run as it was when read. ``metrics`` is empty unless asked for."""
+
+    clients: tuple[str, ...] = ()
+    rounds: tuple[RoundRecord, ...] = ()
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    metrics: tuple[MetricRecord, ...] = ()
+    client_partitions: dict[str, str] = field(default_factory=dict)
+    """Federated: client id -> its node config ``partition-id``, for clients that sent one."""
+
+    def to_dict(self, *, with_metrics: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            **super().to_dict(),
             "clients": list(self.clients),
             "client_partitions": dict(self.client_partitions),
             "rounds": [r.to_dict() for r in self.rounds],

@@ -9,7 +9,7 @@ and metrics are ``runs show``'s (``Store.get_run``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
 from collector.store.models import Run, RunConfiguration, RunMetric
+from collector.store.records import RunListing
 
 _HYPERPARAM = 0
 _FINAL_STAT = 1
@@ -42,45 +43,6 @@ class ListingFilter:
     @property
     def selects_all(self) -> bool:
         return self.limit is None and self.since is None and self.experiment is None
-
-
-@dataclass(frozen=True)
-class RunListing:
-    """One run as listed: its columns, and its hyperparameters and final stats when asked."""
-
-    run_id: str
-    experiment: str
-    mode: str
-    status: str
-    start_time: datetime
-    end_time: datetime | None
-    heartbeat_at: datetime
-    host: str | None
-    source_path: str | None
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    final_stats: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def duration_s(self) -> float | None:
-        if self.end_time is None:
-            return None
-        return (self.end_time - self.start_time).total_seconds()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "experiment": self.experiment,
-            "mode": self.mode,
-            "status": self.status,
-            "start_time": self.start_time.isoformat(),
-            "end_time": None if self.end_time is None else self.end_time.isoformat(),
-            "heartbeat_at": self.heartbeat_at.isoformat(),
-            "duration_s": self.duration_s,
-            "host": self.host,
-            "source_path": self.source_path,
-            "hyperparams": self.hyperparams,
-            "final_stats": self.final_stats,
-        }
 
 
 def list_runs(session: Session, wanted: ListingFilter, *, details: bool) -> list[RunListing]:

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import event
 
 from collector.store import Store
-from collector.store.run_listing import ListingFilter, RunListing
+from collector.store.records import RunListing
+from collector.store.run_listing import ListingFilter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
