@@ -7,7 +7,6 @@ Streams a live recorder is still writing are left to that recorder's own shipper
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from collector.shipper import (
     target_for,
 )
 from collector.spool import (
-    complete_end,
+    StreamReader,
     is_live,
     list_streams,
     locked_for_reading,
@@ -111,7 +110,8 @@ def ship_backlog(
                 if fd is None:
                     run.live_streams += 1
                     continue
-                end = complete_end(fd, _size(fd))
+                with StreamReader(stream, head_fd=fd) as reader:
+                    end, _ = reader.extent()
                 if result.error is not None:
                     run.remaining_bytes += max(0, end - stream_backlog(stream).acked)
                     continue
@@ -122,14 +122,17 @@ def ship_backlog(
                     if progress is not None:
                         progress(min(total, base + s.acked - first), total)
 
-                outcome = ship_until_caught_up(
-                    shipper,
-                    _constant(end),
-                    tuning=tuning,
-                    deadline=lambda: deadline,
-                    max_attempts=tuning.retry.max_attempts,
-                    on_batch=report,
-                )
+                try:
+                    outcome = ship_until_caught_up(
+                        shipper,
+                        _constant(end),
+                        tuning=tuning,
+                        deadline=lambda: deadline,
+                        max_attempts=tuning.retry.max_attempts,
+                        on_batch=report,
+                    )
+                finally:
+                    shipper.close()
                 done += max(0, shipper.acked - start_ack)
                 run.lines_shipped += shipper.lines_shipped
                 run.bytes_shipped += shipper.bytes_shipped
@@ -143,10 +146,6 @@ def ship_backlog(
         if own_target:
             write_target.close()
     return result
-
-
-def _size(fd: int) -> int:
-    return os.fstat(fd).st_size
 
 
 def _constant(value: int) -> Callable[[], int]:

@@ -46,6 +46,7 @@ from collector.points import to_wire
 from collector.spool import (
     Batch,
     SpoolStream,
+    StreamReader,
     quarantine,
     read_ack,
     read_batch,
@@ -339,7 +340,8 @@ class _Posted:
 
 
 class StreamShipper:
-    """Ships one stream's unacknowledged complete lines, batch by batch, from a read descriptor.
+    """Ships one stream's unacknowledged complete lines, batch by batch; ``fd`` is a read
+    descriptor of the stream's head (its other segments are opened as they are reached).
 
     With a ``PipelinedWriteTarget``, the next batch is read and compressed while the server
     works on the one posted (up to ``tuning.requests_in_flight`` posted at once); batches are
@@ -350,7 +352,7 @@ class StreamShipper:
         self, stream: SpoolStream, fd: int, target: WriteTarget, tuning: ShipTuning
     ) -> None:
         self.stream = stream
-        self._fd = fd
+        self._reader = StreamReader(stream, head_fd=fd)
         self._target = target
         self._pipelined = target if isinstance(target, PipelinedWriteTarget) else None
         self._tuning = tuning
@@ -385,6 +387,10 @@ class StreamShipper:
             self._posted.popleft().pending.cancel()
         self._prepared = None
         self.save_ack()
+
+    def close(self) -> None:
+        """Close the segment files it opened (not the head descriptor it was given)."""
+        self._reader.close()
 
     def save_ack(self) -> None:
         """Write the acknowledged offset to the stream's ``.ack`` file, if it moved."""
@@ -439,7 +445,7 @@ class StreamShipper:
 
     def _read(self, start: int, end: int) -> Batch | None:
         tuning = self._tuning
-        return read_batch(self._fd, start, end, tuning.batch_lines, tuning.batch_bytes)
+        return read_batch(self._reader, start, end, tuning.batch_lines, tuning.batch_bytes)
 
     def _acknowledge(self, batch: Batch, rejected_before: int) -> int:
         self.acked = batch.end
@@ -647,6 +653,7 @@ class ShipperThread:
         caught_up = not self._thread.is_alive() and self._shipper.acked >= self._end()
         if not self._thread.is_alive():
             self._target.close()
+            self._shipper.close()
             os.close(self._fd)
         return caught_up
 

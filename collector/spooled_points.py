@@ -9,13 +9,12 @@ foreign file) are skipped and counted, never raised.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.points import SPOOL_NEWLINE
-from collector.spool import complete_end, list_streams, read_batch
+from collector.spool import StreamReader, list_streams, read_batch
 
 _BATCH_LINES = 50_000
 _BATCH_BYTES = 16 * 1024 * 1024
@@ -45,13 +44,15 @@ def read_points(
     for stream in list_streams(spool_dir, run_id):
         reading.streams.append(stream.path)
         try:
-            fd = os.open(stream.path, os.O_RDONLY)
+            reader = StreamReader(stream)
+            end, _ = reader.extent()
         except OSError:
             continue
-        try:
-            end = complete_end(fd, os.fstat(fd).st_size)
+        with reader:
             offset = 0
-            while (batch := read_batch(fd, offset, end, _BATCH_LINES, _BATCH_BYTES)) is not None:
+            while (
+                batch := read_batch(reader, offset, end, _BATCH_LINES, _BATCH_BYTES)
+            ) is not None:
                 offset = batch.end
                 # split on b"\n" only: str.splitlines() would also cut at the spool's U+001E
                 for raw in batch.data.split(b"\n"):
@@ -63,8 +64,6 @@ def read_points(
                         reading.skipped += 1
                     elif point.measurement in measurements:
                         yield point
-        finally:
-            os.close(fd)
 
 
 def parse_line(line: str) -> SpooledPoint | None:

@@ -36,8 +36,8 @@ from collector.backlog import ship_backlog
 from collector.cli import main
 from collector.config import Settings
 from collector.points import MAX_STRING_FIELD_BYTES, to_wire
-from collector.shipper import RetryPolicy, ShipTuning
-from collector.spool import SpoolStream, backlog, read_ack
+from collector.shipper import InfluxWriteTarget, RetryPolicy, ShipperThread, ShipTuning
+from collector.spool import SpoolStream, SpoolWriter, backlog, list_segments, read_ack
 from tests.collector.influx_wire import recording_proxy
 from tests.servers.influxdb2 import InfluxDB2, influxd_binary
 
@@ -671,3 +671,65 @@ def test_shipping_the_same_batches_twice_leaves_one_point_per_series_and_time(
         for p in run_points(influxdb2, influxdb2_bucket, run_id)
     }
     assert after == before
+
+
+# --- compressed spool segments ------------------------------------------------------------------
+
+
+def segment_lines(run_id: str, start: int, count: int) -> bytes:
+    return b"".join(
+        b"batch,run_id=%s step=%d,loss=%r %d\n" % (run_id.encode(), i, i / 7, T0 + i * 1001)
+        for i in range(start, start + count)
+    )
+
+
+def test_compressed_segments_ship_exactly_live_and_by_sync(
+    influxdb2: InfluxDB2, influxdb2_bucket: str, tmp_path: Path
+) -> None:
+    settings = influxdb2.settings(tmp_path / "home", influxdb2_bucket)
+    live_run, synced_run = new_run_id(), new_run_id()
+
+    # Live: the shipper reads while its writer rolls segments and compresses finished ones.
+    writer = SpoolWriter.open(settings.spool_dir, live_run, segment_bytes=32 * 1024)
+    with recording_proxy(influxdb2.url) as proxy:
+        shipper = ShipperThread(
+            writer.stream,
+            lambda: writer.written,
+            InfluxWriteTarget(
+                proxy.url,
+                token=settings.influx_token,
+                org=settings.influx_org,
+                bucket=influxdb2_bucket,
+            ),
+            tuning(batch_lines=700),
+            idle_poll_s=0.05,
+        )
+        for start in range(0, 12_000, 400):
+            writer.append(segment_lines(live_run, start, 400))
+            shipper.nudge()
+        assert shipper.close(timeout=60)
+        writer.close()
+    sent = b"".join(r.payload for r in proxy.writes)
+    assert sorted(sent.splitlines()) == sorted(segment_lines(live_run, 0, 12_000).splitlines())
+    assert sum(s.compressed for s in list_segments(writer.stream)) >= 10
+    assert read_ack(writer.stream) == writer.written
+    assert counts_per_field(influxdb2, influxdb2_bucket, live_run) == {
+        ("batch", "step"): 12_000,
+        ("batch", "loss"): 12_000,
+    }
+
+    # Offline, then `runwatch sync`: batches come out of compressed segments in spool order.
+    writer = SpoolWriter.open(settings.spool_dir, synced_run, segment_bytes=32 * 1024)
+    for start in range(0, 5_000, 500):
+        writer.append(segment_lines(synced_run, start, 500))
+    writer.close()
+    assert all(s.compressed for s in list_segments(writer.stream)[:-1])
+    with recording_proxy(influxdb2.url) as proxy:
+        via_proxy = settings.with_overrides(influx_url=proxy.url)
+        result = ship_backlog(via_proxy, synced_run, tuning=tuning(batch_lines=1_000))
+    assert result.error is None and result.lines_shipped == 5_000
+    assert b"".join(r.payload for r in proxy.writes) == segment_lines(synced_run, 0, 5_000)
+    assert counts_per_field(influxdb2, influxdb2_bucket, synced_run) == {
+        ("batch", "step"): 5_000,
+        ("batch", "loss"): 5_000,
+    }

@@ -163,7 +163,7 @@ def test_backlog_reports_unshipped_bytes_lines_and_torn_tails(tmp_path: Path) ->
 
 
 def test_line_count_extrapolates_beyond_the_exact_limit(tmp_path: Path, monkeypatch) -> None:
-    import collector.spool as spool
+    import collector.spool._backlog as spool
 
     path = tmp_path / "x.lp"
     path.write_bytes(lines(1000))

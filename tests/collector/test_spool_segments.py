@@ -1,0 +1,258 @@
+"""Spool segments: rolling, gzip compression of finished segments, and reading them back
+exactly (property test), through crashes, by the shipper, ``runwatch sync``, export, doctor
+and prune."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.spool import (
+    SpoolStream,
+    SpoolWriter,
+    StreamReader,
+    backlog,
+    compress_segment,
+    count_lines,
+    list_segments,
+    prune_shipped,
+    read_batch,
+    stream_backlog,
+    write_ack,
+)
+from collector.spooled_points import SpoolReading, read_points
+
+RUN = "20260101T000000Z-segmentsab"
+
+
+def lines(count: int, start: int = 0) -> bytes:
+    return b"".join(
+        b"epoch,run_id=r x=%d.0 %d\n" % (i, 10**18 + i) for i in range(start, start + count)
+    )
+
+
+def realistic_lines(count: int, seed: int = 1) -> bytes:
+    """Batch points as a Lightning run spools them: a noisy loss, accuracy, step counters."""
+    rng = random.Random(seed)
+    ns, loss, out = 1_796_281_068_325_706_704, 2.3, []
+    for step in range(count):
+        ns += rng.randint(2_000_000, 4_000_000)
+        loss *= 0.99999
+        noisy = loss * (1 + rng.gauss(0, 0.05))
+        acc = rng.randint(0, 64) / 64
+        out.append(
+            f"batch,run_id=20261203T065748Z-wd5t1hs4h1,experiment=mnist,mode=centralized "
+            f"loss={noisy!r},train_acc={acc!r},step={step}.0,batch_idx={step % 938}.0,"
+            f"epoch={step // 938}.0 {ns}\n"
+        )
+    return "".join(out).encode()
+
+
+def read_all(stream: SpoolStream) -> bytes:
+    with StreamReader(stream) as reader:
+        end, _ = reader.extent()
+        chunks, offset = [], 0
+        while offset < end and (chunk := reader.pread(end - offset, offset)):
+            chunks.append(chunk)
+            offset += len(chunk)
+    return b"".join(chunks)
+
+
+def disk_bytes(stream: SpoolStream) -> int:
+    return sum(s.path.stat().st_size for s in list_segments(stream) if s.path.exists())
+
+
+# --- the property: compressed segments replay byte for byte -----------------------------------
+
+line_text = st.text(
+    alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=300
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    appends=st.lists(st.lists(line_text, min_size=1, max_size=20), min_size=1, max_size=25),
+    segment_bytes=st.integers(min_value=1, max_value=3_000),
+    reopen_after=st.integers(min_value=0, max_value=25),
+    max_lines=st.integers(min_value=1, max_value=50),
+)
+def test_compressed_segments_replay_byte_for_byte_the_lines_written(
+    tmp_path_factory, appends, segment_bytes, reopen_after, max_lines
+) -> None:
+    spool_dir = tmp_path_factory.mktemp("spool")
+    written = []
+    writer = SpoolWriter.open(spool_dir, RUN, segment_bytes=segment_bytes)
+    for number, batch in enumerate(appends):
+        if number == reopen_after:  # a resumed run continues the same stream
+            writer.close()
+            writer = SpoolWriter.open(spool_dir, RUN, segment_bytes=segment_bytes)
+        data = "".join(line + "\n" for line in batch).encode("utf-8", "replace")
+        writer.append(data)
+        written.append(data)
+    expected = b"".join(written)
+    assert writer.written == len(expected)
+    writer.close()
+
+    stream = writer.stream
+    segments = list_segments(stream)
+    assert read_all(stream) == expected
+    # Every compressed segment is a gzip file of exactly the bytes its name gives.
+    for segment in segments:
+        if segment.compressed_end is not None:
+            assert (
+                gzip.decompress(segment.path.read_bytes())
+                == expected[segment.start : segment.compressed_end]
+            )
+    # All but the last segment are compressed once the writer has closed.
+    assert all(s.compressed for s in segments[:-1])
+    if len(expected) > segment_bytes:
+        assert any(s.compressed for s in segments)
+    # Batches of whole lines, as the shipper reads them, cover the same bytes in order.
+    with StreamReader(stream) as reader:
+        offset, shipped = 0, []
+        while (batch := read_batch(reader, offset, len(expected), max_lines, 1 << 20)) is not None:
+            assert batch.data.count(b"\n") == batch.lines <= max_lines
+            shipped.append(batch.data)
+            offset = batch.end
+    assert b"".join(shipped) == expected
+    assert count_lines(stream, 0, len(expected)) == expected.count(b"\n")
+
+
+# --- size on disk --------------------------------------------------------------------------
+
+
+def test_closed_segments_take_under_40_bytes_per_point(tmp_path: Path) -> None:
+    data = realistic_lines(60_000)
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=1024 * 1024)
+    every_line = data.splitlines(keepends=True)
+    for start in range(0, len(every_line), 1_000):  # as the recorder flushes: 1,000 at a time
+        writer.append(b"".join(every_line[start : start + 1_000]))
+    writer.close()
+    closed = [s for s in list_segments(writer.stream) if s.compressed]
+    assert len(closed) >= 5
+    plain_bytes = sum(s.compressed_end - s.start for s in closed)
+    points = data[: closed[-1].compressed_end].count(b"\n")
+    compressed_bytes = sum(s.path.stat().st_size for s in closed)
+    assert plain_bytes / points > 150  # what each point takes in line protocol
+    assert compressed_bytes / points <= 40
+    assert read_all(writer.stream) == data
+
+
+# --- crashes --------------------------------------------------------------------------------
+
+
+def test_a_crash_between_compressing_and_removing_the_plain_copy_reads_once(
+    tmp_path: Path,
+) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=10**9)
+    writer.append(lines(100))
+    writer.close()
+    stream = writer.stream
+    head_copy = tmp_path / "head-copy"
+    shutil.copy(stream.path, head_copy)
+    compress_segment(stream, 0, len(lines(100)), stream.path)
+    # As if the process died before truncating the head, and left a temporary file.
+    shutil.copy(head_copy, stream.path)
+    temp = stream.path.with_name(stream.compressed_segment_path(0, 1).name + ".999.tmp")
+    temp.write_bytes(b"half a gzip")
+    assert read_all(stream) == lines(100)
+    assert stream_backlog(stream).unshipped_bytes == len(lines(100))
+
+    resumed = SpoolWriter.open(tmp_path, RUN, segment_bytes=10**9)
+    assert resumed.written == len(lines(100))
+    resumed.append(lines(5, 100))
+    resumed.close()
+    assert read_all(stream) == lines(105)
+    assert not temp.exists()
+    assert stream.path.stat().st_size == 0  # the stale head copy went; it keeps the lock
+
+
+def test_a_writer_killed_mid_segment_loses_nothing_it_wrote(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from collector.spool import SpoolWriter
+        writer = SpoolWriter.open(Path({str(tmp_path)!r}), {RUN!r}, segment_bytes=4096)
+        for i in range(200):
+            writer.append(b"epoch,run_id=r x=%d.0 %d\\n" % (i, 10**18 + i))
+        os.write(writer._tail_fd, b"epoch,run_id=r x=torn")
+        print(writer.written, flush=True)
+        os.kill(os.getpid(), 9)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    written = int(done.stdout.split()[0])
+    assert written == len(lines(200))
+    resumed = SpoolWriter.open(tmp_path, RUN, segment_bytes=4096)
+    assert resumed.written == written and resumed.repaired_bytes == len(b"epoch,run_id=r x=torn")
+    resumed.append(lines(10, 200))
+    resumed.close()
+    assert read_all(resumed.stream) == lines(210)
+    assert all(s.compressed for s in list_segments(resumed.stream)[:-1])
+    assert b"x=torn" in resumed.stream.rejected_path.read_bytes()
+
+
+def test_a_damaged_compressed_segment_is_an_error_naming_it(tmp_path: Path) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=512)
+    writer.append(lines(50))
+    writer.close()
+    damaged = next(s for s in list_segments(writer.stream) if s.compressed)
+    damaged.path.write_bytes(b"not gzip")
+    with StreamReader(writer.stream) as reader:
+        try:
+            reader.pread(10, damaged.start)
+        except OSError as exc:
+            assert str(damaged.path) in str(exc)
+        else:
+            raise AssertionError("a damaged segment read as data")
+
+
+# --- backlog, prune ---------------------------------------------------------------------------
+
+
+def test_backlog_and_prune_span_every_segment(tmp_path: Path) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=1000)
+    for start in range(0, 300, 30):
+        writer.append(lines(30, start))
+    writer.close()
+    stream = writer.stream
+    total = len(lines(300))
+    assert len(list_segments(stream)) > 5
+    (item,) = backlog(tmp_path)
+    assert item.unshipped_bytes == total and item.unshipped_lines_estimate == 300
+    write_ack(stream, total - len(lines(1, 299)))
+    assert prune_shipped(tmp_path, timedelta(0), now=None) == []  # one line unshipped
+    write_ack(stream, total)
+    on_disk = disk_bytes(stream)
+    assert on_disk < total
+    an_hour_later = datetime.now(UTC) + timedelta(hours=1)
+    (pruned,) = prune_shipped(tmp_path, timedelta(minutes=1), now=an_hour_later)
+    assert pruned.size == on_disk
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_reads_points_out_of_compressed_segments(tmp_path: Path) -> None:
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=16 * 1024)
+    every_line = realistic_lines(2_000).splitlines(keepends=True)
+    for start in range(0, 2_000, 100):
+        writer.append(b"".join(every_line[start : start + 100]))
+    writer.close()
+    assert sum(s.compressed for s in list_segments(writer.stream)) > 10
+    reading = SpoolReading()
+    points = list(read_points(tmp_path, RUN, frozenset({"batch"}), reading))
+    assert [p.fields["step"] for p in points] == [float(i) for i in range(2_000)]
+    assert reading.skipped == 0
