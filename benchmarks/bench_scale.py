@@ -340,7 +340,7 @@ def bench_federated(root: Path, clients: int, rounds: int) -> None:
 # --- points ------------------------------------------------------------------------------------
 
 RECORD_CHILD = """
-import json, sys, time, threading
+import json, random, sys, time, threading
 from pathlib import Path
 import psutil
 from collector import Recorder
@@ -356,11 +356,12 @@ def sample():
     while not stop.wait(0.01):
         peak = max(peak, process.memory_info().rss)
 threading.Thread(target=sample, daemon=True).start()
+noise = random.Random(15).random  # a loss with all its digits, as real losses have
 started = time.perf_counter()
 with Recorder(run_id, experiment="scale", settings=settings) as rec:
     for i in range(points):
-        rec.record("batch", {"loss": 1.0 / (i + 1), "acc": 0.5 + i * 1e-9, "step": i,
-                             "epoch": i // 100_000, "batch_idx": i % 1000})
+        rec.record("batch", {"loss": 2.0 / (i + 1) + noise() * 0.1, "acc": (i % 64) / 64,
+                             "step": i, "epoch": i // 100_000, "batch_idx": i % 1000})
 elapsed = time.perf_counter() - started
 stop.set()
 print(json.dumps({"elapsed": elapsed, "peak": peak, "spooled": rec.stats.points_spooled}))
@@ -397,6 +398,20 @@ def spool_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in (home / "spool").iterdir() if p.is_file())
 
 
+def closed_segments(home: Path) -> tuple[int, int, int]:
+    """(segments, bytes on disk, lines) of the spool's compressed segments."""
+    from collector.spool import count_lines, list_segments, list_streams
+
+    segments = on_disk = lines = 0
+    for stream in list_streams(home / "spool"):
+        for segment in list_segments(stream):
+            if segment.compressed_end is not None:
+                segments += 1
+                on_disk += segment.path.stat().st_size
+                lines += count_lines(stream, segment.start, segment.compressed_end)
+    return segments, on_disk, lines
+
+
 def bench_points(root: Path, points: int, server_kind: str) -> None:
     sys.path.insert(0, str(REPO))
     home = root / "points-home"
@@ -414,8 +429,10 @@ def bench_points(root: Path, points: int, server_kind: str) -> None:
         f"({recorded['elapsed'] / points * 1e6:.2f} us/point incl. spool), "
         f"peak RSS {recorded['peak'] / 2**20:.0f} MiB"
     )
+    segments, closed_bytes, closed_lines = closed_segments(home)
     print(
-        f"  spool on disk: {on_disk / 2**20:,.1f} MiB = {on_disk / points:.1f} bytes/point "
+        f"  spool on disk: {on_disk / 2**20:,.1f} MiB = {on_disk / points:.1f} bytes/point; "
+        f"{segments} closed segments: {closed_bytes / max(1, closed_lines):.1f} bytes/point "
         "(target <= 40 for closed segments)"
     )
     server, settings = _start_server(root, server_kind)

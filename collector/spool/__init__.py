@@ -9,7 +9,7 @@ Files under ``settings.spool_dir`` (``<RUNWATCH_HOME>/spool``), one *stream* per
   interleave in one stream and ``runwatch sync`` leaves a stream alone while its writer lives.
 - Segments: after 8 MiB (``DEFAULT_SEGMENT_BYTES``) the writer goes on in
   ``<run>@<offset>.lps`` and compresses the finished part on a background thread into
-  ``<run>@<start>-<end>.lps.gz`` (gzip, ~25 bytes per typical point instead of ~170), then
+  ``<run>@<start>-<end>.lps.gz`` (gzip, ~28 bytes per typical point instead of ~170), then
   removes the plain copy; see ``collector.spool._segments``. Offsets are those of the lines
   as written, so everything below reads the same whichever file holds them.
 - ``<run>.ack``: the offset up to which InfluxDB acknowledged the stream, as decimal text,
