@@ -246,6 +246,10 @@ class _StepCollector(Collector):
 class PrometheusExporter:
     """The gauge set of docs/design.md for one run, with an optional HTTP ``/metrics`` server."""
 
+    observed_measurements = frozenset(("epoch", "batch", "gradient", "round", "client_round"))
+    """The points with fields that have a gauge (the recorder skips observing the others:
+    ``gradient_layer``, ``system``, ``event``)."""
+
     def __init__(
         self,
         run_id: str,

@@ -14,15 +14,17 @@ the line of line protocol is built when the queue is appended to the run's spool
 itself once ``flush_lines`` points wait (the bound on what a crash loses). Only plain
 ``float``/``int`` values are queued as they are; any other value (a tensor, a numpy scalar,
 text) makes ``record()`` build the line at once, so no tensor (and its autograd graph) is kept
-alive by the queue. With observers, points are built at once too: observers see them
-synchronously. A shipper
+alive by the queue. ``record_series()`` queues several points of one measurement (a gradient
+norm per layer) as one entry. A shipper
 thread (``collector.shipper``) posts the spool to InfluxDB; the training thread never waits
 on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
 
 Observers (the Prometheus exporter) see each point's finite, normalised fields (and
-``<field>_nonfinite`` flags) synchronously on the recording thread; an observer that raises is
-logged once and otherwise ignored. The recorder never owns an exporter: a run
+``<field>_nonfinite`` flags) synchronously on the recording thread, without its line being
+built there; an observer with an ``observed_measurements`` attribute sees only those
+measurements (points nobody observes cost no observation). An observer that raises is logged
+once and otherwise ignored. The recorder never owns an exporter: a run
 (``collector.run.Run``) starts one and passes it here as an observer.
 """
 
@@ -30,21 +32,28 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
-from collector.points import PointBuilder, ProblemLog, normalise_name, to_time_ns
+from collector.points import (
+    PointBuilder,
+    ProblemLog,
+    escape_tag_value,
+    normalise_name,
+    to_time_ns,
+)
 from collector.shipper import PARALLEL_TUNING, ShipperThread, ShipTuning, target_for
 from collector.spool import SpoolWriter
 
@@ -54,7 +63,8 @@ _time_ns = time.time_ns
 
 @runtime_checkable
 class PointObserver(Protocol):
-    """Sees every recorded point on the recording thread.
+    """Sees every recorded point on the recording thread (of the measurements in its
+    optional ``observed_measurements``, when it has that attribute).
 
     Field names are normalised; values are finite, and a NaN/Inf value arrives as
     ``<field>_nonfinite=1.0`` (as it is written), so a gauge can show it.
@@ -63,6 +73,13 @@ class PointObserver(Protocol):
     def observe(
         self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
     ) -> None: ...
+
+
+def observed_measurements(observer: object) -> frozenset[str] | None:
+    """The measurements an observer asks for (its optional ``observed_measurements``
+    attribute); None: every measurement. Points nobody observes skip observation."""
+    wanted = getattr(observer, "observed_measurements", None)
+    return None if wanted is None else frozenset(wanted)
 
 
 @dataclass(frozen=True)
@@ -141,7 +158,19 @@ class Recorder:
         self._observers = list(observers)
         self._broken_observers: set[int] = set()
         self._observe = bool(self._observers)
-        self._pending: deque[str | _QueuedPoint] = deque()
+        wanted: set[str] = set()
+        for observer in self._observers:
+            measurements = observed_measurements(observer)
+            wanted.update(schema.MEASUREMENTS if measurements is None else measurements)
+        self._observed = frozenset(wanted)
+        """Measurements some observer sees: only their points pay for observation."""
+        self._observed_keys: dict[str, dict[object, tuple[str, str] | None]] = {
+            name: {} for name in schema.MEASUREMENTS
+        }
+        self._observed_tags: dict[tuple[tuple[object, object], ...], Mapping[str, str]] = {}
+        self._pending: deque[str | _QueuedPoint | _Series] = deque()
+        self._queued_extra = 0
+        """Points queued beyond one per entry (a series entry holds several)."""
         self._measurements = frozenset(schema.MEASUREMENTS)
         self._write_lock = threading.Lock()
         self._last_ns = 0
@@ -196,19 +225,21 @@ class Recorder:
                 self._last_ns = time_ns
             else:
                 time_ns = self._explicit_ns(time)
-            if not self._observe and measurement in self._measurements:
+            if measurement in self._measurements:
                 for value in fields.values():
                     kind = type(value)
                     if kind is not float and kind is not int:
                         break
                 else:  # plain numbers: the flush builds the line, off this thread if it can
+                    queued = dict(fields)
+                    call_tags = dict(tags) if tags else None
                     pending = self._pending
-                    pending.append(
-                        (measurement, dict(fields), dict(tags) if tags else None, time_ns)
-                    )
+                    pending.append((measurement, queued, call_tags, time_ns))
                     self._recorded += 1
-                    if len(pending) >= self._flush_lines:
+                    if len(pending) + self._queued_extra >= self._flush_lines:
                         self._drain()
+                    if measurement in self._observed:
+                        self._observe_plain(measurement, queued, call_tags)
                     return
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, self._observe
@@ -222,6 +253,69 @@ class Recorder:
                 self._drain()
             if observed is not None and all_tags is not None:
                 self._notify(measurement, observed, all_tags)
+        except Exception as exc:  # telemetry never raises into training
+            self._problems.dropped_points += 1
+            self._problems.warn_once(
+                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
+            )
+
+    def record_series(
+        self,
+        measurement: str,
+        field: str,
+        values: Sequence[float],
+        tag: str,
+        tag_values: Sequence[str],
+        common: Mapping[str, float] | None = None,
+    ) -> None:
+        """One point per value, in one call: ``{field: value, **common}`` tagged
+        ``tag=tag_value`` (a gradient norm per layer), with consecutive timestamps; the same
+        points as that many ``record()`` calls, at one call's cost on this thread. Never
+        raises."""
+        try:
+            count = min(len(values), len(tag_values))
+            plain = measurement in self._measurements and not self._closed
+            if plain:
+                for value in values:
+                    if type(value) is not float:
+                        plain = False
+                        break
+                if common is not None:
+                    for value in common.values():
+                        kind = type(value)
+                        if kind is not float and kind is not int:
+                            plain = False
+                            break
+            if not plain or measurement in self._observed:
+                for index in range(count):
+                    self.record(
+                        measurement,
+                        {field: values[index], **(common or {})},
+                        {tag: tag_values[index]},
+                    )
+                return
+            if not count:
+                return
+            time_ns = _time_ns()
+            if time_ns <= self._last_ns:
+                time_ns = self._last_ns + 1
+            self._last_ns = time_ns + count - 1
+            pending = self._pending
+            pending.append(
+                _Series(
+                    measurement,
+                    field,
+                    list(values[:count]),
+                    tag,
+                    list(tag_values[:count]),
+                    dict(common) if common else None,
+                    time_ns,
+                )
+            )
+            self._recorded += count
+            self._queued_extra += count - 1
+            if len(pending) + self._queued_extra >= self._flush_lines:
+                self._drain()
         except Exception as exc:  # telemetry never raises into training
             self._problems.dropped_points += 1
             self._problems.warn_once(
@@ -264,6 +358,63 @@ class Recorder:
             return self._now_ns()
         return converted
 
+    def _observe_plain(
+        self,
+        measurement: str,
+        fields: Mapping[str, object],
+        tags: Mapping[str, object] | None,
+    ) -> None:
+        """What observers see of a point queued as plain numbers, without building its line:
+        its fields under their stored names (finite values; ``<field>_nonfinite=1.0`` for
+        NaN/Inf), and the point's tags. Nothing is counted or warned about here: the flush
+        that builds the line does that."""
+        keys = self._observed_keys[measurement]
+        observed: dict[str, float] = {}
+        isfinite = math.isfinite
+        for name, value in fields.items():
+            spec = keys.get(name, _UNRESOLVED)
+            if spec is _UNRESOLVED:
+                spec = keys[name] = _observed_key(measurement, name)
+            if spec is None:
+                continue
+            try:
+                number = float(value)  # type: ignore[arg-type]
+            except OverflowError:  # an int no float holds: the flush drops it
+                continue
+            if isfinite(number):
+                observed[spec[0]] = number
+            else:
+                observed[spec[1]] = 1.0
+        if not observed:
+            return
+        all_tags = self._tags_for_observers(tags) if tags else self.base_tags
+        self._notify(measurement, observed, all_tags)
+
+    def _tags_for_observers(self, tags: Mapping[str, object]) -> Mapping[str, str]:
+        """The run's tags plus a call's (normalised, as the line gets them), cached."""
+        try:
+            key: tuple[tuple[object, object], ...] | None = tuple(tags.items())
+            cached = self._observed_tags.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable tag value
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        merged = dict(self.base_tags)
+        for raw_key, raw_value in tags.items():
+            name = normalise_name(raw_key)
+            if name is None or name in schema.NEVER_TAGS or name in schema.BASE_TAGS:
+                continue
+            if raw_value is None:
+                continue
+            value = raw_value if isinstance(raw_value, str) else str(raw_value)
+            if escape_tag_value(value) is not None:
+                merged[name] = value
+        if key is not None:
+            if len(self._observed_tags) >= _MAX_OBSERVED_TAGS:
+                self._observed_tags.clear()
+            self._observed_tags[key] = merged
+        return merged
+
     def _notify(
         self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
     ) -> None:
@@ -292,6 +443,7 @@ class Recorder:
             count = len(pending)
             if not count:
                 return
+            self._queued_extra = 0
             lines = self._lines([pending.popleft() for _ in range(count)])
             count = len(lines)
             writer = self._writer
@@ -306,29 +458,40 @@ class Recorder:
                 return
             self._spooled += count
 
-    def _lines(self, queued: list[str | _QueuedPoint]) -> list[str]:
+    def _lines(self, queued: list[str | _QueuedPoint | _Series]) -> list[str]:
         """The queued points as lines (those queued as values built now); a point that turns
         out invalid is dropped and no longer counted as recorded."""
         lines: list[str] = []
-        build = self._build
         for entry in queued:
             if isinstance(entry, str):
                 lines.append(entry)
-                continue
-            measurement, fields, tags, time_ns = entry
-            try:
-                line = build(measurement, fields, tags, time_ns, False)[0]
-            except Exception as exc:
-                line = None
-                self._problems.dropped_points += 1
-                self._problems.warn_once(
-                    "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
-                )
-            if line is None:
-                self._recorded -= 1
+            elif isinstance(entry, _Series):
+                for point in entry.points():
+                    self._add_line(lines, *point)
             else:
-                lines.append(line)
+                self._add_line(lines, *entry)
         return lines
+
+    def _add_line(
+        self,
+        lines: list[str],
+        measurement: str,
+        fields: Mapping[str, object],
+        tags: Mapping[str, object] | None,
+        time_ns: int,
+    ) -> None:
+        try:
+            line = self._build(measurement, fields, tags, time_ns, False)[0]
+        except Exception as exc:
+            line = None
+            self._problems.dropped_points += 1
+            self._problems.warn_once(
+                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
+            )
+        if line is None:
+            self._recorded -= 1
+        else:
+            lines.append(line)
 
     def _flush_periodically(self) -> None:
         interval = self.tuning.flush_interval_s
@@ -445,10 +608,48 @@ class Recorder:
         self._writer = None
         self._shipper = None
         self._pending = deque()
+        self._queued_extra = 0
 
 
 _QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
 """(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
+
+
+class _Series(NamedTuple):
+    """``record_series`` arguments: points whose lines the next flush builds."""
+
+    measurement: str
+    field: str
+    values: list[float]
+    tag: str
+    tag_values: list[str]
+    common: dict[str, float] | None
+    time_ns: int
+
+    def points(self) -> Iterator[_QueuedPoint]:
+        common = self.common or {}
+        for index, (value, tag_value) in enumerate(zip(self.values, self.tag_values, strict=False)):
+            yield (
+                self.measurement,
+                {self.field: value, **common},
+                {self.tag: tag_value},
+                self.time_ns + index,
+            )
+
+
+_MAX_OBSERVED_TAGS = 4_096
+_UNRESOLVED: tuple[str, str] = ("", "")
+
+
+def _observed_key(measurement: str, raw_name: object) -> tuple[str, str] | None:
+    """(stored name, its ``_nonfinite`` flag) of a numeric field, or None when the line will
+    not hold it as a number (unknown or empty name, a string field)."""
+    name = normalise_name(raw_name)
+    spec = schema.MEASUREMENTS[measurement]
+    if name is None or not spec.accepts_field(name) or spec.is_string_field(name):
+        return None
+    return name, schema.nonfinite_field(name)
+
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 

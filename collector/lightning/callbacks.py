@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_norms
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, norm_values, summary
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -395,18 +395,22 @@ class GradientMonitorCallback(SessionCallback):
         global_step = trainer.global_step
         if global_step % self.every_n_steps:
             return
-        parameters = self._parameters or list(pl_module.named_parameters())
-        norms = gradient_norms(parameters, max_layers=self.max_layers)
-        if norms is None:
+        found = norm_values(self._parameters or list(pl_module.named_parameters()))
+        if found is None:
             return
+        names, values = found
+        total, largest, smallest = summary(values)
         step = float(global_step)
-        record = self.session.record
-        record(
+        session = self.session
+        session.record(
             "gradient",
-            {"total_norm": norms.total, "max_norm": norms.max, "min_norm": norms.min, "step": step},
+            {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step},
         )
-        for layer, norm in norms.layers.items():
-            record("gradient_layer", {"norm": norm, "step": step}, {"layer": layer})
+        layers = self.max_layers
+        if layers > 0:  # one call for every layer's point
+            session.record_series(
+                "gradient_layer", "norm", values[:layers], "layer", names[:layers], {"step": step}
+            )
 
 
 # -- learning rate -------------------------------------------------------------------------

@@ -33,6 +33,18 @@ def gradient_norms(
     max_layers: int = DEFAULT_MAX_LAYERS,
 ) -> GradientNorms | None:
     """Norms of the gradients present (None when no parameter has one)."""
+    found = norm_values(named_parameters)
+    if found is None:
+        return None
+    names, values = found
+    return _summary(names, values, max_layers)
+
+
+def norm_values(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+) -> tuple[list[str], list[float]] | None:
+    """(names, L2 norms) of the parameters that have a dense gradient, in their order, read
+    with one host transfer; None when none has one."""
     names: list[str] = []
     grads: list[torch.Tensor] = []
     for name, parameter in named_parameters:
@@ -49,15 +61,23 @@ def gradient_norms(
         except RuntimeError:  # parameters spread over devices (model parallel)
             stacked = torch.stack([n.to(norms[0].device, torch.float32) for n in norms])
         values: list[float] = stacked.tolist()  # the one sync
-    return _summary(names, values, max_layers)
+    return names, values
+
+
+def summary(values: list[float]) -> tuple[float, float, float]:
+    """(total, max, min) of per-parameter norms: the norm over all gradients, the largest and
+    the smallest; all NaN when one is NaN (max()/min() would depend on the order)."""
+    if math.isnan(sum(values)):
+        return math.nan, math.nan, math.nan
+    return math.hypot(*values), max(values), min(values)
 
 
 def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:
-    nan = any(math.isnan(v) for v in values)  # max()/min() would depend on the order
+    total, largest, smallest = summary(values)
     return GradientNorms(
-        total=math.sqrt(math.fsum(v * v for v in values)),
-        max=math.nan if nan else max(values),
-        min=math.nan if nan else min(values),
+        total=total,
+        max=largest,
+        min=smallest,
         layers=dict(zip(names[:max_layers], values[:max_layers], strict=False)),
     )
 

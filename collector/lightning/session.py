@@ -13,7 +13,7 @@ import atexit
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -205,6 +205,22 @@ class RunSession(Run):
                     self._open_recorder()
                 recorder = self._recorder
         return recorder
+
+    def record_series(
+        self,
+        measurement: str,
+        field: str,
+        values: Sequence[float],
+        tag: str,
+        tag_values: Sequence[str],
+        common: Mapping[str, float] | None = None,
+    ) -> None:
+        """One point per value in one call (``Recorder.record_series``). Never raises."""
+        if not values or not self.start().started:
+            return
+        recorder = self._writer()
+        if recorder is not None:
+            recorder.record_series(measurement, field, values, tag, tag_values, common)
 
     def _emit_epoch(self, fields: dict[str, float]) -> None:
         self.record("epoch", fields)

@@ -329,3 +329,12 @@ def test_unscraped_step_durations_stay_bounded(exporter: PrometheusExporter) -> 
         exporter.step_completed(step, duration_s=0.001)
     assert len(exporter.steps._durations) <= 4_097
     assert value(exporter, prom.STEP_DURATION + "_count") == 20_000.0
+
+
+def test_the_exporter_asks_for_every_measurement_it_maps(exporter: PrometheusExporter) -> None:
+    mapped = {name.split(":")[0] for name in exporter._tables} | {"client_round"}
+    assert set(exporter.observed_measurements) == mapped
+    before = exporter.render()
+    for measurement in ("gradient_layer", "system", "event"):  # skipped by the recorder
+        exporter.observe(measurement, {"norm": 1.0, "cpu_percent": 5.0, "value": 1.0}, {})
+    assert exporter.render() == before

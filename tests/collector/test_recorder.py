@@ -248,6 +248,109 @@ def test_observers_see_normalised_fields_nonfinite_flags_and_failures_are_contai
     assert isinstance(Collecting(), collector.PointObserver)
 
 
+def test_observers_see_queued_points_as_built_ones_and_only_what_they_ask_for(
+    settings: Settings,
+) -> None:
+    seen: list[tuple[str, dict[str, float], dict[str, str]]] = []
+
+    class Batches:
+        observed_measurements = frozenset({"batch", "client_round"})
+
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            seen.append((measurement, dict(fields), dict(tags)))
+
+    run_id = new_run_id()
+    tuning = RecorderTuning(flush_interval_s=3600)  # nothing is built before the asserts
+    with Recorder(
+        run_id, experiment=EXPERIMENT, settings=settings, observers=[Batches()], tuning=tuning
+    ) as rec:
+        rec.record("batch", {"Train/Loss": 0.5, "step": 3, "acc": math.nan, "//": 1.0})
+        rec.record("gradient", {"total_norm": 1.0, "step": 3})  # nobody observes gradients
+        rec.record("client_round", {"train_loss": 0.4}, tags={"Round": 2, "step": 9, "x": ""})
+        rec.record("batch", {"//": 1.0})  # nothing the line would hold: not observed
+        assert rec._pending and all(not isinstance(p, str) for p in rec._pending)
+        base = {"run_id": run_id, "experiment": EXPERIMENT, "mode": "centralized"}
+        assert seen == [
+            ("batch", {"train_loss": 0.5, "step": 3.0, "acc_nonfinite": 1.0}, base),
+            ("client_round", {"train_loss": 0.4}, {**base, "round": "2"}),
+        ]
+        rec.flush()
+        lines = spool_lines(rec)
+    assert [line.split(" ")[1] for line in lines] == [
+        "train_loss=0.5,step=3.0,acc_nonfinite=1.0",
+        "total_norm=1.0,step=3.0",
+        "train_loss=0.4",
+    ]
+    assert lines[2].split(" ")[0].endswith(",round=2")
+    assert rec.stats.points_dropped == 1 and rec.stats.fields_dropped == 2
+
+
+def test_record_series_writes_the_points_of_as_many_record_calls(settings: Settings) -> None:
+    names = ["net.0.weight", "net.0.bias", "a layer,with=odd chars"]
+    norms = [0.5, math.inf, 2.0]
+    with (
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as one_by_one,
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as series,
+    ):
+        for name, norm in zip(names, norms, strict=True):
+            one_by_one.record("gradient_layer", {"norm": norm, "step": 4.0}, {"layer": name})
+        series.record_series("gradient_layer", "norm", norms, "layer", names, {"step": 4.0})
+        series.record_series("gradient_layer", "norm", [], "layer", [], {"step": 5.0})
+        assert len(series._pending) == 1  # one entry on the training thread
+        one_by_one.flush()
+        series.flush()
+        expected, written = spool_lines(one_by_one), spool_lines(series)
+        assert series.stats.points_recorded == 3 and series.stats.points_spooled == 3
+
+    def same_run(line: str, recorder: Recorder) -> str:  # the line without run id and time
+        return line.replace(recorder.run_id, "RUN").rsplit(" ", 1)[0]
+
+    assert [same_run(line, series) for line in written] == [
+        same_run(line, one_by_one) for line in expected
+    ]
+    assert "layer=a\\ layer\\,with\\=odd\\ chars" in written[2]
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in written]
+    assert stamps == sorted(set(stamps))  # each point its own, increasing timestamp
+    assert "norm_nonfinite=1.0" in written[1]
+
+
+def test_record_series_of_non_plain_values_and_observed_series_go_point_by_point(
+    settings: Settings,
+) -> None:
+    torch = pytest.importorskip("torch")
+    seen: list[dict[str, float]] = []
+
+    class Layers:
+        observed_measurements = ("gradient_layer",)
+
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            seen.append({**fields, "layer": float(tags["layer"])})
+
+    with Recorder(
+        new_run_id(), experiment=EXPERIMENT, settings=settings, observers=[Layers()]
+    ) as rec:
+        rec.record_series("gradient_layer", "norm", [1.0, 2.0], "layer", ["1", "2"])
+        rec.record_series("gradient_layer", "norm", [torch.tensor(3.0)], "layer", ["3"])
+        rec.flush()
+        lines = spool_lines(rec)
+    assert seen == [{"norm": float(n), "layer": float(n)} for n in (1, 2, 3)]
+    assert [line.split(" ")[1] for line in lines] == ["norm=1.0", "norm=2.0", "norm=3.0"]
+
+
+def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
+    tuning = RecorderTuning(flush_lines=10, flush_interval_s=3600)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+        names = [str(i) for i in range(6)]
+        rec.record_series("gradient_layer", "norm", [1.0] * 6, "layer", names)
+        assert spool_lines(rec) == []
+        rec.record_series("gradient_layer", "norm", [1.0] * 6, "layer", names)
+        assert len(spool_lines(rec)) == 12  # 12 points queued >= 10: appended at once
+
+
 def test_flush_lines_and_the_periodic_flusher_bound_what_sits_in_memory(settings: Settings) -> None:
     tuning = RecorderTuning(flush_lines=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
