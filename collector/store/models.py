@@ -194,6 +194,16 @@ class RunMetric(Base):
             sqlite_where=text("round_pk IS NOT NULL"),
             postgresql_where=text("round_pk IS NOT NULL"),
         ),
+        # Partial and covering: `runs list` reads every run's final stats from it alone
+        # (~10 rows a run) instead of scanning every epoch metric of every run.
+        Index(
+            "ix_run_metrics_final_stats",
+            "run_pk",
+            "metric_name",
+            "metric_value",
+            sqlite_where=text("context = 'final_epoch'"),
+            postgresql_where=text("context = 'final_epoch'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 
 from collector.store import Store
 from collector.store.records import RunListing
-from collector.store.run_listing import ListingFilter
+from collector.store.run_listing import ListingFilter, _details
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -111,3 +112,29 @@ def test_listing_filters_by_experiment_start_and_limit_newest_first(store: Store
     # the details of a filtered listing belong to the runs listed
     (only,) = store.listing(ListingFilter(experiment="exp-0", limit=1))
     assert only.run_id == run_ids[4] and only.hyperparams == {"lr": 0.4, "model.depth": 4}
+
+
+def test_final_stats_are_read_from_their_partial_index_not_every_metric(store: Store) -> None:
+    _fill(store, 3)
+    assert store.listing()[0].final_stats  # what the index holds
+    for wanted in (ListingFilter(), ListingFilter(limit=2)):
+        steps = _plan(store, _details(wanted))
+        metric_steps = [step for step in steps if "run_metrics" in step]
+        assert metric_steps, steps
+        # never every epoch metric of every run: an index of final stats, or one per listed run
+        assert not any(
+            step.strip() == "SCAN run_metrics" or "Seq Scan on run_metrics" in step
+            for step in metric_steps
+        ), steps
+        if wanted == ListingFilter():
+            assert any("ix_run_metrics_final_stats" in step for step in steps), steps
+
+
+def _plan(store: Store, statement: Any) -> list[str]:
+    sql = statement.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
+    with store.engine.connect() as connection:
+        if store.engine.dialect.name == "sqlite":
+            return [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+        # with sequential scans priced out, an index is taken only where it is usable
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        return [row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}")]
