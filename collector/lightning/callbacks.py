@@ -264,6 +264,8 @@ class BatchMetricsCallback(SessionCallback):
         self._offered = False
         self._window_start = time.perf_counter()
         self._samples_in_window = 0
+        self._steps: FitSteps | None = None
+        self._epoch = 0.0
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sink = next(
@@ -276,9 +278,14 @@ class BatchMetricsCallback(SessionCallback):
         )
 
     @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steps = FitSteps(trainer)
+
+    @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._window_start = time.perf_counter()
         self._samples_in_window = 0
+        self._epoch = float(trainer.current_epoch)
 
     @guarded
     def on_train_batch_start(
@@ -298,8 +305,15 @@ class BatchMetricsCallback(SessionCallback):
         if not self.enabled:
             return
         self._add_samples(batch)
-        if not lightning_logs_this_step(trainer):
-            return
+        steps = self._steps
+        if steps is None:
+            if not lightning_logs_this_step(trainer):
+                return
+            step, epoch = lightning_step(trainer), float(trainer.current_epoch)
+        else:
+            if not steps.logs_this_step(trainer):
+                return
+            step, epoch = steps.lightning_step(), self._epoch
         fields = self._step_fields(outputs)
         now = time.perf_counter()
         elapsed = now - self._window_start
@@ -307,8 +321,8 @@ class BatchMetricsCallback(SessionCallback):
             fields["samples_per_s"] = self._samples_in_window / elapsed
         self._window_start, self._samples_in_window = now, 0
         fields["batch_idx"] = float(batch_idx)
-        fields["epoch"] = float(trainer.current_epoch)
-        fields["step"] = float(lightning_step(trainer))
+        fields["epoch"] = epoch
+        fields["step"] = float(step)
         sink = self._sink
         if sink is None:
             self.session.record("batch", fields)
@@ -323,6 +337,7 @@ class BatchMetricsCallback(SessionCallback):
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_untaken()
+        self._steps = None
 
     def _write_untaken(self) -> None:
         """The last offered fields, as the step's point, if the logger wrote none."""
@@ -360,6 +375,53 @@ def lightning_logs_this_step(trainer: pl.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs or fast_dev_run)
 
 
+class FitSteps:
+    """Lightning's step counters for one fit, read without its property chains (a hook that
+    runs every step pays microseconds for ``trainer.global_step`` or the logging rule).
+
+    Built at ``on_train_start`` (after a checkpoint is restored); the counters it holds are
+    Lightning's own progress trackers, updated in place. What it cannot read for certain
+    (gradient accumulation, ``fast_dev_run``, a tracker that does not match) it asks the
+    trainer, as before.
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        self._epoch_loop = epoch_loop
+        module = trainer.lightning_module
+        tracker: Any
+        if module is None or module.automatic_optimization:
+            tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
+        else:
+            tracker = epoch_loop.manual_optimization.optim_step_progress.total
+        self._tracker = tracker if tracker.completed == trainer.global_step else None
+        every = getattr(trainer, "log_every_n_steps", None)
+        self._every = every if isinstance(every, int) else 0
+        self._simple = (
+            isinstance(every, int)
+            and trainer.accumulate_grad_batches == 1
+            and not getattr(trainer, "fast_dev_run", False)
+        )
+
+    def global_step(self, trainer: pl.Trainer) -> int:
+        """``trainer.global_step``."""
+        tracker = self._tracker
+        return int(tracker.completed) if tracker is not None else trainer.global_step
+
+    def logs_this_step(self, trainer: pl.Trainer) -> bool:
+        """``lightning_logs_this_step(trainer)``."""
+        if not self._simple:
+            return lightning_logs_this_step(trainer)
+        every = self._every
+        if every == 0:
+            return False
+        return (self._epoch_loop._batches_that_stepped + 1) % every == 0 or trainer.should_stop
+
+    def lightning_step(self) -> int:
+        """``lightning_step(trainer)``."""
+        return int(self._epoch_loop._batches_that_stepped)
+
+
 # -- gradients ---------------------------------------------------------------------------
 
 
@@ -380,11 +442,17 @@ class GradientMonitorCallback(SessionCallback):
         self.every_n_steps = every_n_steps
         self.max_layers = max_layers
         self._parameters: list[tuple[str, torch.nn.Parameter]] = []
+        self._steps: FitSteps | None = None
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Walking the module tree on every sampled step costs more than the norms themselves.
         self._parameters = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._steps = FitSteps(trainer)
+
+    @guarded
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._steps = None
 
     @guarded
     def on_before_optimizer_step(
@@ -392,7 +460,8 @@ class GradientMonitorCallback(SessionCallback):
     ) -> None:
         if not self.enabled:
             return
-        global_step = trainer.global_step
+        steps = self._steps
+        global_step = trainer.global_step if steps is None else steps.global_step(trainer)
         if global_step % self.every_n_steps:
             return
         found = norm_values(self._parameters or list(pl_module.named_parameters()))
@@ -709,6 +778,7 @@ class StepTimerCallback(SessionCallback):
         self._step_started = 0.0
         self._exporter: Any = None
         self._steps: Any = None
+        self._fit: FitSteps | None = None
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._exporter = self.session.exporter
@@ -731,9 +801,20 @@ class StepTimerCallback(SessionCallback):
     ) -> None:
         steps = self._steps
         if steps is not None and self.enabled:
+            fit = self._fit
             steps.step_completed(
-                trainer.global_step, time.perf_counter() - self._step_started, batch_size_of(batch)
+                trainer.global_step if fit is None else fit.global_step(trainer),
+                time.perf_counter() - self._step_started,
+                batch_size_of(batch),
             )
+
+    @guarded
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit = FitSteps(trainer)
+
+    @guarded
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit = None
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

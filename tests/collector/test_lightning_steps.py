@@ -142,3 +142,49 @@ def test_without_logged_step_values_the_sampler_writes_the_step_point(tmp_path: 
     assert all(math.isfinite(p.fields["loss"]) for p in batches)
     # gradients every 3 steps from step 0: 0, 3, 6, 9; the join is on the same numbering
     assert [p.fields["step"] for p in of(points, "gradient")] == [0.0, 3.0, 6.0, 9.0]
+
+
+class _CompareFitSteps(pl.Callback):
+    """At every batch end and optimizer step: FitSteps reads what the trainer says."""
+
+    def __init__(self) -> None:
+        self.steps: Any = None
+        self.checked = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from collector.lightning.callbacks import FitSteps
+
+        self.steps = FitSteps(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        from collector.lightning.callbacks import lightning_step
+
+        assert self.steps.global_step(trainer) == trainer.global_step
+        assert self.steps.lightning_step() == lightning_step(trainer)
+        self.checked += 1
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        from collector.lightning.callbacks import lightning_logs_this_step
+
+        self._check(trainer)
+        assert self.steps.logs_this_step(trainer) == lightning_logs_this_step(trainer)
+
+
+@pytest.mark.parametrize(("every", "accumulate"), [(1, 1), (3, 1), (2, 2), (0, 1)])
+def test_fit_steps_read_what_the_trainer_says(every: int, accumulate: int) -> None:
+    compare = _CompareFitSteps()
+    trainer = quiet_trainer(
+        max_epochs=2,
+        limit_train_batches=7,
+        limit_val_batches=0,
+        log_every_n_steps=every,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[compare],
+    )
+    trainer.fit(BoringModel())
+    assert compare.checked >= 14
