@@ -4,11 +4,26 @@ The core never imports torch, lightning or flwr; adapters live in ``collector.li
 ``collector.flower``.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from collector.config import Settings, load_settings
 from collector.errors import ConfigError, RunwatchError, UnknownRunError
 from collector.ids import new_run_id
-from collector.recorder import PointObserver, Recorder, RecorderStats, RecorderTuning
-from collector.run import Run
+
+if TYPE_CHECKING:
+    from collector.recorder import PointObserver, Recorder, RecorderStats, RecorderTuning
+    from collector.run import Run
+
+# Imported when first used: the recorder pulls in the shipper and HTTP client, which the
+# command line (`runwatch --help`, `runs list`) never needs.
+_LAZY = {
+    "PointObserver": "collector.recorder",
+    "Recorder": "collector.recorder",
+    "RecorderStats": "collector.recorder",
+    "RecorderTuning": "collector.recorder",
+    "Run": "collector.run",
+}
 
 __version__ = "0.1.0"
 
@@ -26,3 +41,12 @@ __all__ = [
     "load_settings",
     "new_run_id",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'collector' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

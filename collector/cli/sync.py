@@ -17,15 +17,15 @@ import argparse
 import sys
 import time
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from collector.backlog import SyncResult, ship_backlog
 from collector.cli.argtypes import non_negative_float
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
-from collector.spool import (
-    prune_shipped,
-)
+from collector.spool import prune_shipped
+
+if TYPE_CHECKING:
+    from collector.backlog import SyncResult
 
 
 def register(sub: Any) -> None:
@@ -54,6 +54,8 @@ def register(sub: Any) -> None:
 
 
 def run_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from collector.backlog import ship_backlog  # the shipper: not for `runwatch --help`
+
     out = sys.stdout
     stored = store_journaled_metadata(settings, args.run_id)
     if stored and not settings.influx_url:
