@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.logger import Logger
-from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from collector import schema
@@ -224,7 +224,13 @@ class RunwatchLogger(Logger):
         if level == LEVEL_EVAL_STEP:
             self._warn_unfiled(values)
             return
-        fields = {**(self.take_batch_context() or {}), **self._batch_fields(values)}
+        context = self._batch_context
+        if context is not None:
+            self._batch_context = None
+            fields = context  # the callback's own dict for this step, taken over
+            fields.update(self._batch_fields(values))
+        else:
+            fields = self._batch_fields(values)
         if not fields:
             return
         fields["epoch"] = float(epoch)
@@ -237,7 +243,8 @@ class RunwatchLogger(Logger):
         is dropped with one warning per metric name, the rest of the call is kept."""
         numbers: dict[str, float] = {}
         for name, value in metrics.items():
-            number = _number(value)
+            # Lightning hands over Python floats: no further look needed
+            number = value if type(value) is float else _number(value)
             if number is not None:
                 numbers[name] = number
             elif name not in self._not_numbers:
@@ -309,7 +316,7 @@ class RunwatchLogger(Logger):
         if trainer is not None and first_iter is not _UNKNOWN:
             if first_iter is None:
                 return LEVEL_EPOCH
-            return LEVEL_TRAIN_STEP if trainer.training else LEVEL_EVAL_STEP
+            return LEVEL_TRAIN_STEP if trainer.state.stage == _TRAINING else LEVEL_EVAL_STEP
         # The trainer is unknown (the logger used alone): decide by name.
         levels = {split_level(name)[1] for name in metrics}
         if "epoch" in levels:
@@ -409,6 +416,7 @@ def _saved_checkpoint_path(callback: ModelCheckpoint) -> str:
 
 
 _UNKNOWN = object()
+_TRAINING = RunningStage.TRAINING
 
 
 def _number(value: object) -> float | None:
