@@ -143,7 +143,8 @@ class SpoolWriter:
             os.fsync(self._tail_fd)
 
     def close(self) -> None:
-        """Fsync, finish compressing rolled segments, then release the lock."""
+        """Fsync, compress the rolled segments (the last one too: nothing appends to it any
+        more; a stream that never rolled keeps its plain head), then release the lock."""
         if self._lock_fd < 0:
             return
         try:
@@ -152,6 +153,11 @@ class SpoolWriter:
         finally:
             if self._tail_fd is not None and self._tail_fd != self._lock_fd:
                 os.close(self._tail_fd)
+                if self.written > self._tail_start:
+                    self._compress_later(self._tail_start, self.written, self._tail_path())
+                else:  # rolled, then nothing came: a resumed writer starts it again
+                    with contextlib.suppress(OSError):
+                        self._tail_path().unlink()
             self._tail_fd = None
             if self._compactor is not None:
                 self._compactor.finish()
