@@ -30,6 +30,10 @@ DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 (about 50,000 points: a fraction of a second of compression on a background thread)."""
 
 
+_COMPACTOR_NICENESS = 19
+"""Compression waits for idle CPU: the training and the shipper come first."""
+
+
 def _try_flock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -236,6 +240,8 @@ class _Compactor:
         self._thread.join()
 
     def _run(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _COMPACTOR_NICENESS)
         while (item := self._queue.get()) is not None:
             start, end, path = item
             try:
