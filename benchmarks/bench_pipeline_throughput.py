@@ -36,7 +36,7 @@ import psutil
 from collector import Recorder, new_run_id
 from collector.backlog import ship_backlog
 from collector.config import Settings
-from collector.spool import SpoolStream
+from collector.spool import SpoolStream, StreamReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's server helpers
 from tests.servers.influxdb2 import InfluxDB2, built_influxd
@@ -60,13 +60,13 @@ def end_to_end(settings: Settings, points: int) -> float:
     return points / elapsed
 
 
-def spool_backlog(settings: Settings, points: int) -> Path:
-    """An N-point backlog spooled by a recorder without InfluxDB; its spool file."""
+def spool_backlog(settings: Settings, points: int) -> SpoolStream:
+    """An N-point backlog spooled by a recorder without InfluxDB; its spool stream."""
     offline = dataclasses.replace(settings, influx_url=None)
     run_id = new_run_id()
     with Recorder(run_id, experiment="bench-throughput", settings=offline) as rec:
         record(rec, points)
-    return SpoolStream.at(settings.spool_dir, run_id).path
+    return SpoolStream.at(settings.spool_dir, run_id)
 
 
 def sync(settings: Settings, points: int) -> float:
@@ -104,8 +104,10 @@ def peer(settings: Settings, batches: list[bytes], gzip: bool) -> float:
     return lines / elapsed
 
 
-def batches_of(path: Path, size: int) -> list[bytes]:
-    lines = path.read_bytes().splitlines(keepends=True)
+def batches_of(stream: SpoolStream, size: int) -> list[bytes]:
+    """The stream's lines (from its head and compressed segments), ``size`` to a batch."""
+    with StreamReader(stream) as reader:
+        lines = reader.read(0, reader.extent()[0]).splitlines(keepends=True)
     return [b"".join(lines[i : i + size]) for i in range(0, len(lines), size)]
 
 

@@ -152,6 +152,14 @@ class StreamReader:
             data = self._read_located(size, offset)
         return data
 
+    def read(self, start: int, end: int) -> bytes:
+        """The bytes ``[start, end)`` across segments (fewer only where the stream ends)."""
+        chunks = []
+        while start < end and (chunk := self.pread(end - start, start)):
+            chunks.append(chunk)
+            start += len(chunk)
+        return b"".join(chunks)
+
     def extent(self) -> tuple[int, int]:
         """(offset past the last complete line, offset past the last byte) of the stream."""
         self.refresh()

@@ -59,12 +59,7 @@ def realistic_lines(count: int, seed: int = 1) -> bytes:
 
 def read_all(stream: SpoolStream) -> bytes:
     with StreamReader(stream) as reader:
-        end, _ = reader.extent()
-        chunks, offset = [], 0
-        while offset < end and (chunk := reader.pread(end - offset, offset)):
-            chunks.append(chunk)
-            offset += len(chunk)
-    return b"".join(chunks)
+        return reader.read(0, reader.extent()[0])
 
 
 def disk_bytes(stream: SpoolStream) -> int:
