@@ -90,7 +90,12 @@ class SpoolWriter:
                 self._tail_fd = lock_fd
             else:
                 self._tail_fd = os.open(tail.path, os.O_RDWR | os.O_APPEND)
-            self.repaired_bytes = self._repair_tail()
+            try:
+                self.repaired_bytes = self._repair_tail()
+            except BaseException:
+                if self._tail_fd != lock_fd:
+                    os.close(self._tail_fd)
+                raise
         self.written = self._tail_start + (
             os.fstat(self._tail_fd).st_size if self._tail_fd is not None else 0
         )
