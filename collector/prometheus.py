@@ -243,6 +243,23 @@ class _StepCollector(Collector):
         yield last
 
 
+class _PendingPoints(Collector):
+    """Registered before every other metric of an exporter: collecting it (as every scrape
+    does, first) has the recorders feeding the exporter flush, so the gauges collected next
+    include every point recorded before the scrape. It yields no metric itself."""
+
+    def __init__(self) -> None:
+        self.flushes: list[Callable[[], None]] = []
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        for flush in list(self.flushes):
+            flush()
+        return []
+
+
 class PrometheusExporter:
     """The gauge set of docs/design.md for one run, with an optional HTTP ``/metrics`` server."""
 
@@ -267,6 +284,8 @@ class PrometheusExporter:
         self._scraped = threading.Condition()
         self._client_loss: dict[str, Gauge] = {}
         self._client_loss_lock = threading.Lock()
+        self._pending = _PendingPoints()
+        self.registry.register(self._pending)
         self._build_metrics(experiment, mode)
         self._tables = self._point_tables()
 
@@ -392,6 +411,11 @@ class PrometheusExporter:
         }
 
     # -- PointObserver -----------------------------------------------------------------
+
+    def read_pending(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` (a recorder's) before each collection, so points recorded before a
+        scrape are observed before it is answered."""
+        self._pending.flushes.append(flush)
 
     def observe(
         self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]

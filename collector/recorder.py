@@ -10,8 +10,9 @@
 
 ``record()`` queues the point's values in memory (a copy of its fields, well under a µs) and
 the line of line protocol is built when the queue is appended to the run's spool file
-(``collector.spool``): every ``flush_interval_s`` by a background thread, and by ``record()``
-itself once ``flush_lines`` points wait (the bound on what a crash loses). Only plain
+(``collector.spool``) by a background thread every ``flush_interval_s`` and as soon as
+``flush_lines`` points wait; ``record()`` appends them itself only once ``queue_limit`` wait
+(the flusher fell behind). Those bound what a crash loses. Only plain
 ``float``/``int`` values are queued as they are; any other value (a tensor, a numpy scalar,
 text) makes ``record()`` build the line at once, so no tensor (and its autograd graph) is kept
 alive by the queue. ``record_series()`` queues several points of one measurement (a gradient
@@ -21,24 +22,26 @@ on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatc
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
 
 Observers (the Prometheus exporter) see each point's finite, normalised fields (and
-``<field>_nonfinite`` flags) synchronously on the recording thread, without its line being
-built there; an observer with an ``observed_measurements`` attribute sees only those
-measurements (points nobody observes cost no observation). An observer that raises is logged
-once and otherwise ignored. The recorder never owns an exporter: a run
-(``collector.run.Run``) starts one and passes it here as an observer.
+``<field>_nonfinite`` flags) in recording order when its line is built and appended to the
+spool, never on the training thread's ``record()``: at most ``flush_interval_s`` later, or
+sooner when the observer asks (an observer with ``read_pending(flush)`` gets the recorder's
+``flush`` and calls it before it is read: the exporter does at each scrape, so a scrape sees
+every point recorded before it). An observer with an ``observed_measurements`` attribute sees
+only those measurements. An observer that raises is logged once and otherwise ignored. The
+recorder never owns an exporter: a run (``collector.run.Run``) starts one and passes it here as
+an observer.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -50,7 +53,6 @@ from collector.ids import validate_run_id
 from collector.points import (
     PointBuilder,
     ProblemLog,
-    escape_tag_value,
     normalise_name,
     to_time_ns,
 )
@@ -63,8 +65,10 @@ _time_ns = time.time_ns
 
 @runtime_checkable
 class PointObserver(Protocol):
-    """Sees every recorded point on the recording thread (of the measurements in its
-    optional ``observed_measurements``, when it has that attribute).
+    """Sees every recorded point, in order, when the recorder appends it to the spool (of the
+    measurements in its optional ``observed_measurements``, when it has that attribute). One
+    with a ``read_pending(flush)`` method is handed the recorder's ``flush`` to call before
+    it is read, so what it shows includes every point recorded so far.
 
     Field names are normalised; values are finite, and a NaN/Inf value arrives as
     ``<field>_nonfinite=1.0`` (as it is written), so a gauge can show it.
@@ -87,7 +91,9 @@ class RecorderTuning:
     """Knobs with defaults that meet the design targets; tests shorten them."""
 
     flush_lines: int = 1_000
-    """Queued points that make ``record()`` append them to the spool itself."""
+    """Queued points that wake the flusher thread to append them now."""
+    queue_limit: int = 4_000
+    """Queued points that make ``record()`` append them itself (the flusher fell behind)."""
     flush_interval_s: float = 0.5
     """How often the background flusher appends queued points (the SIGKILL loss bound)."""
     exit_ship_timeout_s: float = 2.0
@@ -154,21 +160,17 @@ class Recorder:
         self._builder = PointBuilder(base, self._problems)
         self._build = self._builder.build
         self._flush_lines = self.tuning.flush_lines
+        self._queue_limit = max(self.tuning.flush_lines, self.tuning.queue_limit)
         self.base_tags: Mapping[str, str] = self._builder.base_tags
         self._observers = list(observers)
         self._broken_observers: set[int] = set()
-        self._observe = bool(self._observers)
         wanted: set[str] = set()
         for observer in self._observers:
             measurements = observed_measurements(observer)
             wanted.update(schema.MEASUREMENTS if measurements is None else measurements)
         self._observed = frozenset(wanted)
         """Measurements some observer sees: only their points pay for observation."""
-        self._observed_keys: dict[str, dict[object, tuple[str, str] | None]] = {
-            name: {} for name in schema.MEASUREMENTS
-        }
-        self._observed_tags: dict[tuple[tuple[object, object], ...], Mapping[str, str]] = {}
-        self._pending: deque[str | _QueuedPoint | _Series] = deque()
+        self._pending: deque[_Pending] = deque()
         self._queued_extra = 0
         """Points queued beyond one per entry (a series entry holds several)."""
         self._measurements = frozenset(schema.MEASUREMENTS)
@@ -195,10 +197,15 @@ class Recorder:
                 self.tuning.ship,
             )
         self._stop_flusher = threading.Event()
+        self._flush_now = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_periodically, name=f"runwatch-flusher-{run_id}", daemon=True
         )
         self._flusher.start()
+        for observer in self._observers:
+            read_pending = getattr(observer, "read_pending", None)
+            if callable(read_pending):
+                read_pending(_flush_while_alive(self))
         _close_at_exit(self)
 
     # --- recording (training thread) -------------------------------------------------------
@@ -231,28 +238,27 @@ class Recorder:
                     if kind is not float and kind is not int:
                         break
                 else:  # plain numbers: the flush builds the line, off this thread if it can
-                    queued = dict(fields)
-                    call_tags = dict(tags) if tags else None
                     pending = self._pending
-                    pending.append((measurement, queued, call_tags, time_ns))
+                    pending.append(
+                        (measurement, dict(fields), dict(tags) if tags else None, time_ns)
+                    )
                     self._recorded += 1
                     if len(pending) + self._queued_extra >= self._flush_lines:
-                        self._drain()
-                    if measurement in self._observed:
-                        self._observe_plain(measurement, queued, call_tags)
+                        self._queue_full()
                     return
             line, observed, all_tags = self._build(
-                measurement, fields, tags, time_ns, self._observe
+                measurement, fields, tags, time_ns, measurement in self._observed
             )
             if line is None:
                 return
             pending = self._pending
-            pending.append(line)
-            self._recorded += 1
-            if len(pending) >= self._flush_lines:
-                self._drain()
             if observed is not None and all_tags is not None:
-                self._notify(measurement, observed, all_tags)
+                pending.append(_Built(line, measurement, observed, all_tags))
+            else:
+                pending.append(line)
+            self._recorded += 1
+            if len(pending) + self._queued_extra >= self._flush_lines:
+                self._queue_full()
         except Exception as exc:  # telemetry never raises into training
             self._problems.dropped_points += 1
             self._problems.warn_once(
@@ -286,7 +292,7 @@ class Recorder:
                         if kind is not float and kind is not int:
                             plain = False
                             break
-            if not plain or measurement in self._observed:
+            if not plain:
                 for index in range(count):
                     self.record(
                         measurement,
@@ -315,7 +321,7 @@ class Recorder:
             self._recorded += count
             self._queued_extra += count - 1
             if len(pending) + self._queued_extra >= self._flush_lines:
-                self._drain()
+                self._queue_full()
         except Exception as exc:  # telemetry never raises into training
             self._problems.dropped_points += 1
             self._problems.warn_once(
@@ -358,63 +364,6 @@ class Recorder:
             return self._now_ns()
         return converted
 
-    def _observe_plain(
-        self,
-        measurement: str,
-        fields: Mapping[str, object],
-        tags: Mapping[str, object] | None,
-    ) -> None:
-        """What observers see of a point queued as plain numbers, without building its line:
-        its fields under their stored names (finite values; ``<field>_nonfinite=1.0`` for
-        NaN/Inf), and the point's tags. Nothing is counted or warned about here: the flush
-        that builds the line does that."""
-        keys = self._observed_keys[measurement]
-        observed: dict[str, float] = {}
-        isfinite = math.isfinite
-        for name, value in fields.items():
-            spec = keys.get(name, _UNRESOLVED)
-            if spec is _UNRESOLVED:
-                spec = keys[name] = _observed_key(measurement, name)
-            if spec is None:
-                continue
-            try:
-                number = float(value)  # type: ignore[arg-type]
-            except OverflowError:  # an int no float holds: the flush drops it
-                continue
-            if isfinite(number):
-                observed[spec[0]] = number
-            else:
-                observed[spec[1]] = 1.0
-        if not observed:
-            return
-        all_tags = self._tags_for_observers(tags) if tags else self.base_tags
-        self._notify(measurement, observed, all_tags)
-
-    def _tags_for_observers(self, tags: Mapping[str, object]) -> Mapping[str, str]:
-        """The run's tags plus a call's (normalised, as the line gets them), cached."""
-        try:
-            key: tuple[tuple[object, object], ...] | None = tuple(tags.items())
-            cached = self._observed_tags.get(key)  # type: ignore[arg-type]
-        except TypeError:  # an unhashable tag value
-            key, cached = None, None
-        if cached is not None:
-            return cached
-        merged = dict(self.base_tags)
-        for raw_key, raw_value in tags.items():
-            name = normalise_name(raw_key)
-            if name is None or name in schema.NEVER_TAGS or name in schema.BASE_TAGS:
-                continue
-            if raw_value is None:
-                continue
-            value = raw_value if isinstance(raw_value, str) else str(raw_value)
-            if escape_tag_value(value) is not None:
-                merged[name] = value
-        if key is not None:
-            if len(self._observed_tags) >= _MAX_OBSERVED_TAGS:
-                self._observed_tags.clear()
-            self._observed_tags[key] = merged
-        return merged
-
     def _notify(
         self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
     ) -> None:
@@ -444,58 +393,87 @@ class Recorder:
             if not count:
                 return
             self._queued_extra = 0
-            lines = self._lines([pending.popleft() for _ in range(count)])
-            count = len(lines)
-            writer = self._writer
-            if writer is None:
-                self._lost += count
-                return
-            try:
-                writer.append("".join(lines).encode("utf-8", "replace"))
-            except OSError as exc:
-                self._lost += count
-                self._fail(f"spool write failed, {count} points lost: {exc}")
-                return
-            self._spooled += count
+            observations: list[_Observation] = []
+            lines = self._lines([pending.popleft() for _ in range(count)], observations)
+            self._append(lines)
+            # Observers see the points in order, under the lock: a scrape that flushes first
+            # and the flusher thread never interleave them.
+            for measurement, observed, all_tags in observations:
+                self._notify(measurement, observed, all_tags)
 
-    def _lines(self, queued: list[str | _QueuedPoint | _Series]) -> list[str]:
-        """The queued points as lines (those queued as values built now); a point that turns
-        out invalid is dropped and no longer counted as recorded."""
+    def _append(self, lines: list[str]) -> None:
+        count = len(lines)
+        writer = self._writer
+        if writer is None:
+            self._lost += count
+            return
+        try:
+            writer.append("".join(lines).encode("utf-8", "replace"))
+        except OSError as exc:
+            self._lost += count
+            self._fail(f"spool write failed, {count} points lost: {exc}")
+            return
+        self._spooled += count
+
+    def _lines(self, queued: list[_Pending], observations: list[_Observation]) -> list[str]:
+        """The queued points as lines (those queued as values built now), and what observers
+        see of them; a point that turns out invalid is dropped and no longer counted as
+        recorded."""
         lines: list[str] = []
         for entry in queued:
             if isinstance(entry, str):
                 lines.append(entry)
+            elif isinstance(entry, _Built):
+                lines.append(entry.line)
+                observations.append((entry.measurement, entry.observed, entry.tags))
             elif isinstance(entry, _Series):
                 for point in entry.points():
-                    self._add_line(lines, *point)
+                    self._add_line(lines, observations, *point)
             else:
-                self._add_line(lines, *entry)
+                self._add_line(lines, observations, *entry)
         return lines
 
     def _add_line(
         self,
         lines: list[str],
+        observations: list[_Observation],
         measurement: str,
         fields: Mapping[str, object],
         tags: Mapping[str, object] | None,
         time_ns: int,
     ) -> None:
         try:
-            line = self._build(measurement, fields, tags, time_ns, False)[0]
+            line, observed, all_tags = self._build(
+                measurement, fields, tags, time_ns, measurement in self._observed
+            )
         except Exception as exc:
-            line = None
+            line = observed = all_tags = None
             self._problems.dropped_points += 1
             self._problems.warn_once(
                 "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
             )
         if line is None:
             self._recorded -= 1
-        else:
-            lines.append(line)
+            return
+        lines.append(line)
+        if observed is not None and all_tags is not None:
+            observations.append((measurement, observed, all_tags))
+
+    def _queue_full(self) -> None:
+        """``flush_lines`` points wait: wake the flusher (building lines is its work, not the
+        training thread's), or append them here once ``queue_limit`` wait."""
+        if len(self._pending) + self._queued_extra >= self._queue_limit:
+            self._drain()
+        elif not self._flush_now.is_set():
+            self._flush_now.set()
 
     def _flush_periodically(self) -> None:
         interval = self.tuning.flush_interval_s
-        while not self._stop_flusher.wait(interval):
+        while True:
+            self._flush_now.wait(interval)
+            self._flush_now.clear()
+            if self._stop_flusher.is_set():
+                return
             self._flush_quietly()
 
     def _flush_quietly(self) -> None:
@@ -527,6 +505,7 @@ class Recorder:
             self._closed = True
         try:
             self._stop_flusher.set()
+            self._flush_now.set()
             if self._flusher is not threading.current_thread():
                 self._flusher.join(timeout=5.0)
             self._drain()
@@ -637,18 +616,30 @@ class _Series(NamedTuple):
             )
 
 
-_MAX_OBSERVED_TAGS = 4_096
-_UNRESOLVED: tuple[str, str] = ("", "")
+class _Built(NamedTuple):
+    """A point built at ``record()`` (its values were not plain numbers) that observers see."""
+
+    line: str
+    measurement: str
+    observed: Mapping[str, float]
+    tags: Mapping[str, str]
 
 
-def _observed_key(measurement: str, raw_name: object) -> tuple[str, str] | None:
-    """(stored name, its ``_nonfinite`` flag) of a numeric field, or None when the line will
-    not hold it as a number (unknown or empty name, a string field)."""
-    name = normalise_name(raw_name)
-    spec = schema.MEASUREMENTS[measurement]
-    if name is None or not spec.accepts_field(name) or spec.is_string_field(name):
-        return None
-    return name, schema.nonfinite_field(name)
+_Pending = str | _QueuedPoint | _Series | _Built
+"""A queue entry: a built line nobody observes, or what the next flush builds or observes."""
+_Observation = tuple[str, Mapping[str, float], Mapping[str, str]]
+
+
+def _flush_while_alive(recorder: Recorder) -> Callable[[], None]:
+    """``recorder.flush`` without keeping the recorder alive (for an observer to hold)."""
+    reference = weakref.ref(recorder)
+
+    def flush() -> None:
+        alive = reference()
+        if alive is not None:
+            alive.flush()
+
+    return flush
 
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()

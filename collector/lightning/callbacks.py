@@ -355,7 +355,7 @@ class BatchMetricsCallback(SessionCallback):
     def _step_fields(outputs: Any) -> dict[str, float]:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return {"loss": float(loss.detach().reshape(()).item())}  # the step's one sync
+            return {"loss": float(loss.item())}  # the step's one sync (item() ignores autograd)
         return {}
 
 

@@ -22,10 +22,11 @@ Files under ``settings.spool_dir`` (``<RUNWATCH_HOME>/spool``), one *stream* per
 ``<run>`` is the run_id with every character outside ``[A-Za-z0-9_-]`` written ``%XX``.
 
 Durability. The recorder appends whole lines with one ``write()`` at batch boundaries
-(every ``flush_lines`` points or ``flush_interval_s``, whichever comes first) and fsyncs on
-close. A SIGKILL therefore loses only points recorded since the last flush (at most
-``flush_lines`` points, at most ``flush_interval_s`` of recording: 1,000 points / 0.5 s by
-default); what was written stays in the OS page cache and reaches the disk. Only a power
+(its flusher thread every ``flush_interval_s`` and as soon as ``flush_lines`` points wait;
+``record()`` itself at ``queue_limit``) and fsyncs on close. A SIGKILL therefore loses only
+points recorded since the last append: at most ``flush_interval_s`` of recording and never
+more than ``queue_limit`` points (0.5 s, 4,000 points by default; about 1,000 when the flusher
+keeps up); what was written stays in the OS page cache and reaches the disk. Only a power
 loss can lose more (what was not fsynced yet). A write torn by a kill or a full disk leaves a
 last line without its newline: readers never ship past the last newline, and the next writer
 of the stream moves the torn bytes to ``.rejected`` and truncates before appending, so a

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector import prometheus as prom
 from collector.config import load_settings
 from collector.prometheus import PrometheusExporter, start_exporter
-from collector.recorder import Recorder
+from collector.recorder import Recorder, RecorderTuning
 from collector.run import Run
 from tests.servers._process import free_port
 
@@ -252,6 +252,29 @@ def test_recorder_feeds_the_exporter_as_observer(tmp_path) -> None:  # type: ign
     assert value(exporter, prom.TRAIN_LOSS) == 0.5  # name normalised by the recorder
     assert value(exporter, prom.GRADIENT_NORM) == 1.5
     assert value(exporter, prom.OPTIMIZER_STEPS) == 41.0
+
+
+def test_a_scrape_sees_every_point_recorded_before_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = load_settings(
+        {"RUNWATCH_HOME": str(tmp_path), "RUNWATCH_PROMETHEUS_PORT": "0"}, dotenv=None
+    )
+    exporter = PrometheusExporter("run-scrape", experiment="e")
+    slow_flush = RecorderTuning(flush_interval_s=3600)  # only the scrape flushes
+    with Recorder(
+        "run-scrape", experiment="e", settings=settings, observers=(exporter,), tuning=slow_flush
+    ) as rec:
+        rec.record("batch", {"loss": 0.75, "step": 9})
+        assert rec._pending  # queued, not observed yet
+        assert value(exporter, prom.TRAIN_LOSS) == 0.75
+        assert value(exporter, prom.OPTIMIZER_STEPS) == 10.0
+        assert not rec._pending  # the scrape had it spooled and observed
+        rec.record("batch", {"loss": 0.5, "step": 10})
+        registry_value = exporter.registry.get_sample_value(
+            prom.TRAIN_LOSS, {"run_id": "run-scrape"}
+        )
+        assert registry_value == 0.5
+    del rec
+    assert value(exporter, prom.TRAIN_LOSS) == 0.5  # a gone recorder's hook is a no-op
 
 
 def test_step_duration_buckets(exporter: PrometheusExporter) -> None:

@@ -248,7 +248,7 @@ def test_observers_see_normalised_fields_nonfinite_flags_and_failures_are_contai
     assert isinstance(Collecting(), collector.PointObserver)
 
 
-def test_observers_see_queued_points_as_built_ones_and_only_what_they_ask_for(
+def test_observers_see_points_when_they_are_spooled_not_on_the_recording_thread(
     settings: Settings,
 ) -> None:
     seen: list[tuple[str, dict[str, float], dict[str, str]]] = []
@@ -271,12 +271,13 @@ def test_observers_see_queued_points_as_built_ones_and_only_what_they_ask_for(
         rec.record("client_round", {"train_loss": 0.4}, tags={"Round": 2, "step": 9, "x": ""})
         rec.record("batch", {"//": 1.0})  # nothing the line would hold: not observed
         assert rec._pending and all(not isinstance(p, str) for p in rec._pending)
+        assert seen == []  # record() only queued them
+        rec.flush()
         base = {"run_id": run_id, "experiment": EXPERIMENT, "mode": "centralized"}
         assert seen == [
             ("batch", {"train_loss": 0.5, "step": 3.0, "acc_nonfinite": 1.0}, base),
             ("client_round", {"train_loss": 0.4}, {**base, "round": "2"}),
         ]
-        rec.flush()
         lines = spool_lines(rec)
     assert [line.split(" ")[1] for line in lines] == [
         "train_loss=0.5,step=3.0,acc_nonfinite=1.0",
@@ -342,7 +343,7 @@ def test_record_series_of_non_plain_values_and_observed_series_go_point_by_point
 
 
 def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
-    tuning = RecorderTuning(flush_lines=10, flush_interval_s=3600)
+    tuning = RecorderTuning(flush_lines=10, queue_limit=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
         names = [str(i) for i in range(6)]
         rec.record_series("gradient_layer", "norm", [1.0] * 6, "layer", names)
@@ -352,7 +353,7 @@ def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
 
 
 def test_flush_lines_and_the_periodic_flusher_bound_what_sits_in_memory(settings: Settings) -> None:
-    tuning = RecorderTuning(flush_lines=10, flush_interval_s=3600)
+    tuning = RecorderTuning(flush_lines=10, queue_limit=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
         for step in range(25):
             rec.record("batch", {"step": step})
@@ -367,6 +368,31 @@ def test_flush_lines_and_the_periodic_flusher_bound_what_sits_in_memory(settings
         while not spool_lines(rec) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(spool_lines(rec)) == 1
+
+
+def test_flush_lines_wake_the_flusher_and_queue_limit_appends_on_the_recording_thread(
+    settings: Settings,
+) -> None:
+    tuning = RecorderTuning(flush_lines=10, queue_limit=30, flush_interval_s=3600)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+        for step in range(9):
+            rec.record("batch", {"step": step})
+        time.sleep(0.2)
+        assert spool_lines(rec) == []  # under flush_lines: the flusher sleeps on
+        rec.record("batch", {"step": 9})
+        deadline = time.monotonic() + 5
+        while len(spool_lines(rec)) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(spool_lines(rec)) == 10  # woken, it appended them (not the hour later)
+
+        rec._stop_flusher.set()  # the flusher falls behind: it is gone
+        rec._flush_now.set()
+        rec._flusher.join(5)
+        for step in range(10, 39):
+            rec.record("batch", {"step": step})
+        assert len(spool_lines(rec)) == 10  # 29 wait
+        rec.record("batch", {"step": 39})
+        assert len(spool_lines(rec)) == 40  # queue_limit: record() appended them itself
 
 
 def test_close_is_idempotent_and_later_points_are_dropped(settings: Settings) -> None:
