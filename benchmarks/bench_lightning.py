@@ -11,6 +11,10 @@ logger alike. Two rates:
   (total, max, min, per layer) at every step;
 - every step without gradient norms: the same, ``gradient_every_n=0``.
 
+In the every-step group, "CSV + grad_norm" is CSVLogger with the same data runwatch records
+there: per-parameter gradient norms logged the way Lightning documents (``grad_norm`` and
+``log_dict`` in ``on_before_optimizer_step``); plain CSVLogger records no gradient norms.
+
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
 ratios are reported (whole-run timings drift by ±30% on a shared machine).
@@ -43,6 +47,7 @@ warnings.filterwarnings("ignore")
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger  # noqa: E402
+from lightning.pytorch.utilities import grad_norm  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -50,6 +55,8 @@ from collector.config import load_settings  # noqa: E402
 from collector.lightning import runwatch_telemetry  # noqa: E402
 
 WARMUP_STEPS = 50
+SELF_RUNS = 3
+"""Instrumented runs per figure of runwatch code on the training thread (median)."""
 BATCH = 64
 FEATURES = 64
 
@@ -139,6 +146,22 @@ def csv_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callba
     return CSVLogger(save_dir=str(workdir / "csv")), []
 
 
+class LightningGradNorms(pl.Callback):
+    """Lightning's documented way to track gradient norms: ``grad_norm`` and ``log_dict`` in
+    ``on_before_optimizer_step`` (per-parameter L2 norms and their total, every step)."""
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        pl_module.log_dict(grad_norm(pl_module, norm_type=2))
+
+
+def csv_logger_with_grad_norms(
+    workdir: Path, every: int
+) -> tuple[Logger | bool, list[pl.Callback]]:
+    return CSVLogger(save_dir=str(workdir / "csv")), [LightningGradNorms()]
+
+
 def tensorboard_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
     return TensorBoardLogger(save_dir=str(workdir / "tb")), []
 
@@ -191,6 +214,7 @@ GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
         {
             "runwatch": runwatch(1),
             "CSVLogger": csv_logger,
+            "CSV + grad_norm": csv_logger_with_grad_norms,
             "TensorBoardLogger": tensorboard_logger,
             "MLFlowLogger": mlflow_logger,
         },
@@ -298,9 +322,16 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[(group, label)].append(timed[1] / ((before[1] + after[1]) / 2))
                 before = after
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-        self_default = runwatch_self_time(runwatch(None), 50, args.steps, workdir)
-        self_every = runwatch_self_time(runwatch(1), 1, args.steps, workdir)
-        self_no_gradients = runwatch_self_time(runwatch(1, gradients=False), 1, args.steps, workdir)
+        self_default, self_every, self_no_gradients = (
+            statistics.median(
+                runwatch_self_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS)
+            )
+            for build, every in (
+                (runwatch(None), 50),
+                (runwatch(1), 1),
+                (runwatch(1, gradients=False), 1),
+            )
+        )
 
     bare_best = min(t[1] for t in bare_times)
     bare_wall = statistics.median(t[0] for t in bare_times)
@@ -327,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         spent = self_times[group]
         print(
-            f"  runwatch code on the training thread: {spent * 1e6:.1f} µs/step "
+            f"  runwatch code on the training thread: {spent * 1e6:.1f} µs/step, median of "
+            f"{SELF_RUNS} instrumented runs "
             f"({spent / bare_wall:.1%} of the bare step)"
         )
         print(f"  target: {TARGETS[group]}")
