@@ -29,7 +29,11 @@ from typing import Any
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
 from collector.spool import decode_run_id, encode_run_id
-from collector.store._store import RunExistsError, Store
+
+# Through the package, never `collector.store._store` directly: importing the private module
+# while another thread runs the package's __init__ deadlocks the two imports (Python then
+# hands one a half-initialised module).
+from collector.store import RunExistsError, Store
 from collector.store.engine import DatabaseUnavailableError
 from collector.store.models import utc_now
 
