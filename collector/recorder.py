@@ -260,10 +260,7 @@ class Recorder:
             if len(pending) + self._queued_extra >= self._flush_lines:
                 self._queue_full()
         except Exception as exc:  # telemetry never raises into training
-            self._problems.dropped_points += 1
-            self._problems.warn_once(
-                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
-            )
+            self._internal_error(exc)
 
     def record_series(
         self,
@@ -323,10 +320,7 @@ class Recorder:
             if len(pending) + self._queued_extra >= self._flush_lines:
                 self._queue_full()
         except Exception as exc:  # telemetry never raises into training
-            self._problems.dropped_points += 1
-            self._problems.warn_once(
-                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
-            )
+            self._internal_error(exc)
 
     def event(
         self,
@@ -343,6 +337,13 @@ class Recorder:
             return
         event_tags: dict[str, object] = {**(tags or {}), schema.EVENT: event_name}
         self.record(schema.M_EVENT, {schema.TEXT: text, schema.VALUE: value}, event_tags)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug of ours met while recording: the point is dropped and counted, warned once."""
+        self._problems.dropped_points += 1
+        self._problems.warn_once(
+            "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
+        )
 
     def _now_ns(self) -> int:
         # Strictly increasing, so two points of one series never share a timestamp
@@ -448,10 +449,7 @@ class Recorder:
             )
         except Exception as exc:
             line = observed = all_tags = None
-            self._problems.dropped_points += 1
-            self._problems.warn_once(
-                "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
-            )
+            self._internal_error(exc)
         if line is None:
             self._recorded -= 1
             return
