@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,10 @@ DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 
 _COMPACTOR_NICENESS = 19
 """Compression waits for idle CPU: the training and the shipper come first."""
+CLOSE_COMPRESSION_BUDGET_S = 0.5
+"""What ``close()`` spends at most on segments compression has not reached yet (a training
+that kept both cores busy starved it), so closing a run stays fast; the rest stays plain
+until a writer of the run opens the stream again."""
 
 
 def _try_flock(fd: int) -> bool:
@@ -151,9 +156,10 @@ class SpoolWriter:
         if self._tail_fd is not None:
             os.fsync(self._tail_fd)
 
-    def close(self) -> None:
+    def close(self, compression_budget_s: float = CLOSE_COMPRESSION_BUDGET_S) -> None:
         """Fsync, compress the rolled segments (the last one too: nothing appends to it any
-        more; a stream that never rolled keeps its plain head), then release the lock."""
+        more; a stream that never rolled keeps its plain head) for at most
+        ``compression_budget_s`` beyond the segment under way, then release the lock."""
         if self._lock_fd < 0:
             return
         try:
@@ -169,7 +175,7 @@ class SpoolWriter:
                         self._tail_path().unlink()
             self._tail_fd = None
             if self._compactor is not None:
-                self._compactor.finish()
+                self._compactor.finish(compression_budget_s)
             lock_fd, self._lock_fd = self._lock_fd, -1
             os.close(lock_fd)
 
@@ -232,6 +238,7 @@ class _Compactor:
     def __init__(self, stream: SpoolStream) -> None:
         self._stream = stream
         self._queue: queue.SimpleQueue[tuple[int, int, Path] | None] = queue.SimpleQueue()
+        self._give_up_at: float | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"runwatch-spool-compress-{stream.stem}", daemon=True
         )
@@ -240,7 +247,11 @@ class _Compactor:
     def submit(self, start: int, end: int, path: Path) -> None:
         self._queue.put((start, end, path))
 
-    def finish(self) -> None:
+    def finish(self, budget_s: float) -> None:
+        """Compress what is queued for at most ``budget_s`` (plus the segment under way); what
+        is left stays plain, correct for every reader, and the next writer of the stream
+        compresses it."""
+        self._give_up_at = time.monotonic() + budget_s
         self._queue.put(None)
         self._thread.join()
 
@@ -248,6 +259,8 @@ class _Compactor:
         with contextlib.suppress(AttributeError, OSError):  # Linux: niceness is per thread
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _COMPACTOR_NICENESS)
         while (item := self._queue.get()) is not None:
+            if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                continue  # closing, out of time: the rest stays plain
             start, end, path = item
             try:
                 compress_segment(self._stream, start, end, path)

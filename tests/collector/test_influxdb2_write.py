@@ -708,7 +708,7 @@ def test_compressed_segments_ship_exactly_live_and_by_sync(
             writer.append(segment_lines(live_run, start, 400))
             shipper.nudge()
         assert shipper.close(timeout=60)
-        writer.close()
+        writer.close(compression_budget_s=60)
     sent = b"".join(r.payload for r in proxy.writes)
     assert sorted(sent.splitlines()) == sorted(segment_lines(live_run, 0, 12_000).splitlines())
     assert sum(s.compressed for s in list_segments(writer.stream)) >= 10
@@ -722,7 +722,7 @@ def test_compressed_segments_ship_exactly_live_and_by_sync(
     writer = SpoolWriter.open(settings.spool_dir, synced_run, segment_bytes=32 * 1024)
     for start in range(0, 5_000, 500):
         writer.append(segment_lines(synced_run, start, 500))
-    writer.close()
+    writer.close(compression_budget_s=60)
     assert all(s.compressed for s in list_segments(writer.stream)[:-1])
     with recording_proxy(influxdb2.url) as proxy:
         via_proxy = settings.with_overrides(influx_url=proxy.url)

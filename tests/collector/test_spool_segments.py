@@ -10,9 +10,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -90,14 +93,14 @@ def test_compressed_segments_replay_byte_for_byte_the_lines_written(
     writer = SpoolWriter.open(spool_dir, RUN, segment_bytes=segment_bytes)
     for number, batch in enumerate(appends):
         if number == reopen_after:  # a resumed run continues the same stream
-            writer.close()
+            writer.close(compression_budget_s=60)
             writer = SpoolWriter.open(spool_dir, RUN, segment_bytes=segment_bytes)
         data = "".join(line + "\n" for line in batch).encode("utf-8", "replace")
         writer.append(data)
         written.append(data)
     expected = b"".join(written)
     assert writer.written == len(expected)
-    writer.close()
+    writer.close(compression_budget_s=60)
 
     stream = writer.stream
     segments = list_segments(stream)
@@ -133,7 +136,7 @@ def test_closed_segments_take_under_40_bytes_per_point(tmp_path: Path) -> None:
     every_line = data.splitlines(keepends=True)
     for start in range(0, len(every_line), 1_000):  # as the recorder flushes: 1,000 at a time
         writer.append(b"".join(every_line[start : start + 1_000]))
-    writer.close()
+    writer.close(compression_budget_s=60)
     closed = [s for s in list_segments(writer.stream) if s.compressed]
     assert len(closed) >= 5
     plain_bytes = sum(s.compressed_end - s.start for s in closed)
@@ -152,7 +155,7 @@ def test_a_crash_between_compressing_and_removing_the_plain_copy_reads_once(
 ) -> None:
     writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=10**9)
     writer.append(lines(100))
-    writer.close()
+    writer.close(compression_budget_s=60)
     stream = writer.stream
     head_copy = tmp_path / "head-copy"
     shutil.copy(stream.path, head_copy)
@@ -167,7 +170,7 @@ def test_a_crash_between_compressing_and_removing_the_plain_copy_reads_once(
     resumed = SpoolWriter.open(tmp_path, RUN, segment_bytes=10**9)
     assert resumed.written == len(lines(100))
     resumed.append(lines(5, 100))
-    resumed.close()
+    resumed.close(compression_budget_s=60)
     assert read_all(stream) == lines(105)
     assert not temp.exists()
     assert stream.path.stat().st_size == 0  # the stale head copy went; it keeps the lock
@@ -195,7 +198,7 @@ def test_a_writer_killed_mid_segment_loses_nothing_it_wrote(tmp_path: Path) -> N
     resumed = SpoolWriter.open(tmp_path, RUN, segment_bytes=4096)
     assert resumed.written == written and resumed.repaired_bytes == len(b"epoch,run_id=r x=torn")
     resumed.append(lines(10, 200))
-    resumed.close()
+    resumed.close(compression_budget_s=60)
     assert read_all(resumed.stream) == lines(210)
     assert all(s.compressed for s in list_segments(resumed.stream)[:-1])
     assert b"x=torn" in resumed.stream.rejected_path.read_bytes()
@@ -204,7 +207,7 @@ def test_a_writer_killed_mid_segment_loses_nothing_it_wrote(tmp_path: Path) -> N
 def test_a_damaged_compressed_segment_is_an_error_naming_it(tmp_path: Path) -> None:
     writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=512)
     writer.append(lines(50))
-    writer.close()
+    writer.close(compression_budget_s=60)
     damaged = next(s for s in list_segments(writer.stream) if s.compressed)
     damaged.path.write_bytes(b"not gzip")
     with StreamReader(writer.stream) as reader:
@@ -223,7 +226,7 @@ def test_backlog_and_prune_span_every_segment(tmp_path: Path) -> None:
     writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=1000)
     for start in range(0, 300, 30):
         writer.append(lines(30, start))
-    writer.close()
+    writer.close(compression_budget_s=60)
     stream = writer.stream
     total = len(lines(300))
     assert len(list_segments(stream)) > 5
@@ -245,9 +248,38 @@ def test_export_reads_points_out_of_compressed_segments(tmp_path: Path) -> None:
     every_line = realistic_lines(2_000).splitlines(keepends=True)
     for start in range(0, 2_000, 100):
         writer.append(b"".join(every_line[start : start + 100]))
-    writer.close()
+    writer.close(compression_budget_s=60)
     assert sum(s.compressed for s in list_segments(writer.stream)) > 10
     reading = SpoolReading()
     points = list(read_points(tmp_path, RUN, frozenset({"batch"}), reading))
     assert [p.fields["step"] for p in points] == [float(i) for i in range(2_000)]
     assert reading.skipped == 0
+
+
+def test_closing_stops_compressing_at_its_budget_and_the_next_writer_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collector.spool._writer as writer_module
+
+    real_compress = writer_module.compress_segment
+
+    def starved(*args: Any) -> Path:  # a training keeps the CPU busy
+        time.sleep(0.05)
+        return real_compress(*args)
+
+    monkeypatch.setattr(writer_module, "compress_segment", starved)
+    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=256)
+    for start in range(0, 400, 10):
+        writer.append(lines(10, start))
+    started = time.monotonic()
+    writer.close(compression_budget_s=0)
+    assert time.monotonic() - started < 1.0  # 40 segments x 50 ms were queued
+    segments = list_segments(writer.stream)
+    assert any(not s.compressed for s in segments[1:-1])  # left plain...
+    assert read_all(writer.stream) == lines(400)  # ...and read exactly
+    monkeypatch.setattr(writer_module, "compress_segment", real_compress)
+    resumed = SpoolWriter.open(tmp_path, RUN, segment_bytes=256)
+    resumed.append(lines(1, 400))
+    resumed.close(compression_budget_s=60)
+    assert all(s.compressed for s in list_segments(resumed.stream))
+    assert read_all(resumed.stream) == lines(401)
