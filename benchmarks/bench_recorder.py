@@ -23,6 +23,8 @@ from collector import Recorder, new_run_id
 from collector.config import Settings
 
 FIVE_FIELDS = "batch (5 fields)"
+_LAYER_NAMES = [f"net.{n}.{kind}" for n in (0, 2, 4) for kind in ("weight", "bias")]
+_LAYER_NORMS = [0.5, 0.01, 0.4, 0.02, 0.3, 0.03]
 PEER = "peer: influxdb-client Point, 5 fields"
 SHAPES: dict[str, Callable[[Recorder, int], None]] = {
     FIVE_FIELDS: lambda rec, i: rec.record(
@@ -49,6 +51,9 @@ SHAPES: dict[str, Callable[[Recorder, int], None]] = {
         },
     ),
     "event (string field)": lambda rec, i: rec.event("checkpoint", text="epoch=3-step=1200.ckpt"),
+    "record_series, 6 layers (µs per call)": lambda rec, i: rec.record_series(
+        "gradient_layer", "norm", _LAYER_NORMS, "layer", _LAYER_NAMES, {"step": float(i)}
+    ),
 }
 
 
