@@ -258,6 +258,23 @@ def bench_store(root: Path, runs: int, repeats: int) -> None:
         print(f"  SQL statements of {name}: {statements_of(env, args)} (target: constant)")
 
 
+# --- child processes ------------------------------------------------------------------------------
+
+PEAK_RSS_SAMPLER = """
+import threading
+import psutil
+process = psutil.Process()
+peak = process.memory_info().rss
+stop = threading.Event()
+def sample():
+    global peak
+    while not stop.wait(0.01):
+        peak = max(peak, process.memory_info().rss)
+threading.Thread(target=sample, daemon=True).start()
+"""
+"""The start of each measured child: samples its RSS every 10 ms into ``peak`` until ``stop``."""
+
+
 # --- federated ----------------------------------------------------------------------------------
 
 FEDERATED_CHILD = """
@@ -270,14 +287,6 @@ from collector.store import Store
 
 home, clients, rounds, epochs, batches = Path(sys.argv[1]), *map(int, sys.argv[2:6])
 settings = Settings(home=home, db_url=f"sqlite:///{home / 'runs.db'}", prometheus_port=0)
-process = psutil.Process()
-peak = process.memory_info().rss
-stop = threading.Event()
-def sample():
-    global peak
-    while not stop.wait(0.01):
-        peak = max(peak, process.memory_info().rss)
-threading.Thread(target=sample, daemon=True).start()
 started = time.perf_counter()
 store = Store.from_settings(settings)
 run_id = store.create_run("scale-fed", "federated", hyperparams={"clients": clients})
@@ -319,8 +328,8 @@ def bench_federated(root: Path, clients: int, rounds: int) -> None:
     home.mkdir()
     epochs, batches = 2, 50
     done = subprocess.run(
-        [PYTHON, "-c", FEDERATED_CHILD, str(home), str(clients), str(rounds), str(epochs),
-         str(batches)],
+        [PYTHON, "-c", PEAK_RSS_SAMPLER + FEDERATED_CHILD, str(home), str(clients), str(rounds),
+         str(epochs), str(batches)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -348,14 +357,6 @@ from collector.config import Settings
 
 home, run_id, points = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 settings = Settings(home=home, db_url="sqlite://", prometheus_port=0)
-process = psutil.Process()
-peak = process.memory_info().rss
-stop = threading.Event()
-def sample():
-    global peak
-    while not stop.wait(0.01):
-        peak = max(peak, process.memory_info().rss)
-threading.Thread(target=sample, daemon=True).start()
 noise = random.Random(15).random  # a loss with all its digits, as real losses have
 started = time.perf_counter()
 with Recorder(run_id, experiment="scale", settings=settings) as rec:
@@ -377,14 +378,6 @@ from collector.config import Settings
 home, url, org, token, bucket = Path(sys.argv[1]), *sys.argv[2:6]
 settings = Settings(home=home, db_url="sqlite://", prometheus_port=0, influx_url=url,
                     influx_org=org, influx_token=token, influx_bucket=bucket)
-process = psutil.Process()
-peak = process.memory_info().rss
-stop = threading.Event()
-def sample():
-    global peak
-    while not stop.wait(0.01):
-        peak = max(peak, process.memory_info().rss)
-threading.Thread(target=sample, daemon=True).start()
 started = time.perf_counter()
 result = ship_backlog(settings)
 elapsed = time.perf_counter() - started
@@ -418,7 +411,7 @@ def bench_points(root: Path, points: int, server_kind: str) -> None:
     home.mkdir()
     run_id = "scale-points"
     done = subprocess.run(
-        [PYTHON, "-c", RECORD_CHILD, str(home), run_id, str(points)],
+        [PYTHON, "-c", PEAK_RSS_SAMPLER + RECORD_CHILD, str(home), run_id, str(points)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     recorded = json.loads(done.stdout.strip().splitlines()[-1])
@@ -441,7 +434,7 @@ def bench_points(root: Path, points: int, server_kind: str) -> None:
         return
     try:
         done = subprocess.run(
-            [PYTHON, "-c", SYNC_CHILD, str(home), *settings],
+            [PYTHON, "-c", PEAK_RSS_SAMPLER + SYNC_CHILD, str(home), *settings],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
     finally:

@@ -142,15 +142,18 @@ DDP_SPAWN = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_ddp_spawn_with_two_cpu_processes_records_one_run(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    script = tmp_path / "train_spawn.py"
-    script.write_text(DDP_SPAWN, encoding="utf-8")
+def run_script(
+    tmp_path: Path, source: str, home: Path, *, timeout: int, prometheus_port: int = 0
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run ``source`` as a script in a child process with ``home`` as its RUNWATCH_HOME (no
+    database URL or InfluxDB from the environment); it must succeed and write a JSON report to
+    the path it gets as its argument. Returns the process and the report."""
+    script = tmp_path / "script.py"
+    script.write_text(source, encoding="utf-8")
     env = {
         **os.environ,
         "RUNWATCH_HOME": str(home),
-        "RUNWATCH_PROMETHEUS_PORT": str(free_port()),
+        "RUNWATCH_PROMETHEUS_PORT": str(prometheus_port),
         "PYTHONPATH": str(REPO),
     }
     for name in ("RUNWATCH_DB_URL", "INFLUXDB_V2_URL", "INFLUXDB_V2_TOKEN"):
@@ -162,10 +165,17 @@ def test_ddp_spawn_with_two_cpu_processes_records_one_run(tmp_path: Path) -> Non
         env=env,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run_id = json.loads(report.read_text())["run_id"]
+    return done, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_ddp_spawn_with_two_cpu_processes_records_one_run(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _done, report = run_script(tmp_path, DDP_SPAWN, home, timeout=540, prometheus_port=free_port())
+    run_id = report["run_id"]
     settings = load_settings({"RUNWATCH_HOME": str(home)}, dotenv=None)
     store = Store.from_settings(settings)
     try:
@@ -425,24 +435,8 @@ VALIDATE_ONLY = textwrap.dedent(
 def test_a_validate_only_run_with_the_logger_alone_keeps_its_values(tmp_path: Path) -> None:
     """Its epoch-0 values wait for a fit that never comes: they are written at exit."""
     home = tmp_path / "home"
-    script = tmp_path / "validate_only.py"
-    script.write_text(VALIDATE_ONLY, encoding="utf-8")
-    env = {**os.environ, "RUNWATCH_HOME": str(home), "RUNWATCH_PROMETHEUS_PORT": "0"}
-    env["PYTHONPATH"] = str(REPO)
-    for name in ("RUNWATCH_DB_URL", "INFLUXDB_V2_URL", "INFLUXDB_V2_TOKEN"):
-        env.pop(name, None)
-    report = tmp_path / "report.json"
-    done = subprocess.run(
-        [sys.executable, str(script), str(report)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, result = run_script(tmp_path, VALIDATE_ONLY, home, timeout=300)
     assert "telemetry error" not in done.stderr
-    result = json.loads(report.read_text())
     settings = load_settings({"RUNWATCH_HOME": str(home)}, dotenv=None)
     epochs = [p.fields for p in read_points(settings, result["run_id"]) if p.measurement == "epoch"]
     assert epochs == [{"epoch": 0.0, "val_loss": pytest.approx(result["val_loss"])}]
