@@ -224,13 +224,11 @@ class RunwatchLogger(Logger):
         if level == LEVEL_EVAL_STEP:
             self._warn_unfiled(values)
             return
-        context = self._batch_context
-        if context is not None:
-            self._batch_context = None
-            fields = context  # the callback's own dict for this step, taken over
-            fields.update(self._batch_fields(values))
-        else:
+        fields = self.take_batch_context()  # the callback's own dict for this step, taken over
+        if fields is None:
             fields = self._batch_fields(values)
+        else:
+            fields.update(self._batch_fields(values))
         if not fields:
             return
         fields["epoch"] = float(epoch)
