@@ -178,16 +178,16 @@ def timed_cli(env: dict[str, str], args: list[str], repeats: int) -> tuple[list[
 
 
 COUNT_STATEMENTS = """
+import sqlite3
 import sys
-from sqlalchemy import event
 from collector.cli import main
-from collector.store import Store
 statements = []
-original = Store.upgrade
-def counting_upgrade(self):
-    original(self)
-    event.listen(self.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-Store.upgrade = counting_upgrade
+connect = sqlite3.connect
+def traced_connect(*args, **kwargs):  # every SQLite connection: sqlite3's or SQLAlchemy's
+    connection = connect(*args, **kwargs)
+    connection.set_trace_callback(statements.append)
+    return connection
+sqlite3.connect = sqlite3.dbapi2.connect = traced_connect
 sys.stdout = open("/dev/null", "w")
 main(sys.argv[1:])
 sys.stdout = sys.__stdout__

@@ -11,11 +11,11 @@ stderr; ``-v`` adds its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 from collector.cli.output import printable
@@ -28,13 +28,24 @@ Register = Callable[[Any], None]
 ENTRY_POINT_GROUP = "runwatch.commands"
 
 
-def _core_commands() -> list[Register]:
-    from collector.cli import compare, doctor, runs, sync
+CORE_COMMANDS = {
+    "runs": "collector.cli.runs",
+    "compare": "collector.cli.compare",
+    "sync": "collector.cli.sync",
+    "doctor": "collector.cli.doctor",
+}
+"""Command word -> its module. A core command given on the command line is the only one
+built: plugins are looked up (``importlib.metadata``, a tenth of a second) only for help,
+a plugin's command or a mistake."""
 
-    return [runs.register, compare.register, sync.register, doctor.register]
+
+def _core_commands(names: Sequence[str] = tuple(CORE_COMMANDS)) -> list[Register]:
+    return [importlib.import_module(CORE_COMMANDS[name]).register for name in names]
 
 
 def _plugin_commands() -> list[Register]:
+    from importlib.metadata import entry_points
+
     registers: list[Register] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -44,20 +55,26 @@ def _plugin_commands() -> list[Register]:
     return registers
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``command`` alone when it is a core command."""
     parser = argparse.ArgumentParser(
         prog="runwatch",
         description="Training telemetry: InfluxDB points, Prometheus gauges, run metadata.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in _core_commands() + _plugin_commands():
+    if command in CORE_COMMANDS:
+        registers = _core_commands([command])
+    else:
+        registers = _core_commands() + _plugin_commands()
+    for register in registers:
         register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -76,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("runwatch: interrupted", file=sys.stderr)
         return 130
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command the arguments name: the first one that is not an option (the top-level
+    options take no value)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def _print_error(exc: RunwatchError, verbose: bool) -> None:

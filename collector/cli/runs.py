@@ -80,19 +80,27 @@ def register(sub: Any) -> None:
 
 
 def list_runs(args: argparse.Namespace, settings: Settings) -> int:
-    from collector.store import Store
-    from collector.store.run_listing import ListingFilter
+    from collector.store import run_listing, sqlite_listing
 
-    store = Store.from_settings(settings)
-    wanted = ListingFilter(limit=args.limit, since=args.since, experiment=args.experiment)
-    try:
-        listed = store.listing(wanted, details=args.json)
-    finally:
-        store.dispose()
+    wanted = run_listing.ListingFilter(
+        limit=args.limit, since=args.since, experiment=args.experiment
+    )
+    stale_after = timedelta(seconds=settings.stale_after_s)
+    listed = sqlite_listing.listing(
+        settings.db_url, wanted, details=args.json, stale_after=stale_after
+    )
+    if listed is None:  # not a SQLite file the listing can read as it is: the store's answer
+        from collector.store import Store
+
+        store = Store.from_settings(settings)
+        try:
+            listed = store.listing(wanted, details=args.json)
+        finally:
+            store.dispose()
     if args.json:
         print(_json_lines([run.to_dict() for run in listed]))
     elif not listed:
-        print("no runs recorded yet" if wanted == ListingFilter() else "no runs match")
+        print("no runs recorded yet" if wanted == run_listing.ListingFilter() else "no runs match")
     else:
         print_table(LIST_COLUMNS, [_list_row(run) for run in listed])
     return 0

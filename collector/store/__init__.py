@@ -14,17 +14,38 @@ Metric values that are not finite real numbers are never stored as numbers and n
 see ``collector.store.values`` for the rule (``<name>_nonfinite`` = 1.0 for NaN/Inf).
 """
 
-from collector.store._store import RunExistsError, Store
-from collector.store.engine import DatabaseUnavailableError
-from collector.store.records import (
-    ArtifactRecord,
-    MetricRecord,
-    RoundRecord,
-    RunSummary,
-    ServerEvaluationRecord,
-)
-from collector.store.session import session_scope
-from collector.store.values import NONFINITE_SUFFIX
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collector.store._store import RunExistsError, Store
+    from collector.store.engine import DatabaseUnavailableError
+    from collector.store.records import (
+        ArtifactRecord,
+        MetricRecord,
+        RoundRecord,
+        RunSummary,
+        ServerEvaluationRecord,
+    )
+    from collector.store.session import session_scope
+    from collector.store.values import NONFINITE_SUFFIX
+
+# Imported when first used: SQLAlchemy costs half a second, and ``runs list`` on a SQLite
+# file reads it with sqlite3 alone (``collector.store.sqlite_listing``).
+_LAZY = {
+    "NONFINITE_SUFFIX": "collector.store.values",
+    "ArtifactRecord": "collector.store.records",
+    "DatabaseUnavailableError": "collector.store.engine",
+    "MetricRecord": "collector.store.records",
+    "RoundRecord": "collector.store.records",
+    "RunExistsError": "collector.store._store",
+    "RunSummary": "collector.store.records",
+    "ServerEvaluationRecord": "collector.store.records",
+    "Store": "collector.store._store",
+    "session_scope": "collector.store.session",
+}
 
 __all__ = [
     "NONFINITE_SUFFIX",
@@ -38,3 +59,12 @@ __all__ = [
     "Store",
     "session_scope",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'collector.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

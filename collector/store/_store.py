@@ -188,15 +188,12 @@ class Store:
             writes.write_final_stats(session, run.id, now)
 
     def mark_stale_runs_crashed(self, stale_after: timedelta) -> list[str]:
-        """Runs still ``in_progress`` without a heartbeat for ``stale_after`` become ``crashed``."""
-        cutoff = utc_now() - stale_after
+        """Runs still ``in_progress`` without a heartbeat for ``stale_after`` become ``crashed``
+        (one statement, ``run_listing.MARK_STALE``); returns their ids, sorted."""
         with self.session() as session:
-            stale = session.scalars(
-                select(Run).where(Run.status == "in_progress", Run.heartbeat_at < cutoff)
-            ).all()
-            for run in stale:
-                run.status, run.end_time = "crashed", run.heartbeat_at
-            return sorted(run.run_id for run in stale)
+            return run_listing.mark_stale_runs(
+                run_listing.SessionRows(session), utc_now() - stale_after
+            )
 
     def mark_crashed(self, run_id: str) -> bool:
         """A run whose process is known to be gone: ``crashed`` if still ``in_progress``
@@ -389,12 +386,12 @@ class Store:
     def listing(
         self, wanted: run_listing.ListingFilter | None = None, *, details: bool = True
     ) -> list[RunListing]:
-        """What ``runs list`` shows, newest first, in two statements (one without
+        """What ``runs list`` shows, newest first, in three statements (one without
         ``details``: hyperparameters and final stats) whatever the number of runs."""
         self._mark_stale_runs()
         wanted = wanted or run_listing.ListingFilter()
         with self.session(write=False) as session:
-            return run_listing.list_runs(session, wanted, details=details)
+            return run_listing.list_runs(run_listing.SessionRows(session), wanted, details=details)
 
     def metrics_by_context(self, run_id: str, context: str) -> list[MetricRecord]:
         with self.session(write=False) as session:

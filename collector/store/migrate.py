@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from collector.store.engine import write_engine
+from collector.store.schema_revision import HEAD_REVISION
 
 if TYPE_CHECKING:  # alembic costs half a second to import: only an upgrade needs it
     from alembic.config import Config
@@ -23,9 +24,6 @@ if TYPE_CHECKING:  # alembic costs half a second to import: only an upgrade need
 SCRIPT_LOCATION = "collector.store:migrations"
 # Any constant shared by every runwatch process; "runwatch" in ASCII.
 POSTGRES_LOCK_KEY = 0x72756E7761746368
-HEAD_REVISION = "0003"
-"""The newest migration (tests check it is alembic's head): a store already there is
-recognised by one query, without importing alembic."""
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -1,30 +1,52 @@
 """The run listing (``runwatch runs list``): what the listing shows and nothing more.
 
-Each run's own columns in one statement; with ``details``, its hyperparameters and final
-stats in a second one (a ``UNION ALL`` restricted to the listed runs by a subquery, never by
-a list of bound ids), so any number of runs costs two statements. Clients, rounds, artifacts
-and metrics are ``runs show``'s (``Store.get_run``).
+Each run's own columns in one statement; with ``details``, its hyperparameters and its final
+stats in one statement each, restricted to the listed runs by a subquery (never by a list of
+bound ids), so any number of runs costs three statements. Clients, rounds, artifacts and
+metrics are ``runs show``'s (``Store.get_run``).
+
+The statements are plain SQL with named binds, read by a ``SqlRows`` — the store's SQLAlchemy
+session on any backend (``SessionRows``), or Python's own ``sqlite3`` on a SQLite file at the
+current schema (``collector.store.sqlite_listing``), which spares ``runs list`` the half
+second SQLAlchemy takes to import. This module imports neither.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import ColumnElement, literal, literal_column, null, select, union_all
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
-
-from collector.store.models import Run, RunConfiguration, RunMetric
 from collector.store.records import RunListing
 
-_HYPERPARAM = 0
-_FINAL_STAT = 1
-_IS_FINAL_STAT = RunMetric.context == literal_column("'final_epoch'")
-"""Written out, not bound: a planner uses a partial index (ix_run_metrics_final_stats) only
-when the query's condition is the index's at prepare time."""
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+RUN_COLUMNS = (
+    "id, run_id, experiment_name, training_mode, status, "
+    "start_time, end_time, heartbeat_at, host, source_path"
+)
+NEWEST_FIRST = "ORDER BY start_time DESC, id DESC"
+SQLITE_MOMENT = "%Y-%m-%d %H:%M:%S.%f"
+"""How SQLAlchemy stores a datetime in SQLite (naive UTC text): binds compare with it."""
+
+MARK_STALE = (
+    "UPDATE runs SET status = 'crashed', end_time = heartbeat_at "
+    "WHERE status = 'in_progress' AND heartbeat_at < :cutoff RETURNING run_id"
+)
+"""Runs still ``in_progress`` whose heartbeat is older than the cutoff: their process died
+without finishing them; they ended at their last heartbeat."""
+
+
+class SqlRows(Protocol):
+    """Runs one SQL statement with named binds (``:name``) and returns its rows."""
+
+    @property
+    def is_sqlite(self) -> bool: ...
+
+    def __call__(self, sql: str, params: Mapping[str, object]) -> Sequence[tuple[Any, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -36,70 +58,117 @@ class ListingFilter:
     experiment: str | None = None
     """Runs of this experiment only (its name as stored)."""
 
-    def where(self) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
+    def listed_runs(self, rows: SqlRows) -> tuple[str, dict[str, object]]:
+        """``FROM runs ...`` selecting the listed runs newest first, and its binds."""
+        conditions: list[str] = []
+        params: dict[str, object] = {}
         if self.since is not None:
-            conditions.append(Run.start_time >= self.since)
+            conditions.append("start_time >= :since")
+            params["since"] = bound_moment(rows, self.since)
         if self.experiment is not None:
-            conditions.append(Run.experiment_name == self.experiment)
-        return conditions
+            conditions.append("experiment_name = :experiment")
+            params["experiment"] = self.experiment
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"FROM runs{where} {NEWEST_FIRST}"
+        if self.limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = self.limit
+        return sql, params
 
     @property
     def selects_all(self) -> bool:
         return self.limit is None and self.since is None and self.experiment is None
 
 
-def list_runs(session: Session, wanted: ListingFilter, *, details: bool) -> list[RunListing]:
-    """Runs newest first (start time, then insertion); see the module doc for the statements."""
-    connection = session.connection()  # Core rows: no ORM row processing for 10,000s of rows
-    runs = connection.execute(
-        _newest_first(
-            select(
-                Run.id,
-                Run.run_id,
-                Run.experiment_name,
-                Run.training_mode,
-                Run.status,
-                Run.start_time,
-                Run.end_time,
-                Run.heartbeat_at,
-                Run.host,
-                Run.source_path,
-            ),
-            wanted,
-        )
-    ).all()
+def list_runs(rows: SqlRows, wanted: ListingFilter, *, details: bool) -> list[RunListing]:
+    """Runs newest first (start time, then insertion); see the module doc for the statements.
+    Read in one transaction: the caller's."""
+    listed, params = wanted.listed_runs(rows)
+    runs = rows(f"SELECT {RUN_COLUMNS} {listed}", params)
     if not details or not runs:
         return [_listing(row) for row in runs]
     hyperparams: dict[int, dict[str, Any]] = {row[0]: {} for row in runs}
     final_stats: dict[int, dict[str, float]] = {row[0]: {} for row in runs}
-    encoded: list[tuple[int, str, str]] = []
-    for run_pk, kind, name, text, value in _plain_rows(connection.execute(_details(wanted))):
-        if kind == _HYPERPARAM:
-            encoded.append((run_pk, name, text))
-        else:
-            final_stats[run_pk][name] = value
+    encoded = rows(*hyperparams_of(wanted, rows))
     # each value is JSON text: one json.loads of them all costs a tenth of one per value
-    decoded = json.loads("[" + ",".join(text for _, _, text in encoded) + "]")
-    for (run_pk, name, _), value in zip(encoded, decoded, strict=True):
-        hyperparams[run_pk][name] = value
+    decoded = json.loads("[" + ",".join(row[2] for row in encoded) + "]")
+    for (run_pk, key, _), value in zip(encoded, decoded, strict=True):
+        hyperparams[run_pk][key] = value
+    for run_pk, name, value in rows(*final_stats_of(wanted, rows)):
+        final_stats[run_pk][name] = value
     return [
         _listing(row, dict(sorted(hyperparams[row[0]].items())), final_stats[row[0]])
         for row in runs
     ]
 
 
-def _plain_rows(result: CursorResult[Any]) -> list[tuple[Any, ...]]:
-    """The driver's own tuples: these columns (ints, text, floats) need none of SQLAlchemy's
-    result processing, which costs more than the fetch on 100,000s of rows."""
-    try:
-        return list(result.cursor.fetchall())
-    finally:
-        result.close()
+def hyperparams_of(wanted: ListingFilter, rows: SqlRows) -> tuple[str, dict[str, object]]:
+    """(run_pk, key, JSON text) of the listed runs' hyperparameters."""
+    sql = "SELECT run_pk, key, value FROM run_configurations"
+    return _of_listed(sql, "WHERE", wanted, rows)
+
+
+def final_stats_of(wanted: ListingFilter, rows: SqlRows) -> tuple[str, dict[str, object]]:
+    """(run_pk, name, value) of the listed runs' final stats, by name. The condition is written
+    out, not bound: a planner uses the partial covering index ix_run_metrics_final_stats only
+    when the query's condition is the index's at prepare time; reading it in its own order
+    (run, name) needs no sort."""
+    sql = "SELECT run_pk, metric_name, metric_value FROM run_metrics WHERE context = 'final_epoch'"
+    return _of_listed(sql, "AND", wanted, rows, order="ORDER BY run_pk, metric_name")
+
+
+def _of_listed(
+    sql: str, joiner: str, wanted: ListingFilter, rows: SqlRows, order: str = ""
+) -> tuple[str, dict[str, object]]:
+    if wanted.selects_all:
+        return f"{sql} {order}".rstrip(), {}
+    listed, params = wanted.listed_runs(rows)
+    return f"{sql} {joiner} run_pk IN (SELECT id {listed}) {order}".rstrip(), params
+
+
+def mark_stale_runs(rows: SqlRows, cutoff: datetime) -> list[str]:
+    """``MARK_STALE`` at ``cutoff``: the run ids it marked ``crashed``, sorted."""
+    return sorted(row[0] for row in rows(MARK_STALE, {"cutoff": bound_moment(rows, cutoff)}))
+
+
+def bound_moment(rows: SqlRows, moment: datetime) -> object:
+    """A datetime as the backend compares it: SQLite's stored text, or an aware datetime."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime(SQLITE_MOMENT) if rows.is_sqlite else moment
+
+
+def read_moment(value: datetime | str | None) -> datetime | None:
+    """A stored moment as an aware UTC datetime (SQLite gives naive UTC text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # naive UTC text; parsed with its offset: 6x faster than replace()
+        return datetime.fromisoformat(value + "+00:00")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class SessionRows:
+    """``SqlRows`` on a SQLAlchemy session, in the session's transaction. Rows are the
+    driver's own tuples: these columns (ints, text, floats) need none of SQLAlchemy's result
+    processing, which costs more than the fetch on 100,000s of rows."""
+
+    def __init__(self, session: Session) -> None:
+        self._connection = session.connection()
+        self.is_sqlite = self._connection.dialect.name == "sqlite"
+
+    def __call__(self, sql: str, params: Mapping[str, object]) -> Sequence[tuple[Any, ...]]:
+        from sqlalchemy import text
+
+        result = self._connection.execute(text(sql), dict(params))
+        try:
+            return list(result.cursor.fetchall()) if result.returns_rows else []
+        finally:
+            result.close()
 
 
 def _listing(
-    row: Any, hyperparams: dict[str, Any] | None = None, final_stats: dict[str, float] | None = None
+    row: Sequence[Any],
+    hyperparams: dict[str, Any] | None = None,
+    final_stats: dict[str, float] | None = None,
 ) -> RunListing:
     _pk, run_id, experiment, mode, status, start, end, heartbeat, host, source = row
     return RunListing(
@@ -107,48 +176,11 @@ def _listing(
         experiment,
         mode,
         status,
-        start,
-        end,
-        heartbeat,
+        read_moment(start),  # type: ignore[arg-type]  # never NULL
+        read_moment(end),
+        read_moment(heartbeat),  # type: ignore[arg-type]
         host,
         source,
         hyperparams if hyperparams is not None else {},
         final_stats if final_stats is not None else {},
-    )
-
-
-def _newest_first(query: Any, wanted: ListingFilter) -> Any:
-    return (
-        query.where(*wanted.where())
-        .order_by(Run.start_time.desc(), Run.id.desc())
-        .limit(wanted.limit)
-    )
-
-
-def _details(wanted: ListingFilter) -> Any:
-    """Hyperparameters and final stats of the listed runs: (run_pk, kind, name, json, value),
-    final stats in the order they were stored."""
-    hyperparams = select(
-        RunConfiguration.run_pk,
-        literal(_HYPERPARAM).label("kind"),
-        RunConfiguration.id.label("row_id"),
-        RunConfiguration.key.label("name"),
-        RunConfiguration.value.label("text"),
-        null().label("value"),
-    )
-    finals = select(
-        RunMetric.run_pk,
-        literal(_FINAL_STAT),
-        RunMetric.id,
-        RunMetric.metric_name,
-        null(),
-        RunMetric.metric_value,
-    ).where(_IS_FINAL_STAT)
-    if not wanted.selects_all:
-        listed = _newest_first(select(Run.id), wanted).scalar_subquery()
-        hyperparams = hyperparams.where(RunConfiguration.run_pk.in_(listed))
-        finals = finals.where(RunMetric.run_pk.in_(listed))
-    both = union_all(hyperparams, finals).subquery()
-    return select(both.c.run_pk, both.c.kind, both.c.name, both.c.text, both.c.value).order_by(
-        both.c.kind, both.c.row_id
     )

@@ -104,3 +104,30 @@ print(sorted(m for m in ("sqlalchemy", "alembic", "collector.store") if m in sys
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_listing_a_sqlite_store_imports_neither_sqlalchemy_nor_other_commands(
+    store: Store, runwatch_env: Path
+) -> None:
+    run_id = store.create_run("light", hyperparams={"lr": 0.5})
+    script = """
+import json, sys
+from collector.cli import main
+main(["runs", "list", "--json"])
+heavy = ("sqlalchemy", "alembic", "importlib.metadata", "collector.cli.compare", "trainer")
+print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    *listing, imported = done.stdout.strip().splitlines()
+    assert json.loads(imported) == []
+    (listed,) = json.loads("\n".join(listing))
+    assert (listed["run_id"], listed["hyperparams"]) == (run_id, {"lr": 0.5})
+
+
+def test_a_store_to_create_is_listed_by_the_store(
+    runwatch_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runs", "list"]) == 0  # no database yet: the store creates it
+    assert "no runs recorded yet" in capsys.readouterr().out
+    assert (runwatch_env / "runs.db").is_file()

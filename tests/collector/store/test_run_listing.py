@@ -1,42 +1,20 @@
-"""``Store.listing`` (``runs list``): what it shows, newest first, filtered, in two statements
-whatever the number of runs, on every backend."""
+"""``Store.listing`` (``runs list``): what it shows, newest first, filtered, in three
+statements whatever the number of runs, on every backend."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import event
 
 from collector.store import Store
 from collector.store.records import RunListing
-from collector.store.run_listing import ListingFilter, _details
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _fill(store: Store, runs: int) -> list[str]:
-    run_ids = []
-    for number in range(runs):
-        run_id = store.create_run(
-            f"exp-{number % 2}",
-            "federated" if number % 3 == 0 else "centralized",
-            hyperparams={"lr": 0.1 * number, "model": {"depth": number}},
-            started_at=T0 + timedelta(hours=number),
-        )
-        store.persist_epoch_metrics(
-            run_id,
-            [{"epoch": 0, "val_cm_tp": 40, "val_cm_tn": 45, "val_cm_fp": 10, "val_cm_fn": 5}],
-            client_id="c1" if number % 3 == 0 else None,
-            round_number=1 if number % 3 == 0 else None,
-        )
-        store.add_artifact(run_id, f"/ckpt/{number}.ckpt")
-        store.complete_run(run_id, ended_at=T0 + timedelta(hours=number, minutes=30))
-        run_ids.append(run_id)
-    return run_ids
+from collector.store.run_listing import ListingFilter, SessionRows, final_stats_of
+from tests.collector.store._runs import T0
+from tests.collector.store._runs import fill_runs as _fill
 
 
 def _selects(store: Store, call: Callable[[], object]) -> int:
@@ -68,8 +46,8 @@ def test_listing_costs_the_same_statements_for_any_number_of_runs(
             store.dispose()
         assert limited == counts[runs]
     assert counts[1] == counts[12] == counts[40], counts
-    # the runs, and (details) their hyperparameters with final stats
-    assert counts[1] == (2 if details else 1), counts
+    # the runs, and (details) their hyperparameters and their final stats
+    assert counts[1] == (3 if details else 1), counts
 
 
 def test_listing_shows_columns_hyperparameters_and_final_stats(store: Store) -> None:
@@ -118,7 +96,7 @@ def test_final_stats_are_read_from_their_partial_index_not_every_metric(store: S
     _fill(store, 3)
     assert store.listing()[0].final_stats  # what the index holds
     for wanted in (ListingFilter(), ListingFilter(limit=2)):
-        steps = _plan(store, _details(wanted))
+        steps = _plan(store, wanted)
         metric_steps = [step for step in steps if "run_metrics" in step]
         assert metric_steps, steps
         # never every epoch metric of every run: an index of final stats, or one per listed run
@@ -130,11 +108,12 @@ def test_final_stats_are_read_from_their_partial_index_not_every_metric(store: S
             assert any("ix_run_metrics_final_stats" in step for step in steps), steps
 
 
-def _plan(store: Store, statement: Any) -> list[str]:
-    sql = statement.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
-    with store.engine.connect() as connection:
-        if store.engine.dialect.name == "sqlite":
-            return [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+def _plan(store: Store, wanted: ListingFilter) -> list[str]:
+    with store.session(write=False) as session:
+        rows = SessionRows(session)
+        sql, params = final_stats_of(wanted, rows)
+        if rows.is_sqlite:
+            return [row[-1] for row in rows(f"EXPLAIN QUERY PLAN {sql}", params)]
         # with sequential scans priced out, an index is taken only where it is usable
-        connection.exec_driver_sql("SET enable_seqscan = off")
-        return [row[0] for row in connection.exec_driver_sql(f"EXPLAIN {sql}")]
+        rows("SET LOCAL enable_seqscan = off", {})
+        return [row[0] for row in rows(f"EXPLAIN {sql}", params)]
