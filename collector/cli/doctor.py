@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -103,6 +101,9 @@ def _count_by_status(runs: Sequence[RunSummary]) -> str:
 
 
 def check_influxdb(settings: Settings, timeout: float) -> Check:
+    import urllib.error  # http.client and the rest: only a doctor's visit needs them
+    import urllib.request
+
     if not settings.influx_url:
         return Check(
             "influxdb", True, "not configured: points stay in the spool (runwatch sync ships them)"

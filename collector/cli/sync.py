@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from collector.cli.argtypes import non_negative_float
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
-from collector.spool import prune_shipped
 
 if TYPE_CHECKING:
     from collector.backlog import SyncResult
@@ -66,6 +65,8 @@ def run_sync(args: argparse.Namespace, settings: Settings) -> int:
         bar.finish()
     print(summary(result, settings), file=out)
     if args.prune is not None:
+        from collector.spool import prune_shipped
+
         pruned = prune_shipped(settings.spool_dir, timedelta(days=args.prune), args.run_id)
         size = sum(p.size for p in pruned)
         print(

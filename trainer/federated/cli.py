@@ -7,15 +7,16 @@ subparsers; ``run_federated_demo`` and ``federated_summary`` serve ``runwatch de
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.cli.argtypes import positive_float, positive_int
 from collector.config import Settings, mask_url
 from collector.errors import RunwatchError
 from trainer.defaults import DEFAULT_SEED
-from trainer.federated.config import FederatedConfig
-from trainer.federated.engines import ENGINES
-from trainer.federated.runner import DEFAULT_TIMEOUT_S, FederatedResult, run_federated
+from trainer.federated.config import DEFAULT_TIMEOUT_S, ENGINES, FederatedConfig
+
+if TYPE_CHECKING:  # the runner (Flower's process handling, psutil) loads with a run
+    from trainer.federated.runner import FederatedResult
 
 DEMO_ROUNDS = 3
 DEMO_CLIENTS = 2
@@ -76,6 +77,8 @@ def run_train_federated(args: argparse.Namespace, settings: Settings) -> int:
         f"{config.num_rounds} rounds…",
         flush=True,
     )
+    from trainer.federated.runner import run_federated
+
     result = run_federated(config, settings, engine=args.engine, timeout_s=args.timeout)
     print(federated_summary(result, settings))
     from collector.store.journal import describe_pending
@@ -91,6 +94,8 @@ def run_federated_demo(
     settings: Settings, *, experiment: str = "demo-federated", engine: str = "simulation"
 ) -> FederatedResult:
     """The demo's short federated run (the demo prints ``federated_summary`` of it)."""
+    from trainer.federated.runner import run_federated
+
     config = FederatedConfig(
         num_rounds=DEMO_ROUNDS, num_clients=DEMO_CLIENTS, experiment=experiment
     )

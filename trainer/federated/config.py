@@ -9,6 +9,11 @@ from pathlib import Path
 from collector.ids import validate_run_id
 from trainer.defaults import DEFAULT_SEED
 
+ENGINES = ("simulation", "deployment")
+"""How the Flower app runs: in-process simulation, or a local SuperLink with SuperNodes."""
+DEFAULT_TIMEOUT_S = 1800.0
+"""Seconds a whole federated run may take."""
+
 RunConfigValue = bool | int | float | str
 
 # dataclass field -> run-config key (Flower's convention is kebab-case)

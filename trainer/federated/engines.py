@@ -38,10 +38,10 @@ import psutil
 
 from collector.errors import RunwatchError
 from collector.run import Heartbeat
+from trainer.federated.config import ENGINES
 
 log = logging.getLogger("trainer.federated")
 
-ENGINES = ("simulation", "deployment")
 CONNECTION_NAME = "runwatch"
 APP_DIR = Path(__file__).resolve().parent / "app"
 COMPLETED = "finished:completed"

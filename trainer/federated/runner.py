@@ -14,12 +14,10 @@ from pathlib import Path
 
 from collector.config import Settings
 from collector.ids import new_run_id
-from trainer.federated.config import FederatedConfig, write_run_config
+from trainer.federated.config import DEFAULT_TIMEOUT_S, FederatedConfig, write_run_config
 from trainer.federated.engines import APP_DIR, FlowerRunResult, FlowerRuntime
 
 log = logging.getLogger("trainer.federated")
-
-DEFAULT_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
