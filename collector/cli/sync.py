@@ -115,6 +115,8 @@ def summary(result: SyncResult, settings: Settings) -> str:
         text += f"; {result.live_streams} live streams left to their running recorder"
     if result.remaining_bytes:
         text += f"; {_human(result.remaining_bytes)} not shipped"
+    if result.segments_compressed:
+        text += f"; compressed {result.segments_compressed} finished spool segments"
     return text
 
 

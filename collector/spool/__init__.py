@@ -48,6 +48,7 @@ from collector.spool._segments import (
     Segment,
     SpoolDamagedError,
     StreamReader,
+    compress_finished_segments,
     compress_segment,
     list_segments,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "StreamReader",
     "backlog",
     "complete_end",
+    "compress_finished_segments",
     "compress_segment",
     "count_lines",
     "decode_run_id",

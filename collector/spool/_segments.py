@@ -14,6 +14,7 @@ Offsets are those of the stream's bytes as written, whatever file holds them now
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import zlib
 from dataclasses import dataclass
@@ -89,6 +90,34 @@ def stale_files(stream: SpoolStream) -> list[Path]:
             if name.endswith(_TEMP_SUFFIX) or name.endswith(SEGMENT_SUFFIX):
                 stale.append(Path(entry.path))
     return stale
+
+
+def remove_stale_files(stream: SpoolStream) -> None:
+    """``stale_files`` removed: for the holder of the stream's lock only."""
+    for path in stale_files(stream):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def finished_plain_segments(stream: SpoolStream) -> list[tuple[int, int, Path]]:
+    """(start, end, path) of every plain segment the stream has moved on from: each one but
+    the last, which may still be appended to. What compression has not reached yet."""
+    return [
+        (finished.start, following.start, finished.path)
+        for finished, following in itertools.pairwise(list_segments(stream))
+        if not finished.compressed
+    ]
+
+
+def compress_finished_segments(stream: SpoolStream) -> int:
+    """Compress what ``finished_plain_segments`` lists, after removing what an interrupted
+    compression left; returns how many. Only for whoever holds the stream's lock with no
+    writer behind it (``runwatch sync``): a writer compresses its own on its thread."""
+    remove_stale_files(stream)
+    finished = finished_plain_segments(stream)
+    for start, end, path in finished:
+        compress_segment(stream, start, end, path)
+    return len(finished)
 
 
 def compress_segment(stream: SpoolStream, start: int, end: int, source: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import logging
 import os
 import queue
@@ -15,7 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from collector.spool._reading import complete_end
-from collector.spool._segments import compress_segment, fsync_dir, list_segments, stale_files
+from collector.spool._segments import (
+    compress_segment,
+    finished_plain_segments,
+    fsync_dir,
+    list_segments,
+    remove_stale_files,
+)
 from collector.spool._streams import (
     MAX_STREAMS_PER_RUN,
     SpoolStream,
@@ -79,9 +84,7 @@ class SpoolWriter:
         self.segment_bytes = segment_bytes
         self._lock_fd = lock_fd
         self._compactor: _Compactor | None = None
-        for path in stale_files(stream):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        remove_stale_files(stream)
         segments = list_segments(stream)
         if segments[0].path != stream.path and os.fstat(lock_fd).st_size:
             os.ftruncate(lock_fd, 0)  # a copy of compressed bytes left by a crash
@@ -105,9 +108,8 @@ class SpoolWriter:
             os.fstat(self._tail_fd).st_size if self._tail_fd is not None else 0
         )
         """Offset just past the last complete line (what readers may ship)."""
-        for finished, following in itertools.pairwise(segments):
-            if finished.compressed_end is None:
-                self._compress_later(finished.start, following.start, finished.path)
+        for start, end, path in finished_plain_segments(stream):
+            self._compress_later(start, end, path)
         if read_ack(stream) > self.written:
             write_ack(stream, self.written)
 

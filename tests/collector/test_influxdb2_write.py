@@ -733,3 +733,40 @@ def test_compressed_segments_ship_exactly_live_and_by_sync(
         ("batch", "step"): 5_000,
         ("batch", "loss"): 5_000,
     }
+
+
+def test_sync_ships_what_close_left_plain_then_compresses_it(
+    influxdb2: InfluxDB2, influxdb2_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collector.spool._writer as writer_module
+
+    settings = influxdb2.settings(tmp_path / "home", influxdb2_bucket)
+    run_id = new_run_id()
+    # a training that kept the cores busy: the writer compressed no finished segment
+    monkeypatch.setattr(writer_module, "compress_segment", lambda *args: None)
+    writer = SpoolWriter.open(settings.spool_dir, run_id, segment_bytes=32 * 1024)
+    for start in range(0, 5_000, 500):
+        writer.append(segment_lines(run_id, start, 500))
+    writer.close(compression_budget_s=0)
+    left_plain = [s for s in list_segments(writer.stream)[:-1] if not s.compressed]
+    assert len(left_plain) >= 5
+    monkeypatch.undo()
+
+    with recording_proxy(influxdb2.url) as proxy:
+        via_proxy = settings.with_overrides(influx_url=proxy.url)
+        result = ship_backlog(via_proxy, run_id, tuning=tuning(batch_lines=1_000))
+    assert result.error is None and result.lines_shipped == 5_000
+    assert result.segments_compressed == len(left_plain)
+    assert b"".join(r.payload for r in proxy.writes) == segment_lines(run_id, 0, 5_000)
+    assert counts_per_field(influxdb2, influxdb2_bucket, run_id) == {
+        ("batch", "step"): 5_000,
+        ("batch", "loss"): 5_000,
+    }
+    segments = list_segments(writer.stream)
+    assert all(s.compressed for s in segments[:-1])
+    head, *rolled = left_plain  # the head keeps the stream's lock: it is emptied
+    assert head.path == writer.stream.path and head.path.stat().st_size == 0
+    assert not any(s.path.exists() for s in rolled)
+    assert read_ack(writer.stream) == writer.written
+    again = ship_backlog(settings, run_id, tuning=tuning())
+    assert (again.lines_shipped, again.segments_compressed) == (0, 0)

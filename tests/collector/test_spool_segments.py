@@ -19,6 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from collector.backlog import ship_backlog
+from collector.config import load_settings
+from collector.shipper import RetryPolicy, ShipTuning
 from collector.spool import (
     SpoolStream,
     SpoolWriter,
@@ -33,6 +36,7 @@ from collector.spool import (
     write_ack,
 )
 from collector.spooled_points import SpoolReading, read_points
+from tests.servers._process import free_port
 
 RUN = "20260101T000000Z-segmentsab"
 
@@ -283,3 +287,35 @@ def test_closing_stops_compressing_at_its_budget_and_the_next_writer_finishes(
     resumed.close(compression_budget_s=60)
     assert all(s.compressed for s in list_segments(resumed.stream))
     assert read_all(resumed.stream) == lines(401)
+
+
+def test_sync_compresses_what_close_left_plain_even_with_influxdb_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collector.spool._writer as writer_module
+
+    settings = load_settings(
+        {
+            "RUNWATCH_HOME": str(tmp_path / "home"),
+            "INFLUXDB_V2_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens
+            "INFLUXDB_V2_TOKEN": "token",
+            "INFLUXDB_V2_ORG": "org",
+        },
+        dotenv=None,
+    )
+    monkeypatch.setattr(writer_module, "compress_segment", lambda *args: None)
+    writer = SpoolWriter.open(settings.spool_dir, RUN, segment_bytes=256)
+    for start in range(0, 400, 10):
+        writer.append(lines(10, start))
+    writer.close(compression_budget_s=0)
+    monkeypatch.undo()
+    plain = sum(not s.compressed for s in list_segments(writer.stream)[:-1])
+    assert plain > 10
+
+    once = RetryPolicy(max_attempts=1, base_delay_s=0.01, max_delay_s=0.01)
+    result = ship_backlog(settings, RUN, tuning=ShipTuning(retry=once))
+    assert result.error is not None and result.lines_shipped == 0
+    assert result.segments_compressed == plain
+    assert all(s.compressed for s in list_segments(writer.stream)[:-1])
+    assert read_all(writer.stream) == lines(400)  # nothing lost, nothing acknowledged
+    assert stream_backlog(writer.stream).unshipped_bytes == len(lines(400))
