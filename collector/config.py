@@ -33,8 +33,12 @@ from urllib.parse import urlsplit
 
 from collector.errors import ConfigError
 
-SETTING_GROUPS: Mapping[str, str] = {"influx": "INFLUXDB_V2_", "prometheus": "RUNWATCH_PROMETHEUS_"}
-"""Settings a command may leave unread, by the prefix of their variables."""
+SETTING_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "influx": ("INFLUXDB_V2_", "RUNWATCH_INFLUX_"),
+    "prometheus": ("RUNWATCH_PROMETHEUS_",),
+}
+"""Settings a command may leave unread, by the prefixes of their variables."""
+INFLUX_GZIP_CHOICES = ("auto", "on", "off")
 PLACEHOLDER_MARK = "change-me"
 """What every secret in .env.example holds until the user replaces it."""
 DEFAULT_BUCKET = "training"
@@ -55,6 +59,9 @@ class Settings:
     influx_org: str | None = None
     influx_token: str | None = field(default=None, repr=False)
     influx_bucket: str = DEFAULT_BUCKET
+    influx_gzip: bool | None = None
+    """Gzip the bodies of writes: None (``auto``) only to a server not on this machine, where
+    it saves network; compressing for a loopback server costs both ends CPU for nothing."""
     prometheus_addr: str = "127.0.0.1"
     prometheus_port: int = DEFAULT_PROMETHEUS_PORT
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
@@ -92,6 +99,7 @@ class Settings:
             "INFLUXDB_V2_ORG": self.influx_org or "(not set)",
             "INFLUXDB_V2_TOKEN": mask_secret(self.influx_token),
             "INFLUXDB_V2_BUCKET": self.influx_bucket,
+            "RUNWATCH_INFLUX_GZIP": {None: "auto", True: "on", False: "off"}[self.influx_gzip],
             "RUNWATCH_PROMETHEUS_ADDR": self.prometheus_addr,
             "RUNWATCH_PROMETHEUS_PORT": str(self.prometheus_port)
             + ("" if self.prometheus_port else " (disabled)"),
@@ -156,7 +164,7 @@ def load_settings(
     home = Path(env.get("RUNWATCH_HOME") or Path.home() / ".runwatch").expanduser()
     db_url = env.get("RUNWATCH_DB_URL") or f"sqlite:///{home / 'runs.db'}"
     _validate_db_url(db_url)
-    prefixes = tuple(SETTING_GROUPS[group] for group in unused)
+    prefixes = tuple(prefix for group in unused for prefix in SETTING_GROUPS[group])
     env = {k: v for k, v in env.items() if not k.startswith(prefixes)}
     influx_url = env.get("INFLUXDB_V2_URL") or None
     if influx_url is not None:
@@ -175,11 +183,21 @@ def load_settings(
         influx_org=env.get("INFLUXDB_V2_ORG") or None,
         influx_token=_influx_token(env),
         influx_bucket=env.get("INFLUXDB_V2_BUCKET") or DEFAULT_BUCKET,
+        influx_gzip=_parse_gzip(env.get("RUNWATCH_INFLUX_GZIP")),
         prometheus_addr=env.get("RUNWATCH_PROMETHEUS_ADDR") or "127.0.0.1",
         prometheus_port=_parse_port(env.get("RUNWATCH_PROMETHEUS_PORT")),
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
     )
+
+
+def _parse_gzip(text: str | None) -> bool | None:
+    choice = (text or "auto").strip().lower()
+    if choice not in INFLUX_GZIP_CHOICES:
+        raise ConfigError(
+            f"RUNWATCH_INFLUX_GZIP must be one of {', '.join(INFLUX_GZIP_CHOICES)}, got {text!r}"
+        )
+    return None if choice == "auto" else choice == "on"
 
 
 def _influx_token(env: Mapping[str, str]) -> str | None:

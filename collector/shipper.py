@@ -2,9 +2,9 @@
 
 The shipper reads batches of complete lines *from the spool file* (never from an in-memory
 queue, so memory stays flat however long InfluxDB is down), posts each batch from its own
-thread with the standard library's ``http.client`` (keep-alive, gzip at level 1, about 5,000
-lines a request; the next batch is read and compressed while the server answers the one in
-flight), and advances the stream's ``.ack`` offset over acknowledged batches, in spool order.
+thread with the standard library's ``http.client`` (keep-alive, about 5,000 lines a request,
+gzip at level 1 unless the server is on this machine; the next batch is read and compressed
+while the server answers the one in flight), and advances the stream's ``.ack`` offset over acknowledged batches, in spool order.
 A closing shipper gives up early when the server does not answer: what is left stays on disk
 for ``runwatch sync``.
 
@@ -29,6 +29,7 @@ write cannot overlap two requests, its batching ``WriteApi.flush()`` does nothin
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import logging
 import os
 import random
@@ -318,13 +319,27 @@ PARALLEL_TUNING = ShipTuning(requests_in_flight=2)
 
 
 def target_for(settings: Any) -> InfluxWriteTarget:
-    """The write target configured by ``Settings`` (its ``influx_url`` must be set)."""
+    """The write target configured by ``Settings`` (its ``influx_url`` must be set); gzip
+    as ``settings.influx_gzip`` says (by default, only to a server on another machine)."""
+    gzip = settings.influx_gzip
     return InfluxWriteTarget(
         settings.influx_url,
         token=settings.influx_token,
         org=settings.influx_org,
         bucket=settings.influx_bucket,
+        gzip=not is_loopback(settings.influx_url) if gzip is None else gzip,
     )
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine by name or address (no name is resolved)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ def test_read_dotenv_missing_file_is_empty(tmp_path: Path) -> None:
         ({"INFLUXDB_V2_URL": "localhost:8086"}, "INFLUXDB_V2_URL"),
         ({"RUNWATCH_PROMETHEUS_PORT": "abc"}, "RUNWATCH_PROMETHEUS_PORT"),
         ({"RUNWATCH_PROMETHEUS_PORT": "70000"}, "RUNWATCH_PROMETHEUS_PORT"),
+        ({"RUNWATCH_INFLUX_GZIP": "yes"}, "RUNWATCH_INFLUX_GZIP"),
     ],
 )
 def test_malformed_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -101,3 +102,14 @@ def test_bad_heartbeat_settings_are_one_line_errors(env: dict[str, str], message
     with pytest.raises(ConfigError) as raised:
         load_settings(env, dotenv=None)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_gzip_is_auto_unless_set_and_a_command_without_influxdb_never_reads_it() -> None:
+    def gzip(value: str | None) -> bool | None:
+        env = {} if value is None else {"RUNWATCH_INFLUX_GZIP": value}
+        return load_settings(env, dotenv=None).influx_gzip
+
+    assert [gzip(v) for v in (None, "auto", "", "on", " OFF ")] == [None, None, None, True, False]
+    assert load_settings({}, dotenv=None).describe()["RUNWATCH_INFLUX_GZIP"] == "auto"
+    unread = load_settings({"RUNWATCH_INFLUX_GZIP": "yes"}, dotenv=None, unused=("influx",))
+    assert unread.influx_gzip is None

@@ -153,13 +153,19 @@ def use_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
 # --- batching, gzip, nanoseconds ---------------------------------------------------------------
 
 
-def test_the_recorders_shipper_sends_gzipped_batches_with_exact_ns_times(
-    influxdb2: InfluxDB2, influxdb2_bucket: str, tmp_path: Path
+@pytest.mark.parametrize(("gzip", "encodings"), [(None, {None}), (True, {"gzip"})])
+def test_the_recorders_shipper_sends_batches_with_exact_ns_times(
+    influxdb2: InfluxDB2,
+    influxdb2_bucket: str,
+    tmp_path: Path,
+    gzip: bool | None,
+    encodings: set[str | None],
 ) -> None:
+    """Gzip or plain: plain by default to this loopback server (RUNWATCH_INFLUX_GZIP=auto)."""
     count = 2_500
     with recording_proxy(influxdb2.url) as proxy:
         settings = influxdb2.settings(tmp_path / "home", influxdb2_bucket).with_overrides(
-            influx_url=proxy.url
+            influx_url=proxy.url, influx_gzip=gzip
         )
         run_id = new_run_id()
         rec_tuning = RecorderTuning(flush_lines=400, ship=tuning(batch_lines=700))
@@ -170,7 +176,7 @@ def test_the_recorders_shipper_sends_gzipped_batches_with_exact_ns_times(
 
     writes = proxy.writes
     assert len(writes) >= 4  # 2,500 lines never fit one 700-line batch
-    assert {r.encoding for r in writes} == {"gzip"}
+    assert {r.encoding for r in writes} == encodings
     assert {r.status for r in writes} == {204}
     assert max(r.payload.count(b"\n") for r in writes) <= 700
     spooled = spooled_lines(settings, run_id)

@@ -8,6 +8,7 @@ naming the bad line; 401; 503)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.config import load_settings
 from collector.shipper import (
     ConfigWriteError,
     InfluxWriteTarget,
@@ -30,7 +32,9 @@ from collector.shipper import (
     StreamShipper,
     TransientWriteError,
     classify_status,
+    is_loopback,
     ship_until_caught_up,
+    target_for,
 )
 from collector.spool import SpoolStream, SpoolWriter, read_ack
 from tests.servers._process import free_port
@@ -319,3 +323,32 @@ def test_a_422_that_dropped_every_point_is_refused_whole_and_echoed_lines_are_cu
     long_line = "m,t=" + "L" * 70_000 + " f=1.0"
     error = classify_status(400, f"unable to parse '{long_line}': max key length exceeded")
     assert str(error).endswith("...': max key length exceeded")
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8086", True),
+        ("http://127.1.2.3:8086", True),
+        ("http://localhost:8086", True),
+        ("http://[::1]:8086", True),
+        ("https://influx.localhost", True),
+        ("http://10.0.0.5:8086", False),
+        ("https://eu-central-1-1.aws.cloud2.influxdata.com", False),
+        ("http://[2001:db8::1]:8086", False),
+        ("http://localhost.example.com", False),
+    ],
+)
+def test_writes_are_gzipped_only_to_a_server_on_another_machine_unless_set(
+    tmp_path: Path, url: str, loopback: bool
+) -> None:
+    settings = load_settings({"RUNWATCH_HOME": str(tmp_path), "INFLUXDB_V2_URL": url}, dotenv=None)
+    body = b"epoch,run_id=r x=1 1\n" * 50
+
+    def sent(setting: bool | None) -> bytes:
+        return target_for(dataclasses.replace(settings, influx_gzip=setting)).encode(body)
+
+    assert is_loopback(url) is loopback
+    assert sent(None) == (body if loopback else sent(True))  # auto, the default
+    assert gzip.decompress(sent(True)) == body and sent(True) != body
+    assert sent(False) == body
