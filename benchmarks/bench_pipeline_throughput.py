@@ -7,15 +7,16 @@ fresh bucket:
   ``close()``, which returns once the server acknowledged every point;
   points/s = N / (first record → last ack);
 - **runwatch sync**: ``ship_backlog`` (what ``runwatch sync`` runs) of an N-point backlog a
-  recorder without InfluxDB spooled before the clock starts;
+  recorder without InfluxDB spooled before the clock starts; again with gzip forced on
+  (``RUNWATCH_INFLUX_GZIP=on``: runwatch's default to this loopback server is plain bodies);
 - **peer**: influxdb-client's SYNCHRONOUS write API posting the very same spooled lines,
-  pre-built, 5,000 per request, gzip on (runwatch ships gzipped) and gzip off.
+  pre-built, 5,000 per request, gzip on and gzip off.
 
 influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it).
 Besides points/s, each figure comes with the CPU seconds influxd and this process spent per
 1M points: on a 2-core machine the server's own share bounds what any client reaches.
-Targets (issue 15): end to end >= 1.0x the peer's synchronous write (gzip on, the same
-wire format), sync >= 300,000 points/s.
+Targets (issue 15): end to end >= 1.0x the peer's synchronous write in the same wire format
+(gzip off, as runwatch posts to a loopback server), sync >= 300,000 points/s.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main() -> None:
                     fresh_settings(server, root), args.points
                 ),
                 "runwatch sync": lambda: sync(backlogs.pop(), args.points),
+                "runwatch sync, gzip on": lambda: sync(backlogs.pop(), args.points),
                 "peer gzip on": lambda: peer(fresh_settings(server, root), prebuilt, True),
                 "peer gzip off": lambda: peer(fresh_settings(server, root), prebuilt, False),
             }
@@ -157,8 +159,11 @@ def main() -> None:
             influxd_process = psutil.Process(server.process.proc.pid)
             for _ in range(args.repeats):
                 for name, run in runs.items():
-                    if name == "runwatch sync":
-                        backlogs.append(with_backlog(fresh_settings(server, root), args.points))
+                    if name.startswith("runwatch sync"):
+                        settings = fresh_settings(server, root)
+                        if name.endswith("gzip on"):
+                            settings = settings.with_overrides(influx_gzip=True)
+                        backlogs.append(with_backlog(settings, args.points))
                     server_before = sum(influxd_process.cpu_times()[:2])
                     own_before = time.process_time()
                     results[name].append(run())
@@ -176,17 +181,19 @@ def main() -> None:
     )
     for name, values in results.items():
         print(
-            f"  {name:<24} {summary(values)}; CPU s per 1M points: influxd "
+            f"  {name:<26} {summary(values)}; CPU s per 1M points: influxd "
             f"{statistics.median(server_cpu[name]):.1f}, this process "
             f"{statistics.median(own_cpu[name]):.1f}"
         )
     medians = {name: statistics.median(values) for name, values in results.items()}
-    for name in ("runwatch record()->ack", "runwatch sync"):
+    for name in ("runwatch record()->ack", "runwatch sync", "runwatch sync, gzip on"):
         print(
             f"  {name} / peer gzip on: {medians[name] / medians['peer gzip on']:.2f}x; "
             f"/ peer gzip off: {medians[name] / medians['peer gzip off']:.2f}x"
         )
-    print("  target: record()->ack >= 1.0x peer (gzip on); sync >= 300,000 points/s")
+    print(
+        "  target: record()->ack >= 1.0x peer gzip off (the same wire format); sync >= 300,000 points/s"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from collector.store.records import RunListing
 from collector.store.schema_revision import HEAD_REVISION
 
 BUSY_TIMEOUT_S = 30.0
+"""As long as the store's engine waits for a writer (``engine.BUSY_TIMEOUT_S``, which this
+module cannot import: it pulls in SQLAlchemy)."""
 
 
 class _Rows:

@@ -134,3 +134,9 @@ def test_a_plain_file_url_is_the_path_sqlalchemy_reads(tmp_path: Path) -> None:
         assert sqlite_listing.sqlite_file_of(url) == Path(database).expanduser()
     for other in ("sqlite://", "sqlite:///:memory:", "sqlite:///a%20b.db", "sqlite:///file:x"):
         assert sqlite_listing.sqlite_file_of(other) is None
+
+
+def test_it_waits_for_a_writer_as_long_as_the_store_does() -> None:
+    from collector.store import engine
+
+    assert sqlite_listing.BUSY_TIMEOUT_S == engine.BUSY_TIMEOUT_S
