@@ -189,7 +189,7 @@ class Store:
 
     def mark_stale_runs_crashed(self, stale_after: timedelta) -> list[str]:
         """Runs still ``in_progress`` without a heartbeat for ``stale_after`` become ``crashed``
-        (one statement, ``run_listing.MARK_STALE``); returns their ids, sorted."""
+        (``run_listing.mark_stale_runs``); returns their ids, sorted."""
         with self.session() as session:
             return run_listing.mark_stale_runs(
                 run_listing.SessionRows(session), utc_now() - stale_after

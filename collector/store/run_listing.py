@@ -32,12 +32,13 @@ NEWEST_FIRST = "ORDER BY start_time DESC, id DESC"
 SQLITE_MOMENT = "%Y-%m-%d %H:%M:%S.%f"
 """How SQLAlchemy stores a datetime in SQLite (naive UTC text): binds compare with it."""
 
-MARK_STALE = (
-    "UPDATE runs SET status = 'crashed', end_time = heartbeat_at "
-    "WHERE status = 'in_progress' AND heartbeat_at < :cutoff RETURNING run_id"
-)
+STALE_RUNS = "SELECT run_id FROM runs WHERE status = 'in_progress' AND heartbeat_at < :cutoff"
 """Runs still ``in_progress`` whose heartbeat is older than the cutoff: their process died
 without finishing them; they ended at their last heartbeat."""
+MARK_STALE = (
+    "UPDATE runs SET status = 'crashed', end_time = heartbeat_at "
+    "WHERE status = 'in_progress' AND heartbeat_at < :cutoff"
+)
 
 
 class SqlRows(Protocol):
@@ -127,8 +128,14 @@ def _of_listed(
 
 
 def mark_stale_runs(rows: SqlRows, cutoff: datetime) -> list[str]:
-    """``MARK_STALE`` at ``cutoff``: the run ids it marked ``crashed``, sorted."""
-    return sorted(row[0] for row in rows(MARK_STALE, {"cutoff": bound_moment(rows, cutoff)}))
+    """``STALE_RUNS`` at ``cutoff`` become ``crashed``; returns their ids, sorted. In the
+    caller's write transaction. Selected then updated, not ``UPDATE … RETURNING``: SQLite has
+    that only since 3.35, newer than some systems' (Debian 11 has 3.34)."""
+    params = {"cutoff": bound_moment(rows, cutoff)}
+    stale = sorted(row[0] for row in rows(STALE_RUNS, params))
+    if stale:
+        rows(MARK_STALE, params)
+    return stale
 
 
 def bound_moment(rows: SqlRows, moment: datetime) -> object:
