@@ -5,6 +5,7 @@ exact (``json.dumps`` escapes control characters itself)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 
@@ -22,14 +23,11 @@ def _escape(ch: str) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns, two spaces apart, every cell made printable."""
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [
-        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
-    ]
-    for row in (headers, *rows):
-        print(
-            "  ".join(
-                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
-            ).rstrip()
-        )
+    """Left-aligned columns, two spaces apart, every cell made printable; one write."""
+    table = [list(headers), *([printable(cell) for cell in row] for row in rows)]
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
