@@ -4,9 +4,9 @@ The core never imports torch, lightning or flwr; adapters live in ``collector.li
 ``collector.flower``.
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
+from collector._lazy import lazy_attributes as _lazy_attributes
 from collector.config import Settings, load_settings
 from collector.errors import ConfigError, RunwatchError, UnknownRunError
 from collector.ids import new_run_id
@@ -43,10 +43,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'collector' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _LAZY)

@@ -16,8 +16,9 @@ see ``collector.store.values`` for the rule (``<name>_nonfinite`` = 1.0 for NaN/
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from collector._lazy import lazy_attributes as _lazy_attributes
 
 if TYPE_CHECKING:
     from collector.store._store import RunExistsError, Store
@@ -61,10 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'collector.store' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = _lazy_attributes(__name__, _LAZY)
