@@ -97,8 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command_word(argv: Sequence[str]) -> str | None:
     """The command the arguments name: the first one that is not an option (the top-level
-    options take no value)."""
-    return next((arg for arg in argv if not arg.startswith("-")), None)
+    options take no value); None when help is asked for before it (help lists them all)."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _print_error(exc: RunwatchError, verbose: bool) -> None:
