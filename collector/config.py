@@ -45,10 +45,10 @@ DEFAULT_BUCKET = "training"
 DEFAULT_PROMETHEUS_PORT = 9464
 DEFAULT_HEARTBEAT_S = 30.0
 STALE_HEARTBEATS = 4
+"""A run whose heartbeat is this many intervals old (by default) is seen as crashed."""
 SQLITE_FILE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?%]+)")
 """A SQLite file URL that SQLAlchemy reads as the path as it is: no percent-escapes, no query
 options. Such a URL is valid without importing SQLAlchemy to parse it."""
-"""A run whose heartbeat is this many intervals old (by default) is seen as crashed."""
 
 
 @dataclass(frozen=True)
