@@ -152,6 +152,8 @@ class Store:
                 heartbeat_at=now,
                 host=storable_name(host if host is not None else socket.gethostname()),
                 source_path=None if source_path is None else storable_text(source_path),
+                hyperparams_json="{}",
+                final_stats_json="{}",
             )
             session.add(run)
             session.flush()
@@ -386,12 +388,22 @@ class Store:
     def listing(
         self, wanted: run_listing.ListingFilter | None = None, *, details: bool = True
     ) -> list[RunListing]:
-        """What ``runs list`` shows, newest first, in three statements (one without
-        ``details``: hyperparameters and final stats) whatever the number of runs."""
+        """What ``runs list`` shows, newest first, in one statement whatever the number of
+        runs (``run_listing``: three where runs were written by another program and
+        ``details``, hyperparameters and final stats, are asked for)."""
         self._mark_stale_runs()
         wanted = wanted or run_listing.ListingFilter()
         with self.session(write=False) as session:
             return run_listing.list_runs(run_listing.SessionRows(session), wanted, details=details)
+
+    def listing_json(self, wanted: run_listing.ListingFilter | None = None) -> str:
+        """``listing()``'s runs with their details as the JSON array ``runs list --json``
+        prints (``run_listing.listing_json``), in one statement (three where runs were
+        written by another program)."""
+        self._mark_stale_runs()
+        wanted = wanted or run_listing.ListingFilter()
+        with self.session(write=False) as session:
+            return run_listing.listing_json(run_listing.SessionRows(session), wanted)
 
     def metrics_by_context(self, run_id: str, context: str) -> list[MetricRecord]:
         with self.session(write=False) as session:

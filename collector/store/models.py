@@ -103,6 +103,11 @@ class Run(Base):
     heartbeat_at: Mapped[datetime]
     host: Mapped[str | None] = mapped_column(String(255))
     source_path: Mapped[str | None] = mapped_column(Text)
+    # The listing's copy of the run's hyperparameters and final stats as JSON objects, kept
+    # by the writes that change them (``writes``); NULL: not kept (rows another program
+    # wrote), read from their tables instead. Deferred: only ``runs list --json`` reads them.
+    hyperparams_json: Mapped[str | None] = mapped_column(Text, deferred=True)
+    final_stats_json: Mapped[str | None] = mapped_column(Text, deferred=True)
 
     configurations: Mapped[list[RunConfiguration]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True

@@ -102,6 +102,14 @@ class RunListing:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **self.own_columns(),
+            "hyperparams": dict(self.hyperparams),
+            "final_stats": dict(self.final_stats),
+        }
+
+    def own_columns(self) -> dict[str, Any]:
+        """``to_dict()`` without the details (hyperparameters, final stats), which follow."""
+        return {
             "run_id": self.run_id,
             "experiment": self.experiment,
             "mode": self.mode,
@@ -112,8 +120,6 @@ class RunListing:
             "duration_s": self.duration_s,
             "host": self.host,
             "source_path": self.source_path,
-            "hyperparams": dict(self.hyperparams),
-            "final_stats": dict(self.final_stats),
         }
 
 

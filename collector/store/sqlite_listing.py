@@ -10,16 +10,18 @@ needs migrating, URL options, another backend) returns None and the caller asks 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from collector.config import SQLITE_FILE_URL
 from collector.store import run_listing
 from collector.store.records import RunListing
 from collector.store.schema_revision import HEAD_REVISION
+
+_Listed = TypeVar("_Listed")
 
 BUSY_TIMEOUT_S = 30.0
 """As long as the store's engine waits for a writer (``engine.BUSY_TIMEOUT_S``, which this
@@ -55,6 +57,21 @@ def listing(
 ) -> list[RunListing] | None:
     """What ``Store.listing`` returns, read with ``sqlite3``; None where only the store can
     answer (see the module doc)."""
+    return _read(
+        db_url, stale_after, lambda rows: run_listing.list_runs(rows, wanted, details=details)
+    )
+
+
+def listing_json(
+    db_url: str, wanted: run_listing.ListingFilter, *, stale_after: timedelta | None
+) -> str | None:
+    """What ``Store.listing_json`` returns, read with ``sqlite3``; None as above."""
+    return _read(db_url, stale_after, lambda rows: run_listing.listing_json(rows, wanted))
+
+
+def _read(
+    db_url: str, stale_after: timedelta | None, reader: Callable[[_Rows], _Listed]
+) -> _Listed | None:
     path = sqlite_file_of(db_url)
     if path is None or not path.is_file():
         return None
@@ -67,7 +84,7 @@ def listing(
                 with _transaction(connection, "BEGIN IMMEDIATE"):
                     run_listing.mark_stale_runs(rows, datetime.now(UTC) - stale_after)
             with _transaction(connection, "BEGIN"):  # one snapshot for every statement
-                return run_listing.list_runs(rows, wanted, details=details)
+                return reader(rows)
     except sqlite3.Error:
         return None  # the store reads it again and reports what is wrong in its own words
 

@@ -1,5 +1,10 @@
 """Write helpers that work inside an open session: lookups, get-or-create of clients and
-rounds (resolved within one run), hyperparameter upserts, aggregated rows, final stats."""
+rounds (resolved within one run), hyperparameter upserts, aggregated rows, final stats.
+
+The hyperparameter and final-stat writes also keep the listing's copy of what they changed on
+the run's row (``run_listing``), read back as stored, under a lock on that row so two writers
+of one run cannot each keep a copy missing the other's rows (PostgreSQL; SQLite has one
+writer at a time)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from collector.errors import UnknownRunError
+from collector.store import run_listing
 from collector.store.bulk import insert_metric_rows
 from collector.store.metric_rows import (
     ConfusionMatrix,
@@ -109,6 +115,7 @@ def upsert_hyperparams(session: Session, run_pk: int, params: Mapping[str, objec
     flat = {storable_name(key): value for key, value in flatten(params).items()}
     if not flat:
         return
+    _lock_run(session, run_pk)
     session.execute(
         delete(RunConfiguration).where(
             RunConfiguration.run_pk == run_pk, RunConfiguration.key.in_(list(flat))
@@ -121,6 +128,13 @@ def upsert_hyperparams(session: Session, run_pk: int, params: Mapping[str, objec
             for key, value in flat.items()
         ],
     )
+    stored = session.execute(
+        select(RunConfiguration.key, RunConfiguration.value).where(
+            RunConfiguration.run_pk == run_pk
+        )
+    )
+    kept = run_listing.hyperparams_text(stored.all())
+    session.execute(update(Run).where(Run.id == run_pk).values(hyperparams_json=kept))
 
 
 def replace_aggregated_rows(
@@ -138,15 +152,26 @@ def replace_aggregated_rows(
 
 def write_final_stats(session: Session, run_pk: int, now: datetime) -> None:
     """Replace the run's final_epoch rows with stats from its newest confusion matrix."""
+    _lock_run(session, run_pk)
     session.execute(
         delete(RunMetric).where(RunMetric.run_pk == run_pk, RunMetric.context == "final_epoch")
     )
     found = _newest_confusion_matrix(session, run_pk)
-    if found is None:
-        return
-    step, matrix = found
-    target = MetricTarget(run_pk, "final_epoch")
-    insert_metric_rows(session, named_rows(matrix.stats().items(), step, target), now)
+    if found is not None:
+        step, matrix = found
+        target = MetricTarget(run_pk, "final_epoch")
+        insert_metric_rows(session, named_rows(matrix.stats().items(), step, target), now)
+    stored = session.execute(
+        select(RunMetric.metric_name, RunMetric.metric_value).where(
+            RunMetric.run_pk == run_pk, RunMetric.context == "final_epoch"
+        )
+    )
+    kept = run_listing.final_stats_text(stored.all())
+    session.execute(update(Run).where(Run.id == run_pk).values(final_stats_json=kept))
+
+
+def _lock_run(session: Session, run_pk: int) -> None:
+    session.execute(select(Run.id).where(Run.id == run_pk).with_for_update())
 
 
 def _newest_confusion_matrix(session: Session, run_pk: int) -> tuple[int, ConfusionMatrix] | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
+
 from collector.store import Store
+from collector.store.models import Run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,3 +33,10 @@ def fill_runs(store: Store, runs: int) -> list[str]:
         store.complete_run(run_id, ended_at=T0 + timedelta(hours=number, minutes=30))
         run_ids.append(run_id)
     return run_ids
+
+
+def forget_copies(store: Store) -> None:
+    """Every run's listing copies gone, as on rows another program wrote: the listing reads
+    the details from their tables."""
+    with store.session() as session:
+        session.execute(update(Run).values(hyperparams_json=None, final_stats_json=None))

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from collector.store import Store
 from collector.store.migrate import alembic_config, head_revisions
-from collector.store.models import Base
+from collector.store.models import Base, Run
+from tests.collector.store._runs import fill_runs
 
 
 def test_first_use_upgrades_to_head_and_matches_the_models(new_db_url: Callable[[], str]) -> None:
@@ -53,3 +54,30 @@ def test_downgrade_to_base_and_upgrade_again(new_db_url: Callable[[], str]) -> N
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_upgrading_a_store_keeps_listing_copies_of_its_runs(new_db_url: Callable[[], str]) -> None:
+    url = new_db_url()
+    store = Store(url)
+    try:
+        run_ids = fill_runs(store, 3)
+        store.save_hyperparams(run_ids[0], {"optim": {"betas": [0.9, 0.99]}, "name": "ü"})
+        kept = store.listing_json()
+        shown = [store.get_run(run_id).to_dict() for run_id in run_ids]
+        with store.engine.begin() as connection:  # back through 0004's and 0002's columns
+            command.downgrade(alembic_config(connection), "0001")
+        columns = {column["name"] for column in inspect(store.engine).get_columns("runs")}
+        assert "hyperparams_json" not in columns
+    finally:
+        store.dispose()
+    upgraded = Store(url)
+    try:
+        upgraded.upgrade()
+        with upgraded.session(write=False) as session:
+            copies = session.execute(select(Run.hyperparams_json, Run.final_stats_json)).all()
+        assert len(copies) == 3 and all(None not in row for row in copies)
+        assert upgraded.listing_json() == kept
+        # nothing else was lost on the way down (SQLite's table rebuilds cascade deletes)
+        assert [upgraded.get_run(run_id).to_dict() for run_id in run_ids] == shown
+    finally:
+        upgraded.dispose()

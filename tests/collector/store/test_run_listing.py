@@ -1,19 +1,23 @@
-"""``Store.listing`` (``runs list``): what it shows, newest first, filtered, in three
-statements whatever the number of runs, on every backend."""
+"""``Store.listing`` (``runs list``): what it shows, newest first, filtered, in one statement
+whatever the number of runs (three where the runs' listing copies are missing), on every
+backend; the copies the writes keep are what the tables hold."""
 
 from __future__ import annotations
 
 import functools
+import json
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import event
 
-from collector.store import Store
+from collector.store import Store, writes
 from collector.store.records import RunListing
 from collector.store.run_listing import ListingFilter, SessionRows, final_stats_of
-from tests.collector.store._runs import T0
+from collector.store.run_listing import listing_json as list_runs_json
+from tests.collector.store._runs import T0, forget_copies
 from tests.collector.store._runs import fill_runs as _fill
 
 
@@ -28,26 +32,31 @@ def _selects(store: Store, call: Callable[[], object]) -> int:
     return len([s for s in statements if s.lstrip().upper().startswith("SELECT")])
 
 
+@pytest.mark.parametrize("copies", ["kept", "missing"])
 @pytest.mark.parametrize("details", [True, False])
 def test_listing_costs_the_same_statements_for_any_number_of_runs(
-    new_db_url: Callable[[], str], details: bool
+    new_db_url: Callable[[], str], details: bool, copies: str
 ) -> None:
     counts = {}
     for runs in (1, 12, 40):
         store = Store(new_db_url())
         try:
             _fill(store, runs)
+            if copies == "missing":
+                forget_copies(store)
             store.upgrade()
             counts[runs] = _selects(store, functools.partial(store.listing, details=details))
             limited = _selects(
                 store, functools.partial(store.listing, ListingFilter(limit=3), details=details)
             )
+            if details:
+                assert _selects(store, store.listing_json) == counts[runs]
         finally:
             store.dispose()
         assert limited == counts[runs]
     assert counts[1] == counts[12] == counts[40], counts
-    # the runs, and (details) their hyperparameters and their final stats
-    assert counts[1] == (3 if details else 1), counts
+    # the runs with their copies; where those are missing, the hyperparameters and final stats
+    assert counts[1] == (3 if details and copies == "missing" else 1), counts
 
 
 def test_listing_shows_columns_hyperparameters_and_final_stats(store: Store) -> None:
@@ -117,3 +126,58 @@ def _plan(store: Store, wanted: ListingFilter) -> list[str]:
         # with sequential scans priced out, an index is taken only where it is usable
         rows("SET LOCAL enable_seqscan = off", {})
         return [row[0] for row in rows(f"EXPLAIN {sql}", params)]
+
+
+def _from_copies_and_from_tables(store: Store, wanted: ListingFilter = ListingFilter()) -> str:
+    """The JSON listing, checked equal to the one read without the copies the writes kept."""
+    listed = store.listing_json(wanted)
+    with store.session() as session:  # rolled back: the copies stay for the next write
+        rows = SessionRows(session)
+        rows("UPDATE runs SET hyperparams_json = NULL, final_stats_json = NULL", {})
+        read = list_runs_json(rows, wanted)
+        session.rollback()
+    assert listed == read
+    return listed
+
+
+def test_the_writes_keep_copies_of_what_the_tables_hold(store: Store) -> None:
+    plain = store.create_run("exp")
+    first, second = _fill(store, 2)
+    assert _from_copies_and_from_tables(store)
+    store.save_hyperparams(first, {"lr": 0.5, "optim": {"name": "adam", "betas": [0.9, 0.99]}})
+    store.save_hyperparams(first, {"Z": None, "a": "text ✓", "nan": float("nan")})
+    store.persist_epoch_metrics(
+        second, [{"epoch": 5, "val_cm_tp": 1, "val_cm_tn": 2, "val_cm_fp": 3, "val_cm_fn": 4}]
+    )
+    store.complete_run(second, "failed")  # final stats from the newest matrix
+    store.heartbeat(plain)
+    listed = json.loads(_from_copies_and_from_tables(store))
+    by_id = {run["run_id"]: run for run in listed}
+    assert by_id[first]["hyperparams"]["optim.betas"] == [0.9, 0.99]
+    assert list(by_id[first]["hyperparams"]) == sorted(by_id[first]["hyperparams"])
+    assert by_id[second]["final_stats"]["final_cm_tp"] == 1
+    assert by_id[plain]["hyperparams"] == by_id[plain]["final_stats"] == {}
+    assert _from_copies_and_from_tables(store, ListingFilter(experiment="exp-0", limit=1))
+
+
+def test_the_json_listing_is_the_listing_as_json(store: Store) -> None:
+    _fill(store, 3)
+    store.create_run("exp-0", started_at=T0 + timedelta(hours=9))  # in progress: no end
+    for wanted in (ListingFilter(), ListingFilter(limit=2), ListingFilter(experiment="no")):
+        as_dicts = [json.dumps(run.to_dict()) for run in store.listing(wanted)]
+        expected = "[\n" + ",\n".join(as_dicts) + "\n]" if as_dicts else "[]"
+        assert store.listing_json(wanted) == expected  # key order and spacing included
+
+
+def test_a_writer_waits_for_another_writer_of_the_run_before_keeping_its_copy(
+    store: Store,
+) -> None:
+    run_id = store.create_run("exp")
+    second_writer = threading.Thread(target=store.save_hyperparams, args=(run_id, {"b": 2}))
+    with store.session() as first:  # the first writer's transaction, open across the second's
+        writes.upsert_hyperparams(first, writes.run_pk_of(first, run_id), {"a": 1})
+        second_writer.start()
+        second_writer.join(0.5)  # reads what the first kept only if it waited for its commit
+    second_writer.join(30)
+    (listed,) = json.loads(_from_copies_and_from_tables(store))
+    assert listed["hyperparams"] == {"a": 1, "b": 2}

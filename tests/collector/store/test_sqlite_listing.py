@@ -16,7 +16,7 @@ from collector.store import Store, sqlite_listing
 from collector.store.models import Run, utc_now
 from collector.store.records import RunListing
 from collector.store.run_listing import ListingFilter
-from tests.collector.store._runs import T0, fill_runs
+from tests.collector.store._runs import T0, fill_runs, forget_copies
 
 FILTERS = [
     ListingFilter(),
@@ -64,6 +64,21 @@ def test_it_lists_what_the_store_lists(
         assert expected[1].hyperparams and expected[1].final_stats  # the check compares both
 
 
+@pytest.mark.parametrize("copies", ["kept", "missing"])
+def test_its_json_listing_is_the_stores(store: Store, url: str, copies: str) -> None:
+    fill_runs(store, 6)
+    store.create_run("exp-0", started_at=T0 + timedelta(hours=9))
+    if copies == "missing":
+        forget_copies(store)
+    documents = {
+        wanted: sqlite_listing.listing_json(url, wanted, stale_after=None) for wanted in FILTERS
+    }
+    assert documents == {wanted: store.listing_json(wanted) for wanted in FILTERS}
+    everything = json.loads(documents[ListingFilter()] or "")
+    assert len(everything) == 7 and everything[1]["hyperparams"] and everything[1]["final_stats"]
+    assert sqlite_listing.listing_json(f"{url}?mode=ro", FILTERS[0], stale_after=None) is None
+
+
 def test_stale_runs_are_marked_crashed_in_the_database(store: Store, url: str) -> None:
     stale, alive = store.create_run("dies"), store.create_run("lives")
     with store.session() as session:
@@ -97,8 +112,8 @@ def test_the_statements_are_the_same_for_any_number_of_runs(
         statements.clear()
         _read(url, stale_after=timedelta(minutes=5))
         counts.append(len([s for s in statements if s.lstrip().upper().startswith("SELECT")]))
-    # the schema's revision, the stale runs, the runs, their hyperparameters, their final stats
-    assert counts == [5, 5]
+    # the schema's revision, the stale runs, the runs with their details' copies
+    assert counts == [3, 3]
 
 
 def test_no_answer_where_only_the_store_can_give_one(

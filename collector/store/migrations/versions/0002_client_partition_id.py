@@ -22,6 +22,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # SQLite drops a column only by rebuilding the table (batch mode does that)
-    with op.batch_alter_table("clients") as batch:
-        batch.drop_column("partition_id")
+    # in place on SQLite too: a batch rebuild of clients would delete its metric rows (CASCADE)
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE clients DROP COLUMN partition_id")
+    else:
+        op.drop_column("clients", "partition_id")
