@@ -4,7 +4,8 @@ Three parts (``--parts store,federated,points``), each in fresh processes where 
 is measured, sizes scaled by arguments or ``RUNWATCH_SCALE_*`` variables:
 
 - **store**: 10,000 runs (a tenth federated with 3 clients and 3 rounds; 6 hyperparameters,
-  10 final stats, 20 epochs x 4 metrics each, 2 artifacts) written in bulk into SQLite; then
+  10 final stats, 20 epochs x 4 metrics each, 2 artifacts) written in bulk into SQLite, with
+  the listing's copies of hyperparameters and final stats the store's writes keep; then
   the ``runwatch`` command line as a user runs it, each a new process (median of repeats):
   ``runs list --json``, ``runs list``, ``runs list --limit 20``, ``runs show``, ``compare``
   over 50 runs (``--source sql``), ``--help``; with the SQL statements ``runs list`` issues.
@@ -30,6 +31,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -71,12 +73,15 @@ def fill_store(url: str, runs: int, epochs: int = 20) -> list[str]:
 
     from collector.store import Store
     from collector.store.models import Client, Round, Run, RunArtifact, RunConfiguration, RunMetric
+    from collector.store.run_listing import final_stats_text, hyperparams_text
 
     store = Store(url)
     store.upgrade()
     rng = random.Random(15)
     now = datetime.now(UTC)
     run_ids = []
+    hyperparams: dict[str, list[tuple[str, str]]] = {}
+    final_stats: dict[str, list[tuple[str, float]]] = {}
     chunk = 500
     for first in range(0, runs, chunk):
         with store.session() as session:
@@ -85,9 +90,14 @@ def fill_store(url: str, runs: int, epochs: int = 20) -> list[str]:
                 started = now - timedelta(minutes=10 * (runs - number))
                 run_id = f"{started:%Y%m%d-%H%M%S}-scale{number:06d}"
                 run_ids.append(run_id)
+                hyperparams[run_id] = [(key, json.dumps(rng.random())) for key in HYPERPARAMS]
+                final_stats[run_id] = [(name, rng.random()) for name in FINAL_STATS]
                 rows.append(
                     {
                         "run_id": run_id,
+                        # the listing's copies, as the store's writes keep them
+                        "hyperparams_json": hyperparams_text(hyperparams[run_id]),
+                        "final_stats_json": final_stats_text(final_stats[run_id]),
                         "experiment_name": f"exp-{number % 37}",
                         "training_mode": "federated" if number % 10 == 0 else "centralized",
                         "status": "completed",
@@ -109,11 +119,11 @@ def fill_store(url: str, runs: int, epochs: int = 20) -> list[str]:
             configs, metrics, artifacts, clients, rounds = [], [], [], [], []
             for run_id in run_ids[first:]:
                 pk = pks[run_id]
-                for key in HYPERPARAMS:
-                    configs.append({"run_pk": pk, "key": key, "value": json.dumps(rng.random())})
+                for key, value in hyperparams[run_id]:
+                    configs.append({"run_pk": pk, "key": key, "value": value})
                 ended = now
-                for name in FINAL_STATS:
-                    metrics.append(_metric(pk, name, rng.random(), epochs, "final_epoch", ended))
+                for name, stat in final_stats[run_id]:
+                    metrics.append(_metric(pk, name, stat, epochs, "final_epoch", ended))
                 for epoch in range(epochs):
                     for name in EPOCH_METRICS:
                         metrics.append(_metric(pk, name, rng.random(), epoch, "epoch_end", ended))
@@ -256,6 +266,16 @@ def bench_store(root: Path, runs: int, repeats: int) -> None:
         ("runs list", ["runs", "list"]),
     ):
         print(f"  SQL statements of {name}: {statements_of(env, args)} (target: constant)")
+    # runs another program wrote, without the copies: their details read from their tables
+    with sqlite3.connect(home / "runs.db") as connection:
+        connection.execute("UPDATE runs SET hyperparams_json = NULL, final_stats_json = NULL")
+    args = ["runs", "list", "--json"]
+    times, out = timed_cli(env, args, repeats)
+    print(
+        f"  {'runs list --json, no copies':<30} median {statistics.median(times):.3f} s "
+        f"(range {min(times):.3f}-{max(times):.3f}), {out / 1024:,.0f} KiB out; "
+        f"{statements_of(env, args)} SQL statements"
+    )
 
 
 # --- child processes ------------------------------------------------------------------------------

@@ -8,14 +8,20 @@ import functools
 import json
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event
 
 from collector.store import Store, writes
 from collector.store.records import RunListing
-from collector.store.run_listing import ListingFilter, SessionRows, final_stats_of
+from collector.store.run_listing import (
+    SQLITE_MOMENT,
+    ListingFilter,
+    SessionRows,
+    final_stats_of,
+    iso_moment,
+)
 from collector.store.run_listing import listing_json as list_runs_json
 from tests.collector.store._runs import T0, forget_copies
 from tests.collector.store._runs import fill_runs as _fill
@@ -163,6 +169,7 @@ def test_the_writes_keep_copies_of_what_the_tables_hold(store: Store) -> None:
 def test_the_json_listing_is_the_listing_as_json(store: Store) -> None:
     _fill(store, 3)
     store.create_run("exp-0", started_at=T0 + timedelta(hours=9))  # in progress: no end
+    store.complete_run(store.create_run("exp-1"))  # moments with microseconds
     for wanted in (ListingFilter(), ListingFilter(limit=2), ListingFilter(experiment="no")):
         as_dicts = [json.dumps(run.to_dict()) for run in store.listing(wanted)]
         expected = "[\n" + ",\n".join(as_dicts) + "\n]" if as_dicts else "[]"
@@ -181,3 +188,20 @@ def test_a_writer_waits_for_another_writer_of_the_run_before_keeping_its_copy(
     second_writer.join(30)
     (listed,) = json.loads(_from_copies_and_from_tables(store))
     assert listed["hyperparams"] == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        T0,
+        T0 + timedelta(microseconds=1),
+        T0 + timedelta(days=400, seconds=59, microseconds=999_999),
+        datetime.now(UTC),
+    ],
+)
+def test_moments_are_written_as_isoformat_writes_them(moment: datetime) -> None:
+    stored_by_sqlite = moment.replace(tzinfo=None).strftime(SQLITE_MOMENT)
+    assert iso_moment(stored_by_sqlite) == moment.isoformat()
+    assert iso_moment(moment) == moment.isoformat()  # PostgreSQL's aware datetimes
+    assert iso_moment(stored_by_sqlite[:19]) == moment.replace(microsecond=0).isoformat()
+    assert iso_moment(None) is None

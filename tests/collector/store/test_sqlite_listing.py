@@ -64,17 +64,25 @@ def test_it_lists_what_the_store_lists(
         assert expected[1].hyperparams and expected[1].final_stats  # the check compares both
 
 
-@pytest.mark.parametrize("copies", ["kept", "missing"])
+@pytest.mark.parametrize("copies", ["kept", "missing", "some missing"])
 def test_its_json_listing_is_the_stores(store: Store, url: str, copies: str) -> None:
     fill_runs(store, 6)
     store.create_run("exp-0", started_at=T0 + timedelta(hours=9))
+    kept = {wanted: store.listing_json(wanted) for wanted in FILTERS}
     if copies == "missing":
         forget_copies(store)
+    elif copies == "some missing":  # one copy or the other, as another program might leave
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as connection:
+            connection.execute("UPDATE runs SET final_stats_json = NULL WHERE id % 2 = 0")
+            connection.execute("UPDATE runs SET hyperparams_json = NULL WHERE id % 3 = 0")
     documents = {
         wanted: sqlite_listing.listing_json(url, wanted, stale_after=None) for wanted in FILTERS
     }
-    assert documents == {wanted: store.listing_json(wanted) for wanted in FILTERS}
-    everything = json.loads(documents[ListingFilter()] or "")
+    assert documents == kept
+    assert {wanted: store.listing_json(wanted) for wanted in FILTERS} == kept
+    as_dicts = {wanted: [r.to_dict() for r in store.listing(wanted)] for wanted in FILTERS}
+    assert as_dicts == {wanted: json.loads(document) for wanted, document in kept.items()}
+    everything = json.loads(kept[ListingFilter()])
     assert len(everything) == 7 and everything[1]["hyperparams"] and everything[1]["final_stats"]
     assert sqlite_listing.listing_json(f"{url}?mode=ro", FILTERS[0], stale_after=None) is None
 
