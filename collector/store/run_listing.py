@@ -2,9 +2,10 @@
 
 Each run's own columns in one statement, with ``details`` its hyperparameters and final stats
 too: the writes that change them keep a copy of each as JSON text on the run's row
-(``runs.hyperparams_json``, ``runs.final_stats_json``; ``keep_*`` below), as MLflow keeps its
-latest metrics beside their history, so ``runs list --json`` splices stored text instead of
-reading and encoding 160,000 values at 10,000 runs. Runs without a copy (rows another
+(``runs.hyperparams_json``, ``runs.final_stats_json``, written by ``collector.store.writes``
+with ``hyperparams_text``/``final_stats_text`` below), as MLflow keeps its latest metrics
+beside their history, so ``runs list --json`` splices stored text instead of reading and
+encoding 160,000 values at 10,000 runs. Runs without a copy (rows another
 program wrote) are read from their tables in two more statements, restricted by subqueries
 (never by a list of bound ids): any number of runs costs one statement, or three. Clients,
 rounds, artifacts and metrics are ``runs show``'s (``Store.get_run``).

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 
 from collector.store import Store
 from collector.store.migrate import alembic_config, head_revisions
@@ -79,5 +79,36 @@ def test_upgrading_a_store_keeps_listing_copies_of_its_runs(new_db_url: Callable
         assert upgraded.listing_json() == kept
         # nothing else was lost on the way down (SQLite's table rebuilds cascade deletes)
         assert [upgraded.get_run(run_id).to_dict() for run_id in run_ids] == shown
+    finally:
+        upgraded.dispose()
+
+
+def test_a_hyperparameter_another_program_stored_as_non_json_never_stops_the_upgrade(
+    new_db_url: Callable[[], str],
+) -> None:
+    url = new_db_url()
+    store = Store(url)
+    try:
+        garbled, intact = fill_runs(store, 2)
+        with store.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0003")
+            connection.execute(
+                text(
+                    "UPDATE run_configurations SET value = 'lr=0.1' "
+                    "WHERE run_pk = (SELECT id FROM runs WHERE run_id = :run_id)"
+                ),
+                {"run_id": garbled},
+            )
+    finally:
+        store.dispose()
+    upgraded = Store(url)
+    try:
+        upgraded.upgrade()
+        with upgraded.session(write=False) as session:
+            copies = {
+                row[0]: row[1] for row in session.execute(select(Run.run_id, Run.hyperparams_json))
+            }
+        assert copies[garbled] is None  # read from its table, as before the revision
+        assert copies[intact] == '{"lr": 0.1, "model.depth": 1}'
     finally:
         upgraded.dispose()

@@ -36,8 +36,12 @@ def upgrade() -> None:
     op.add_column("runs", sa.Column("final_stats_json", sa.Text(), nullable=True))
     connection = op.get_bind()
     hyperparams: dict[int, dict[str, Any]] = {}
+    unreadable: set[int] = set()  # a value another program stored that is not JSON
     for run_pk, key, value in connection.execute(sa.text(_HYPERPARAMS)):
-        hyperparams.setdefault(run_pk, {})[key] = json.loads(value)
+        try:
+            hyperparams.setdefault(run_pk, {})[key] = json.loads(value)
+        except (TypeError, ValueError):
+            unreadable.add(run_pk)
     final_stats: dict[int, dict[str, Any]] = {}
     for run_pk, name, value in connection.execute(sa.text(_FINAL_STATS)):
         final_stats.setdefault(run_pk, {})[name] = value
@@ -48,6 +52,7 @@ def upgrade() -> None:
             "final_stats": json.dumps(dict(sorted(final_stats.get(run_pk, {}).items()))),
         }
         for (run_pk,) in connection.execute(sa.text("SELECT id FROM runs"))
+        if run_pk not in unreadable  # no copy: read from the table, as before this revision
     ]
     if kept:
         connection.execute(sa.text(_KEEP), kept)
