@@ -131,3 +131,22 @@ def test_a_store_to_create_is_listed_by_the_store(
     assert main(["runs", "list"]) == 0  # no database yet: the store creates it
     assert "no runs recorded yet" in capsys.readouterr().out
     assert (runwatch_env / "runs.db").is_file()
+
+
+def test_the_stores_json_listing_is_the_sqlite_readers(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = store.create_run("exp", hyperparams={"lr": 0.5, "model": {"depth": 3}})
+    store.complete_run(run_id)
+    store.create_run("exp")  # in progress
+    assert main(["runs", "list", "--json"]) == 0
+    read_by_sqlite3 = capsys.readouterr().out
+    # URL options: only the store's engine applies them, so the store answers
+    monkeypatch.setenv("RUNWATCH_DB_URL", f"{load_settings().db_url}?timeout=20")
+    asked: list[object] = []
+    listing_json = Store.listing_json
+    monkeypatch.setattr(Store, "listing_json", lambda *a: asked.append(a) or listing_json(*a))
+    assert main(["runs", "list", "--json"]) == 0
+    assert capsys.readouterr().out == read_by_sqlite3
+    assert len(asked) == 1
+    assert json.loads(read_by_sqlite3)[1]["hyperparams"] == {"lr": 0.5, "model.depth": 3}
