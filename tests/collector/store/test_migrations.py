@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -58,8 +59,7 @@ def test_downgrade_to_base_and_upgrade_again(new_db_url: Callable[[], str]) -> N
 
 def test_upgrading_a_store_keeps_listing_copies_of_its_runs(new_db_url: Callable[[], str]) -> None:
     url = new_db_url()
-    store = Store(url)
-    try:
+    with _opened(url) as store:
         run_ids = fill_runs(store, 3)
         store.save_hyperparams(run_ids[0], {"optim": {"betas": [0.9, 0.99]}, "name": "ü"})
         kept = store.listing_json()
@@ -68,27 +68,20 @@ def test_upgrading_a_store_keeps_listing_copies_of_its_runs(new_db_url: Callable
             command.downgrade(alembic_config(connection), "0001")
         columns = {column["name"] for column in inspect(store.engine).get_columns("runs")}
         assert "hyperparams_json" not in columns
-    finally:
-        store.dispose()
-    upgraded = Store(url)
-    try:
+    with _opened(url) as upgraded:
         upgraded.upgrade()
-        with upgraded.session(write=False) as session:
-            copies = session.execute(select(Run.hyperparams_json, Run.final_stats_json)).all()
-        assert len(copies) == 3 and all(None not in row for row in copies)
+        copies = _copies(upgraded)
+        assert len(copies) == 3 and all(None not in pair for pair in copies.values())
         assert upgraded.listing_json() == kept
         # nothing else was lost on the way down (SQLite's table rebuilds cascade deletes)
         assert [upgraded.get_run(run_id).to_dict() for run_id in run_ids] == shown
-    finally:
-        upgraded.dispose()
 
 
 def test_a_hyperparameter_another_program_stored_as_non_json_never_stops_the_upgrade(
     new_db_url: Callable[[], str],
 ) -> None:
     url = new_db_url()
-    store = Store(url)
-    try:
+    with _opened(url) as store:
         garbled, intact = fill_runs(store, 2)
         with store.engine.begin() as connection:
             command.downgrade(alembic_config(connection), "0003")
@@ -99,16 +92,24 @@ def test_a_hyperparameter_another_program_stored_as_non_json_never_stops_the_upg
                 ),
                 {"run_id": garbled},
             )
+    with _opened(url) as upgraded:
+        upgraded.upgrade()
+        copies = _copies(upgraded)
+        assert copies[garbled][0] is None  # read from its table, as before the revision
+        assert copies[intact][0] == '{"lr": 0.1, "model.depth": 1}'
+
+
+@contextmanager
+def _opened(url: str) -> Iterator[Store]:
+    store = Store(url)
+    try:
+        yield store
     finally:
         store.dispose()
-    upgraded = Store(url)
-    try:
-        upgraded.upgrade()
-        with upgraded.session(write=False) as session:
-            copies = {
-                row[0]: row[1] for row in session.execute(select(Run.run_id, Run.hyperparams_json))
-            }
-        assert copies[garbled] is None  # read from its table, as before the revision
-        assert copies[intact] == '{"lr": 0.1, "model.depth": 1}'
-    finally:
-        upgraded.dispose()
+
+
+def _copies(store: Store) -> dict[str, tuple[str | None, str | None]]:
+    """Each run's (hyperparameters, final stats) listing copies."""
+    with store.session(write=False) as session:
+        query = select(Run.run_id, Run.hyperparams_json, Run.final_stats_json)
+        return {run_id: (params, stats) for run_id, params, stats in session.execute(query)}
