@@ -109,18 +109,46 @@ class RunListing:
 
     def own_columns(self) -> dict[str, Any]:
         """``to_dict()`` without the details (hyperparameters, final stats), which follow."""
-        return {
-            "run_id": self.run_id,
-            "experiment": self.experiment,
-            "mode": self.mode,
-            "status": self.status,
-            "start_time": _iso(self.start_time),
-            "end_time": _iso(self.end_time),
-            "heartbeat_at": _iso(self.heartbeat_at),
-            "duration_s": self.duration_s,
-            "host": self.host,
-            "source_path": self.source_path,
-        }
+        return listing_columns(
+            self.run_id,
+            self.experiment,
+            self.mode,
+            self.status,
+            _iso(self.start_time),
+            _iso(self.end_time),
+            _iso(self.heartbeat_at),
+            self.duration_s,
+            self.host,
+            self.source_path,
+        )
+
+
+def listing_columns(
+    run_id: str,
+    experiment: str,
+    mode: str,
+    status: str,
+    start_time: str | None,
+    end_time: str | None,
+    heartbeat_at: str | None,
+    duration_s: float | None,
+    host: str | None,
+    source_path: str | None,
+) -> dict[str, Any]:
+    """A listed run's own columns as JSON values (moments as ISO text), in the order
+    ``runs list --json`` prints them."""
+    return {
+        "run_id": run_id,
+        "experiment": experiment,
+        "mode": mode,
+        "status": status,
+        "start_time": start_time,
+        "end_time": end_time,
+        "heartbeat_at": heartbeat_at,
+        "duration_s": duration_s,
+        "host": host,
+        "source_path": source_path,
+    }
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from collector.store.records import RunListing
+from collector.store.records import RunListing, listing_columns
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -147,18 +147,18 @@ def _own_columns(row: Sequence[Any]) -> dict[str, Any]:
     _pk, run_id, experiment, mode, status, start, end, heartbeat, host, source = row
     started, ended = read_moment(start), read_moment(end)
     duration = None if ended is None or started is None else (ended - started).total_seconds()
-    return {
-        "run_id": run_id,
-        "experiment": experiment,
-        "mode": mode,
-        "status": status,
-        "start_time": iso_moment(start),
-        "end_time": iso_moment(end),
-        "heartbeat_at": iso_moment(heartbeat),
-        "duration_s": duration,
-        "host": host,
-        "source_path": source,
-    }
+    return listing_columns(
+        run_id,
+        experiment,
+        mode,
+        status,
+        iso_moment(start),
+        iso_moment(end),
+        iso_moment(heartbeat),
+        duration,
+        host,
+        source,
+    )
 
 
 def iso_moment(value: datetime | str | None) -> str | None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import text
 
 from collector.store import Store
-from collector.store.models import Run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -35,8 +34,11 @@ def fill_runs(store: Store, runs: int) -> list[str]:
     return run_ids
 
 
+FORGET_COPIES = "UPDATE runs SET hyperparams_json = NULL, final_stats_json = NULL"
+"""Every run's listing copies gone, as on rows another program wrote: the listing reads the
+details from their tables."""
+
+
 def forget_copies(store: Store) -> None:
-    """Every run's listing copies gone, as on rows another program wrote: the listing reads
-    the details from their tables."""
     with store.session() as session:
-        session.execute(update(Run).values(hyperparams_json=None, final_stats_json=None))
+        session.execute(text(FORGET_COPIES))

@@ -23,7 +23,7 @@ from collector.store.run_listing import (
     iso_moment,
 )
 from collector.store.run_listing import listing_json as list_runs_json
-from tests.collector.store._runs import T0, forget_copies
+from tests.collector.store._runs import FORGET_COPIES, T0, forget_copies
 from tests.collector.store._runs import fill_runs as _fill
 
 
@@ -139,7 +139,7 @@ def _from_copies_and_from_tables(store: Store, wanted: ListingFilter = ListingFi
     listed = store.listing_json(wanted)
     with store.session() as session:  # rolled back: the copies stay for the next write
         rows = SessionRows(session)
-        rows("UPDATE runs SET hyperparams_json = NULL, final_stats_json = NULL", {})
+        rows(FORGET_COPIES, {})
         read = list_runs_json(rows, wanted)
         session.rollback()
     assert listed == read
