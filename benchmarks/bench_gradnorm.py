@@ -1,12 +1,17 @@
-"""Gradient norms: fused ``torch._foreach_norm`` + one ``.tolist()`` (what
-``GradientMonitorCallback`` does) against one ``.norm().item()`` per parameter.
+"""Gradient norms: what ``GradientMonitorCallback`` computes (``norm_values``: fused on an
+accelerator, one by one on the CPU), fused ``torch._foreach_norm`` + one ``.tolist()``, and the
+naive ``.norm().item()`` per parameter.
 
 Two parameter sets: the small MLP of bench_lightning (6 tensors) and ResNet-18's parameter
-shapes (62 tensors, 11.7 M values; built directly, torchvision is not needed). Both methods
-return the same numbers (checked). Interleaved repetitions; medians and their ratio.
-On CUDA (when present) the same runs on the GPU, where each ``.item()`` is a device sync.
+shapes (62 tensors, 11.7 M values; built directly, torchvision is not needed). Every method
+returns the same numbers (checked). Interleaved repetitions; medians and ratios to the naive
+loop. On CUDA (when present) the same runs on the GPU, where each ``.item()`` is a device sync.
 
-    python benchmarks/bench_gradnorm.py [--repeats 300]
+Those loops run hot. Inside a training step the caches hold the step's tensors, not the norm
+code, and the figures differ: the last table times each method where runwatch runs it, in
+``on_before_optimizer_step`` of a Lightning fit of the small MLP, taking turns step by step.
+
+    python benchmarks/bench_gradnorm.py [--repeats 300] [--steps 900]
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from collector.lightning.gradients import gradient_norms, gradient_norms_per_parameter_loop
+from collector.lightning.gradients import (
+    fused_norms,
+    gradient_norms_per_parameter_loop,
+    norm_values,
+)
 
 
 def mlp_shapes() -> list[tuple[int, ...]]:
@@ -65,40 +74,113 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def compare(label: str, shapes: list[tuple[int, ...]], device: torch.device, repeats: int) -> None:
     named = parameters(shapes, device)
-    fused_result = gradient_norms(named, max_layers=len(named))
-    loop_result = gradient_norms_per_parameter_loop(named, max_layers=len(named))
-    assert fused_result is not None and loop_result is not None
-    assert abs(fused_result.total - loop_result.total) <= 1e-3 * loop_result.total
-    fused, loop = [], []
+    grads = [parameter.grad for _, parameter in named]
+    methods: dict[str, Callable[[], object]] = {
+        "runwatch": lambda: norm_values(named),
+        "fused": lambda: fused_norms(grads),
+        "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
+    }
+    reference = gradient_norms_per_parameter_loop(named, max_layers=len(named))
+    found = norm_values(named)
+    assert reference is not None and found is not None
+    expected = list(reference.layers.values())
+    for values in (found[1], fused_norms(grads)):
+        assert all(abs(v - e) <= 1e-4 * e for v, e in zip(values, expected, strict=True))
+    timings: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(10):  # warm-up
-        gradient_norms(named)
-        gradient_norms_per_parameter_loop(named)
+        for method in methods.values():
+            method()
     for _ in range(repeats):
-        fused.append(timed(lambda: gradient_norms(named), device))
-        loop.append(timed(lambda: gradient_norms_per_parameter_loop(named), device))
-    fused_us = statistics.median(fused) * 1e6
-    loop_us = statistics.median(loop) * 1e6
+        for name, method in methods.items():
+            timings[name].append(timed(method, device))
+    medians = {name: statistics.median(values) * 1e6 for name, values in timings.items()}
+    loop_us = medians["per-parameter .item()"]
     values = sum(torch.Size(s).numel() for s in shapes)
     print(
-        f"{label:<34} {len(shapes):>3} tensors {values / 1e6:6.2f} M values   "
-        f"fused {fused_us:9.1f} µs   per-parameter .item() {loop_us:9.1f} µs   "
-        f"loop/fused {loop_us / fused_us:5.2f}x"
+        f"{label:<30} {len(shapes):>3} tensors {values / 1e6:6.2f} M values  "
+        + "  ".join(f"{name} {us:8.1f} µs ({loop_us / us:4.2f}x)" for name, us in medians.items())
+    )
+
+
+def in_training_steps(steps: int) -> None:
+    """Each method in turn at ``on_before_optimizer_step`` of one fit (CPU, small MLP)."""
+    import logging
+    import warnings
+
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class MLP(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2)
+            )
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            features, labels = batch
+            return nn.functional.cross_entropy(self.net(features), labels)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    class TakeTurns(pl.Callback):
+        def __init__(self) -> None:
+            self.timings: dict[str, list[float]] = {}
+
+        def on_before_optimizer_step(self, trainer: pl.Trainer, module: Any, _: Any) -> None:
+            named = list(module.named_parameters())
+            grads = [parameter.grad for _, parameter in named]
+            methods: dict[str, Callable[[], object]] = {
+                "runwatch": lambda: norm_values(named),
+                "fused": lambda: fused_norms(grads),
+                "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
+            }
+            name = list(methods)[trainer.global_step % len(methods)]
+            elapsed = timed(methods[name], torch.device("cpu"))
+            if trainer.global_step >= 30:  # past warm-up
+                self.timings.setdefault(name, []).append(elapsed)
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(steps * 64, 64, generator=generator)
+    data = DataLoader(TensorDataset(features, (features[:, 0] > 0).long()), batch_size=64)
+    turns = TakeTurns()
+    pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[turns],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    ).fit(MLP(), data)
+    medians = {name: statistics.median(values) * 1e6 for name, values in turns.timings.items()}
+    loop_us = medians["per-parameter .item()"]
+    print(
+        f"{'small MLP, in training steps':<30} {steps} steps, each method every third: "
+        + "  ".join(f"{name} {us:8.1f} µs ({loop_us / us:4.2f}x)" for name, us in medians.items())
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=900, help="training steps (last table)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
+    print("medians; (x): how many times faster than one .item() per parameter")
     for device in devices:
         repeats = args.repeats if device.type == "cuda" else max(args.repeats // 10, 20)
         compare(f"small MLP ({device.type})", mlp_shapes(), device, args.repeats)
         compare(f"ResNet-18 shapes ({device.type})", resnet18_shapes(), device, repeats)
+    in_training_steps(args.steps)
     return 0
 
 

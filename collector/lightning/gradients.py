@@ -1,8 +1,11 @@
-"""Gradient norms with fused foreach kernels and one host transfer.
+"""Gradient norms read with one host transfer on an accelerator, one by one on the CPU.
 
-``torch._foreach_norm`` computes every parameter's norm in a few fused launches; stacking them
-and calling ``.tolist()`` once means one device synchronisation per sample, where a loop of
-``p.grad.norm().item()`` synchronises once per parameter.
+On a GPU, ``torch._foreach_norm`` computes every parameter's norm in a few fused launches;
+stacking them and calling ``.tolist()`` once means one device synchronisation per sample, where
+a loop of ``p.grad.norm().item()`` synchronises once per parameter. On the CPU there is nothing
+to synchronise with and foreach falls back to one kernel per tensor anyway: a norm per tensor,
+read at once, skips the stack. In a hot loop the two cost the same; inside a training step,
+where runwatch computes them, one by one costs 10-20% less (benchmarks/bench_gradnorm.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 DEFAULT_MAX_LAYERS = 16
+
+_vector_norm = torch.linalg.vector_norm
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,19 @@ def norm_values(
             grads.append(grad)
     if not grads:
         return None
+    if all(grad.is_cpu for grad in grads):
+        return names, norms_one_by_one(grads)
+    return names, fused_norms(grads)
+
+
+def norms_one_by_one(grads: list[torch.Tensor]) -> list[float]:
+    """L2 norms of CPU tensors, each read as it is computed."""
+    with torch.no_grad():
+        return [float(_vector_norm(grad)) for grad in grads]
+
+
+def fused_norms(grads: list[torch.Tensor]) -> list[float]:
+    """L2 norms with fused kernels and one host transfer (one device synchronisation)."""
     with torch.no_grad():
         norms = torch._foreach_norm(grads)
         try:
@@ -61,7 +79,7 @@ def norm_values(
         except RuntimeError:  # parameters spread over devices (model parallel)
             stacked = torch.stack([n.to(norms[0].device, torch.float32) for n in norms])
         values: list[float] = stacked.tolist()  # the one sync
-    return names, values
+    return values
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:

@@ -1,4 +1,4 @@
-"""Fused gradient norms agree with the per-parameter reference."""
+"""Gradient norms (fused, and one by one on the CPU) agree with the per-parameter reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from collector.lightning.gradients import gradient_norms, gradient_norms_per_parameter_loop
+from collector.lightning.gradients import (
+    fused_norms,
+    gradient_norms,
+    gradient_norms_per_parameter_loop,
+    norms_one_by_one,
+)
 
 
 def model_with_grads() -> nn.Module:
@@ -59,3 +64,18 @@ def test_nan_gradient_makes_every_summary_nan() -> None:
     assert norms is not None
     assert math.isnan(norms.total) and math.isnan(norms.max) and math.isnan(norms.min)
     assert math.isnan(norms.layers["0.weight"]) and math.isfinite(norms.layers["0.bias"])
+
+
+def test_fused_and_one_by_one_norms_are_the_same_numbers() -> None:
+    grads = [p.grad for p in model_with_grads().parameters()]
+    expected = [float(g.norm()) for g in grads]
+    assert fused_norms(grads) == pytest.approx(expected, rel=1e-6)
+    assert norms_one_by_one(grads) == pytest.approx(expected, rel=1e-6)
+
+
+def test_norms_of_gradients_that_require_grad() -> None:
+    """A backward with ``create_graph=True`` leaves gradients that require grad."""
+    grad = torch.ones(3, requires_grad=True) * 2.0
+    assert grad.requires_grad
+    assert norms_one_by_one([grad]) == pytest.approx([math.sqrt(12)])
+    assert fused_norms([grad]) == pytest.approx([math.sqrt(12)])
