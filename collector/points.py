@@ -25,6 +25,11 @@ Conventions, all enforced here and never raised to the caller:
   the spool keeps one point per line, so the spool stores it as U+001E (record separator)
   and ``to_wire`` turns it back into ``\\n`` just before sending. That is why U+001E from
   users is replaced.
+- **Tag order.** A line's tags are written sorted by key, the run's base tags and the
+  call's merged (a call's tag replaces a base tag of the same key): InfluxDB keys a series by
+  its sorted tags and sorts every line that comes otherwise, which cost it ~8% more CPU per
+  point here. The ``{"Layer": "a", "layer": "b"}`` kind of clash keeps the last value (two
+  tags of one key would get the line refused).
 - **Time.** ``int`` nanoseconds since the epoch (``time.time_ns()``); ``float`` seconds
   since the epoch (``time.time()``); ``datetime`` (naive means local time, as in Python).
 - **Invalid input** (unknown measurement, empty or unknown field name, non-numeric value,
@@ -190,20 +195,80 @@ class PointBuilder:
 
     def __init__(self, base_tags: Mapping[str, object], problems: ProblemLog | None = None) -> None:
         self.problems = problems or ProblemLog()
-        self.base_tags: dict[str, str] = {}
-        base_text = ""
+        pieces: dict[str, _TagPiece] = {}
         for raw_key, raw_value in base_tags.items():
             piece = self._tag_piece(raw_key, raw_value, allow_base=True)
             if piece is not None:
-                self.base_tags[piece.key] = piece.value
-                base_text += piece.text
-        self._prefixes = {
-            name: escape_measurement(name) + base_text for name in schema.MEASUREMENTS
-        }
+                pieces[piece.key] = piece
+        self._base_pieces = sorted(pieces.values(), key=_tag_key)
+        self.base_tags: dict[str, str] = {piece.key: piece.value for piece in self._base_pieces}
+        self._measurements = {name: escape_measurement(name) for name in schema.MEASUREMENTS}
+        base_text = "".join(piece.text for piece in self._base_pieces)
+        self._prefixes = {name: escaped + base_text for name, escaped in self._measurements.items()}
+        self._around: dict[str, tuple[str, str]] = {}
+        self._formats: dict[tuple[str, tuple[object, ...]], str | None] = {}
         self._fields: dict[str, dict[object, _FieldSpec | None]] = {
             name: {} for name in schema.MEASUREMENTS
         }
         self._tag_cache: dict[tuple[object, object], _TagPiece | None] = {}
+
+    def plain_lines(
+        self, measurement: str, rows: list[Mapping[str, object]], times: list[int]
+    ) -> str | None:
+        """``build``'s lines for untagged points, ``rows[i]`` at ``times[i]``, whose fields
+        have one name order (the caller groups them), all known numeric fields of
+        ``measurement`` with finite int or float values; None when any is not (then
+        ``build`` takes each). One ``%`` format for the whole group: the per-point work that
+        is left is gathering values, half of ``build``'s cost."""
+        names = tuple(rows[0])
+        line_format = self._formats.get((measurement, names), _UNKNOWN_FORMAT)
+        if line_format is _UNKNOWN_FORMAT:
+            line_format = self._plain_format(measurement, names)
+        if line_format is None:
+            return None
+        values: list[object] = []
+        gather = values.extend
+        for row in rows:
+            gather(row.values())
+        width = len(names)
+        if len(values) != width * len(rows) or not set(map(type, values)) <= _PLAIN_TYPES:
+            return None
+        try:
+            numbers = list(map(float, values))  # type: ignore[arg-type]
+        except OverflowError:  # an int past the float range: build drops that field
+            return None
+        if not math.isfinite(sum(numbers)):
+            return None  # a NaN or infinity (or finite values summing past the float range)
+        stride = width + 1
+        arguments: list[object] = [0] * (stride * len(rows))
+        for field in range(width):
+            arguments[field::stride] = numbers[field::width]
+        arguments[width::stride] = times
+        return (line_format * len(rows)) % tuple(arguments)
+
+    def _plain_format(self, measurement: str, names: tuple[object, ...]) -> str | None:
+        """The ``%`` format of one line with these numeric fields and the time, or None when
+        a name is not a known numeric field of ``measurement``."""
+        prefix = self._prefixes.get(measurement)
+        keys: list[str] = []
+        if prefix is not None:
+            specs = self._fields[measurement]
+            for name in names:
+                spec = specs.get(name, _MISSING)
+                if spec is _MISSING:
+                    spec = specs[name] = self._resolve_field(measurement, name)
+                if spec is None or spec[2]:  # dropped, or a string field
+                    keys = []
+                    break
+                keys.append(spec[0])
+        line_format = None
+        if keys and prefix is not None:  # field keys are [a-z0-9_]: only tags may hold a %
+            fields = ",".join(f"{key}=%r" for key in keys)
+            line_format = f"{prefix.replace('%', '%%')} {fields} %d\n"
+        if len(self._formats) >= _MAX_CACHED_FORMATS:
+            self._formats.clear()
+        self._formats[(measurement, names)] = line_format
+        return line_format
 
     def build(
         self,
@@ -268,13 +333,12 @@ class PointBuilder:
         if not parts:
             self._drop_point("empty", measurement, f"point of {measurement!r} has no valid field")
             return None, None, None
-        tag_text = ""
         all_tags: dict[str, str] | None = None
         if tags:
-            tag_text, all_tags = self._call_tags(tags, observe)
+            prefix, all_tags = self._tagged_prefix(measurement, tags, observe)
         elif observe:
             all_tags = self.base_tags
-        return f"{prefix}{tag_text} {','.join(parts)} {time_ns}\n", observed, all_tags
+        return f"{prefix} {','.join(parts)} {time_ns}\n", observed, all_tags
 
     def _string_value(self, measurement: str, key: str, text: str) -> str:
         cut = truncate_string_field(text)
@@ -310,11 +374,41 @@ class PointBuilder:
             return None
         return escape_key(key), escape_key(schema.nonfinite_field(key)), spec.is_string_field(key)
 
-    def _call_tags(
-        self, tags: Mapping[str, object], observe: bool
+    def _tagged_prefix(
+        self, measurement: str, tags: Mapping[str, object], observe: bool
     ) -> tuple[str, dict[str, str] | None]:
-        text = ""
-        merged = dict(self.base_tags) if observe else None
+        """The measurement and every tag of the point, keys in order (a call's tag replaces a
+        base tag of its key), and with ``observe`` the tags as a dict."""
+        pieces = self._call_tags(tags)
+        if not pieces:
+            return self._prefixes[measurement], self.base_tags if observe else None
+        if len(pieces) == 1:  # the common case: one tag (a layer, a client) slots in
+            piece = pieces[0]
+            around = self._around.get(piece.key)
+            if around is None:
+                around = self._base_around(piece.key)
+            text = around[0] + piece.text + around[1]
+        else:
+            merged = {base.key: base for base in self._base_pieces}
+            merged.update((piece.key, piece) for piece in pieces)
+            text = "".join(merged[key].text for key in sorted(merged))
+        all_tags = None
+        if observe:
+            all_tags = dict(self.base_tags)
+            all_tags.update((piece.key, piece.value) for piece in pieces)
+        return self._measurements[measurement] + text, all_tags
+
+    def _base_around(self, key: str) -> tuple[str, str]:
+        """The base tags' text before and after a tag ``key`` (one of that key left out)."""
+        before = "".join(piece.text for piece in self._base_pieces if piece.key < key)
+        after = "".join(piece.text for piece in self._base_pieces if piece.key > key)
+        if len(self._around) >= _MAX_CACHED_TAGS:
+            self._around.clear()
+        self._around[key] = (before, after)
+        return before, after
+
+    def _call_tags(self, tags: Mapping[str, object]) -> list[_TagPiece]:
+        pieces: list[_TagPiece] = []
         cache = self._tag_cache
         for raw_key, raw_value in tags.items():
             try:
@@ -326,12 +420,9 @@ class PointBuilder:
                 cache[(raw_key, raw_value)] = piece
             except TypeError:  # unhashable tag value
                 piece = self._tag_piece(raw_key, raw_value, allow_base=False)
-            if piece is None:
-                continue
-            text += piece.text
-            if merged is not None:
-                merged[piece.key] = piece.value
-        return text, merged
+            if piece is not None:
+                pieces.append(piece)
+        return pieces
 
     def _tag_piece(self, raw_key: object, raw_value: object, allow_base: bool) -> _TagPiece | None:
         key = normalise_name(raw_key)
@@ -362,3 +453,10 @@ class PointBuilder:
 
 
 _MISSING: Final[_FieldSpec] = ("", "", False)
+_UNKNOWN_FORMAT: Final = "\x00"
+_MAX_CACHED_FORMATS = 1_024
+_PLAIN_TYPES: Final = frozenset({float, int})
+
+
+def _tag_key(piece: _TagPiece) -> str:
+    return piece.key

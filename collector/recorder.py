@@ -395,44 +395,96 @@ class Recorder:
                 return
             self._queued_extra = 0
             observations: list[_Observation] = []
-            lines = self._lines([pending.popleft() for _ in range(count)], observations)
-            self._append(lines)
+            texts, points = self._lines([pending.popleft() for _ in range(count)], observations)
+            self._append(texts, points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
             for measurement, observed, all_tags in observations:
                 self._notify(measurement, observed, all_tags)
 
-    def _append(self, lines: list[str]) -> None:
-        count = len(lines)
+    def _append(self, texts: list[str], count: int) -> None:
+        """Spool ``count`` points' lines."""
         writer = self._writer
         if writer is None:
             self._lost += count
             return
         try:
-            writer.append("".join(lines).encode("utf-8", "replace"))
+            writer.append("".join(texts).encode("utf-8", "replace"))
         except OSError as exc:
             self._lost += count
             self._fail(f"spool write failed, {count} points lost: {exc}")
             return
         self._spooled += count
 
-    def _lines(self, queued: list[_Pending], observations: list[_Observation]) -> list[str]:
-        """The queued points as lines (those queued as values built now), and what observers
-        see of them; a point that turns out invalid is dropped and no longer counted as
-        recorded."""
-        lines: list[str] = []
+    def _lines(
+        self, queued: list[_Pending], observations: list[_Observation]
+    ) -> tuple[list[str], int]:
+        """The queued points as line-protocol texts (those queued as values built now; a run
+        of plain points of one shape is one text of many lines) and how many points they
+        hold, and what observers see of them; a point that turns out invalid is dropped and
+        no longer counted as recorded."""
+        texts: list[str] = []
+        points = 0
+        observed = self._observed
+        shape: tuple[str, tuple[object, ...]] | None = None
+        rows: list[Mapping[str, object]] = []
+        times: list[int] = []
         for entry in queued:
+            if type(entry) is tuple and entry[2] is None and entry[0] not in observed:
+                measurement, fields, _, time_ns = entry
+                entry_shape = (measurement, tuple(fields))
+                if entry_shape != shape:
+                    if rows:
+                        points += self._add_plain_lines(texts, observations, shape, rows, times)
+                        rows, times = [], []
+                    shape = entry_shape
+                rows.append(fields)
+                times.append(time_ns)
+                continue
+            if rows:
+                points += self._add_plain_lines(texts, observations, shape, rows, times)
+                rows, times, shape = [], [], None
             if isinstance(entry, str):
-                lines.append(entry)
+                texts.append(entry)
+                points += 1
             elif isinstance(entry, _Built):
-                lines.append(entry.line)
+                texts.append(entry.line)
                 observations.append((entry.measurement, entry.observed, entry.tags))
+                points += 1
             elif isinstance(entry, _Series):
                 for point in entry.points():
-                    self._add_line(lines, observations, *point)
+                    points += self._add_line(texts, observations, *point)
             else:
-                self._add_line(lines, observations, *entry)
-        return lines
+                points += self._add_line(texts, observations, *entry)
+        if rows:
+            points += self._add_plain_lines(texts, observations, shape, rows, times)
+        return texts, points
+
+    def _add_plain_lines(
+        self,
+        texts: list[str],
+        observations: list[_Observation],
+        shape: tuple[str, tuple[object, ...]] | None,
+        rows: list[Mapping[str, object]],
+        times: list[int],
+    ) -> int:
+        """Untagged, unobserved points of one measurement and field order: one text when
+        all are plain finite numbers under known fields, else point by point."""
+        assert shape is not None
+        measurement = shape[0]
+        text = None
+        if len(rows) > 1:
+            try:
+                text = self._builder.plain_lines(measurement, rows, times)
+            except Exception:  # build() reports it, point by point
+                text = None
+        if text is not None:
+            texts.append(text)
+            return len(rows)
+        return sum(
+            self._add_line(texts, observations, measurement, fields, None, time_ns)
+            for fields, time_ns in zip(rows, times, strict=True)
+        )
 
     def _add_line(
         self,
@@ -442,7 +494,8 @@ class Recorder:
         fields: Mapping[str, object],
         tags: Mapping[str, object] | None,
         time_ns: int,
-    ) -> None:
+    ) -> int:
+        """Build one point's line; 1 when it was added, 0 when it was dropped."""
         try:
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, measurement in self._observed
@@ -452,10 +505,11 @@ class Recorder:
             self._internal_error(exc)
         if line is None:
             self._recorded -= 1
-            return
+            return 0
         lines.append(line)
         if observed is not None and all_tags is not None:
             observations.append((measurement, observed, all_tags))
+        return 1
 
     def _queue_full(self) -> None:
         """``flush_lines`` points wait: wake the flusher (building lines is its work, not the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -115,7 +116,7 @@ def test_torch_zero_dim_tensors_become_floats_without_collector_importing_torch(
 def test_line_shape_and_numeric_fields_always_floats() -> None:
     line, problems = build("batch", {"loss": 0.5, "step": 3, "epoch": True, "batch_idx": 0})
     assert line == (
-        "batch,run_id=r-1,experiment=exp\\ one,mode=centralized "
+        "batch,experiment=exp\\ one,mode=centralized,run_id=r-1 "
         f"loss=0.5,step=3.0,epoch=1.0,batch_idx=0.0 {NS}\n"
     )
     assert problems.dropped_fields == 0
@@ -167,7 +168,7 @@ def test_invalid_input_is_dropped_counted_and_warned_once(caplog: pytest.LogCapt
 def test_strings_only_in_event_text() -> None:
     line, _ = build("event", {"text": 'say "hi"\\', "value": 1}, {"event": "alert"})
     assert line == (
-        "event,run_id=r-1,experiment=exp\\ one,mode=centralized,event=alert "
+        "event,event=alert,experiment=exp\\ one,mode=centralized,run_id=r-1 "
         f'text="say \\"hi\\"\\\\",value=1.0 {NS}\n'
     )
     line, problems = build("epoch", {"note": "a string", "val_loss": 0.5})
@@ -221,13 +222,51 @@ def test_tags_per_call_escaped_and_rules_enforced(caplog: pytest.LogCaptureFixtu
         observe=True,
     )
     assert line.startswith(
-        "gradient_layer,run_id=r-1,experiment=exp\\ one,mode=centralized,client_id=c\\ 1,"
-        "layer=model.l1\\,weight,round=2 norm=1.0 "
+        "gradient_layer,client_id=c\\ 1,experiment=exp\\ one,layer=model.l1\\,weight,"
+        "mode=centralized,round=2,run_id=r-1 norm=1.0 "
     )
     assert observed == {"norm": 1.0}
     assert tags == {**BASE, "client_id": "c 1", "layer": "model.l1,weight", "round": "2"}
     assert builder.problems.dropped_tags == 2
     assert len(caplog.records) == 2
+
+
+def tag_keys(line: str) -> list[str]:
+    """Tag keys of a line whose tag values hold no escaped backslash."""
+    series = re.split(r"(?<!\\) ", line, maxsplit=1)[0]
+    return [tag.split("=", 1)[0] for tag in re.split(r"(?<!\\),", series)[1:]]
+
+
+@pytest.mark.parametrize(
+    "call_tags",
+    [
+        {},
+        {"layer": "l1"},  # between the base tags
+        {"aaa": "first"},
+        {"zzz": "last"},
+        {"round": 2, "layer": "l1", "client_id": "c"},
+        {"a,b": "comma key", "host": "h"},
+    ],
+)
+def test_tags_are_written_in_key_order(call_tags: dict[str, object]) -> None:
+    builder = PointBuilder({**BASE, "host": "node-1"})
+    line, _, tags = builder.build("gradient_layer", {"norm": 1.0}, call_tags, NS, observe=True)
+    assert line is not None and tags is not None
+    keys = tag_keys(line)
+    assert keys == sorted(keys)
+    assert len(keys) == len(set(keys)) == len(tags)
+
+
+def test_a_call_tag_replaces_a_base_tag_of_its_key_and_a_clash_keeps_the_last() -> None:
+    builder = PointBuilder({**BASE, "host": "node-1"})
+    line, _, tags = builder.build("system", {"rss_bytes": 1.0}, {"host": "node-2"}, NS, True)
+    assert line is not None and ",host=node-2," in line and "node-1" not in line
+    assert tags == {**BASE, "host": "node-2"}
+    line, _, tags = builder.build(
+        "system", {"rss_bytes": 1.0}, {"Rank": "0", "rank": "1", "host": "x"}, NS, True
+    )
+    assert line is not None and ",rank=1," in line and "rank=0" not in line
+    assert tags is not None and tags["rank"] == "1"
 
 
 def test_observed_fields_are_finite_normalised_and_flag_nonfinite() -> None:
@@ -300,3 +339,55 @@ def test_a_string_field_over_one_mib_is_cut_at_a_character_boundary(
     line, _, _ = builder.build("event", {"text": "\x00" * MAX_STRING_FIELD_BYTES}, None, 1)
     assert line is not None and len(line.encode()) < MAX_STRING_FIELD_BYTES + 100
     assert "cut field 'text'" in caplog.text
+
+
+_FIELD_NAMES = ["loss", "step", "Train/Loss", "val loss", "text", "", "mystery", "batch_idx"]
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-1000, max_value=1000)
+)
+_ANY_VALUES = st.one_of(
+    _NUMBERS,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**1100), max_value=2**1100),
+    st.booleans(),
+    st.text(max_size=3),
+)
+
+
+@given(
+    measurement=st.sampled_from(["batch", "batch", "gradient", "event", "nope"]),
+    names=st.lists(st.sampled_from(_FIELD_NAMES), min_size=1, max_size=4, unique=True),
+    data=st.data(),
+)
+@settings(max_examples=300, deadline=None)
+def test_plain_lines_are_builds_lines_or_none(
+    measurement: str, names: list[str], data: st.DataObject
+) -> None:
+    values = _NUMBERS if data.draw(st.booleans()) else _ANY_VALUES
+    rows: list[dict[str, object]] = [
+        {name: data.draw(values) for name in names}
+        for _ in range(data.draw(st.integers(min_value=1, max_value=5)))
+    ]
+    times = [NS + index for index in range(len(rows))]
+    builder = PointBuilder({**BASE, "tag%": "50%"})
+    text = builder.plain_lines(measurement, rows, times)  # type: ignore[arg-type]
+    if text is not None:
+        built = [builder.build(measurement, row, None, at)[0] for row, at in zip(rows, times)]
+        assert text == "".join(line or "" for line in built)
+        assert None not in built and "_nonfinite" not in text
+
+
+def test_plain_lines_write_groups_of_finite_numbers() -> None:
+    builder = PointBuilder({**BASE, "tag%": "50%"})
+    rows: list[dict[str, object]] = [
+        {"loss": 0.5, "step": 3, "Batch Idx": 2**53},
+        {"loss": 1e-300, "step": -1, "Batch Idx": 0.1 + 0.2},
+    ]
+    text = builder.plain_lines("batch", rows, [NS, NS + 1])  # type: ignore[arg-type]
+    built = [builder.build("batch", row, None, NS + i)[0] for i, row in enumerate(rows)]
+    assert text == "".join(line or "" for line in built)
+    assert text is not None and text.count("\n") == 2 and ",tag=50% " in text
+    assert builder.plain_lines("batch", [{"loss": math.nan}, {"loss": 1.0}], [NS, NS]) is None
+    assert builder.plain_lines("batch", [{"loss": 2**1100}], [NS]) is None
+    assert builder.plain_lines("gradient", [{"mystery": 1.0}], [NS]) is None
+    assert builder.plain_lines("event", [{"text": 1.0}], [NS]) is None

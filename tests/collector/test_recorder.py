@@ -72,10 +72,10 @@ def test_spool_only_without_influxdb(recorder: Recorder) -> None:
     recorder.close()
     lines = spool_lines(recorder)
     assert len(lines) == 3
-    base = f"run_id={recorder.run_id},experiment={EXPERIMENT},mode=centralized"
+    base = f"experiment={EXPERIMENT},mode=centralized,run_id={recorder.run_id}"
     assert lines[0].startswith(f"batch,{base} loss=0.5,step=1.0 ")
     assert lines[1].startswith(f"epoch,{base} train_loss=0.25,epoch=0.0 ")
-    assert lines[2].startswith(f'event,{base},event=training_start text="go",value=1.0 ')
+    assert lines[2].startswith(f'event,event=training_start,{base} text="go",value=1.0 ')
     stats = recorder.stats
     assert (stats.points_recorded, stats.points_spooled, stats.points_shipped) == (3, 3, 0)
     assert stats.spool_backlog_bytes == Path(recorder.spool_path or "").stat().st_size
@@ -186,9 +186,37 @@ def test_queued_points_are_copies_built_in_recording_order(recorder: Recorder) -
         "loss=0.25,step=2.0",
         "step=3.0",
     ]
-    assert ",layer=a " in lines[0]
+    assert ",layer=a," in lines[0].split(" ")[0]
     stamps = [int(line.split(" ")[2]) for line in lines]
     assert stamps == sorted(stamps) and len(set(stamps)) == 4
+
+
+def test_runs_of_plain_points_spool_the_lines_built_one_by_one(recorder: Recorder) -> None:
+    """A flush writes each run of plain points of one shape with one format: the spool holds
+    what building each point alone gives, whatever breaks the runs."""
+    from collector.points import PointBuilder
+
+    recorded: list[tuple[str, dict[str, object], dict[str, object] | None]] = []
+    for step in range(3):
+        recorded.append(("batch", {"loss": 1 / (step + 1), "step": step}, None))
+    recorded.append(("batch", {"step": 3, "loss": 0.2}, None))  # another field order
+    recorded.append(("batch", {"loss": math.nan, "step": 4}, None))  # breaks no run: built alone
+    recorded.append(("batch", {"loss": 0.1, "step": 5}, None))
+    recorded.append(("gradient_layer", {"norm": 1.0, "step": 5}, {"layer": "a"}))
+    recorded.append(("batch", {"loss": 2**1100, "step": 6}, None))  # past the float range
+    recorded.append(("epoch", {"Train/Loss": 0.5, "epoch": 0}, None))
+    recorded.append(("epoch", {"Train/Loss": 0.4, "epoch": 1}, None))
+    for measurement, fields, tags in recorded:
+        recorder.record(measurement, fields, tags)
+    recorder.flush()
+    lines = spool_lines(recorder)
+    assert len(lines) == len(recorded)
+    builder = PointBuilder(recorder.base_tags)
+    for line, (measurement, fields, tags) in zip(lines, recorded, strict=True):
+        time_ns = int(line.rsplit(" ", 1)[1])
+        assert line + "\n" == builder.build(measurement, fields, tags, time_ns)[0]
+    assert recorder.stats.points_spooled == len(recorded)
+    assert recorder.stats.nonfinite_fields == 1 and recorder.stats.fields_dropped == 1
 
 
 def test_a_loss_tensor_that_requires_grad_is_recorded_without_a_warning(
@@ -284,7 +312,7 @@ def test_observers_see_points_when_they_are_spooled_not_on_the_recording_thread(
         "total_norm=1.0,step=3.0",
         "train_loss=0.4",
     ]
-    assert lines[2].split(" ")[0].endswith(",round=2")
+    assert ",round=2," in lines[2].split(" ")[0]
     assert rec.stats.points_dropped == 1 and rec.stats.fields_dropped == 2
 
 
