@@ -24,6 +24,7 @@ from collector.lightning import (
     BatchMetricsCallback,
     GradientMonitorCallback,
     RunwatchLogger,
+    gradients,
     runwatch_telemetry,
 )
 from collector.spool import list_streams
@@ -562,9 +563,15 @@ class _BatchWindow(pl.Callback):
             self.transfers.batch_idx = None
 
 
+@pytest.mark.parametrize("norms", ["cpu", "accelerator"])
 def test_unsampled_steps_make_no_host_transfer(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, norms: str
 ) -> None:
+    """Gradient norms of CPU tensors are read one by one (there is no device to wait for);
+    on an accelerator the fused path reads them all in one transfer: run here by taking it
+    for CPU tensors too."""
+    if norms == "accelerator":
+        monkeypatch.setattr(gradients, "norms_one_by_one", gradients.fused_norms)
     transfers = _HostTransfers()
     for name in ("item", "tolist", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, transfers.wrap(getattr(torch.Tensor, name)))
@@ -572,6 +579,7 @@ def test_unsampled_steps_make_no_host_transfer(
         "sync", settings=settings, batch_every_n=5, gradient_every_n=7, system_interval_s=0.001
     )
     model, data = mlp()
+    norm_reads = 1 if norms == "accelerator" else len(list(model.parameters()))
     trainer = quiet_trainer(
         max_epochs=2,
         logger=telemetry.logger,
@@ -588,9 +596,9 @@ def test_unsampled_steps_make_no_host_transfer(
     for key in transfers.calls:
         per_step[key] = per_step.get(key, 0) + 1
     for (batch_idx, step), count in per_step.items():
-        # one transfer per sampler that sampled this step (the batch sampler on the steps
-        # Lightning logs, log_every_n_steps=5), nothing on any other step
-        expected = int((step + 1) % 5 == 0) + int(step % 7 == 0)
+        # one transfer for the batch sampler on the steps Lightning logs (log_every_n_steps=5),
+        # the norms' reads on gradient samples, nothing on any other step
+        expected = int((step + 1) % 5 == 0) + norm_reads * int(step % 7 == 0)
         assert count == expected, (batch_idx, step, count)
 
 
