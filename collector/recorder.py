@@ -16,7 +16,8 @@ the line of line protocol is built when the queue is appended to the run's spool
 ``float``/``int`` values are queued as they are; any other value (a tensor, a numpy scalar,
 text) makes ``record()`` build the line at once, so no tensor (and its autograd graph) is kept
 alive by the queue. ``record_series()`` queues several points of one measurement (a gradient
-norm per layer) as one entry. A shipper
+norm per layer) as one entry; ``record_later()`` queues a function that makes points (their
+summary too) when the flush builds them. A shipper
 thread (``collector.shipper``) posts the spool to InfluxDB; the training thread never waits
 on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
@@ -35,13 +36,14 @@ an observer.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -299,12 +301,7 @@ class Recorder:
                 return
             if not count:
                 return
-            time_ns = _time_ns()
-            if time_ns <= self._last_ns:
-                time_ns = self._last_ns + 1
-            self._last_ns = time_ns + count - 1
-            pending = self._pending
-            pending.append(
+            self._queue_many(
                 _Series(
                     measurement,
                     field,
@@ -312,15 +309,48 @@ class Recorder:
                     tag,
                     list(tag_values[:count]),
                     dict(common) if common else None,
-                    time_ns,
-                )
+                    self._reserve_times(count),
+                ),
+                count,
             )
-            self._recorded += count
-            self._queued_extra += count - 1
-            if len(pending) + self._queued_extra >= self._flush_lines:
-                self._queue_full()
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
+
+    def record_later(self, make_points: MakePoints, count: int) -> None:
+        """Up to ``count`` points that ``make_points()`` returns as (measurement, fields,
+        tags) when the next flush builds lines, off this thread when it can: for points
+        derived from values at hand (the summary of a step's gradient norms), at one call's
+        cost here. They are stamped now, in order, like that many ``record()`` calls.
+        ``make_points`` must only read what nobody changes afterwards; if it raises, its
+        points are dropped, counted and warned once. Never raises."""
+        try:
+            if count < 1:
+                return
+            if self._closed:
+                self._problems.dropped_points += count
+                self._problems.warn_once(
+                    "closed", self.run_id, f"recorder of run {self.run_id} is closed"
+                )
+                return
+            self._queue_many(_Later(make_points, count, self._reserve_times(count)), count)
+        except Exception as exc:  # telemetry never raises into training
+            self._internal_error(exc)
+
+    def _reserve_times(self, count: int) -> int:
+        """The first of ``count`` consecutive timestamps after every one handed out."""
+        time_ns = _time_ns()
+        if time_ns <= self._last_ns:
+            time_ns = self._last_ns + 1
+        self._last_ns = time_ns + count - 1
+        return time_ns
+
+    def _queue_many(self, entry: _Pending, count: int) -> None:
+        pending = self._pending
+        pending.append(entry)
+        self._recorded += count
+        self._queued_extra += count - 1
+        if len(pending) + self._queued_extra >= self._flush_lines:
+            self._queue_full()
 
     def event(
         self,
@@ -454,6 +484,9 @@ class Recorder:
             elif isinstance(entry, _Series):
                 for point in entry.points():
                     points += self._add_line(texts, observations, *point)
+            elif isinstance(entry, _Later):
+                for made in self._made_points(entry):
+                    points += self._add_line(texts, observations, *made)
             else:
                 points += self._add_line(texts, observations, *entry)
         if rows:
@@ -485,6 +518,27 @@ class Recorder:
             self._add_line(texts, observations, measurement, fields, None, time_ns)
             for fields, time_ns in zip(rows, times, strict=True)
         )
+
+    def _made_points(self, later: _Later) -> list[_MadePoint]:
+        """What ``later.make`` returns, stamped; none (dropped and counted) when it raises."""
+        try:
+            made = [
+                (measurement, fields, tags, later.time_ns + index)
+                for index, (measurement, fields, tags) in enumerate(
+                    itertools.islice(later.make(), later.limit)
+                )
+            ]
+        except Exception as exc:
+            made = []
+            self._problems.dropped_points += later.limit
+            self._problems.warn_once(
+                "later",
+                type(exc).__name__,
+                f"record_later: {later.make!r} raised {type(exc).__name__}: {exc}; "
+                f"its {later.limit} points are dropped",
+            )
+        self._recorded -= later.limit - len(made)
+        return made
 
     def _add_line(
         self,
@@ -668,6 +722,19 @@ class _Series(NamedTuple):
             )
 
 
+MakePoints = Callable[[], Iterable[tuple[str, Mapping[str, object], Mapping[str, object] | None]]]
+"""What ``record_later`` calls: (measurement, fields, tags) of each point, in order."""
+_MadePoint = tuple[str, Mapping[str, object], Mapping[str, object] | None, int]
+
+
+class _Later(NamedTuple):
+    """``record_later`` arguments: points the next flush makes, then builds."""
+
+    make: MakePoints
+    limit: int
+    time_ns: int
+
+
 class _Built(NamedTuple):
     """A point built at ``record()`` (its values were not plain numbers) that observers see."""
 
@@ -677,7 +744,7 @@ class _Built(NamedTuple):
     tags: Mapping[str, str]
 
 
-_Pending = str | _QueuedPoint | _Series | _Built
+_Pending = str | _QueuedPoint | _Series | _Later | _Built
 """A queue entry: a built line nobody observes, or what the next flush builds or observes."""
 _Observation = tuple[str, Mapping[str, float], Mapping[str, str]]
 

@@ -19,6 +19,7 @@ import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, norm_values, summary
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_points, norm_values
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -468,18 +469,11 @@ class GradientMonitorCallback(SessionCallback):
         if found is None:
             return
         names, values = found
-        total, largest, smallest = summary(values)
-        step = float(global_step)
-        session = self.session
-        session.record(
-            "gradient",
-            {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step},
+        layers = max(0, min(self.max_layers, len(values)))
+        # The summary and the points are made on the recorder's flusher, not this thread.
+        self.session.record_later(
+            partial(gradient_points, names, values, float(global_step), layers), 1 + layers
         )
-        layers = self.max_layers
-        if layers > 0:  # one call for every layer's point
-            session.record_series(
-                "gradient_layer", "norm", values[:layers], "layer", names[:layers], {"step": step}
-            )
 
 
 # -- learning rate -------------------------------------------------------------------------

@@ -90,6 +90,26 @@ def summary(values: list[float]) -> tuple[float, float, float]:
     return math.hypot(*values), max(values), min(values)
 
 
+def gradient_points(
+    names: list[str], values: list[float], step: float, layers: int
+) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
+    """The ``gradient`` point (total, max and min norm) and a ``gradient_layer`` point for
+    each of the first ``layers`` parameters, as (measurement, fields, tags)."""
+    total, largest, smallest = summary(values)
+    points: list[tuple[str, dict[str, float], dict[str, str] | None]] = [
+        (
+            "gradient",
+            {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step},
+            None,
+        )
+    ]
+    points.extend(
+        ("gradient_layer", {"norm": value, "step": step}, {"layer": name})
+        for name, value in zip(names[:layers], values[:layers], strict=False)
+    )
+    return points
+
+
 def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:
     total, largest, smallest = summary(values)
     return GradientNorms(

@@ -22,7 +22,7 @@ from collector import schema
 from collector.run import Run, RunOptions, jsonable_params
 
 if TYPE_CHECKING:
-    from collector.recorder import Recorder
+    from collector.recorder import MakePoints, Recorder
 
 __all__ = ["EpochAccumulator", "RunSession", "is_global_rank_zero", "jsonable_params"]
 
@@ -221,6 +221,15 @@ class RunSession(Run):
         recorder = self._writer()
         if recorder is not None:
             recorder.record_series(measurement, field, values, tag, tag_values, common)
+
+    def record_later(self, make_points: MakePoints, count: int) -> None:
+        """Up to ``count`` points made when the recorder builds lines
+        (``Recorder.record_later``). Never raises."""
+        if not self.start().started:
+            return
+        recorder = self._writer()
+        if recorder is not None:
+            recorder.record_later(make_points, count)
 
     def _emit_epoch(self, fields: dict[str, float]) -> None:
         self.record("epoch", fields)

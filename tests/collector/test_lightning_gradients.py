@@ -12,6 +12,7 @@ from collector.lightning.gradients import (
     fused_norms,
     gradient_norms,
     gradient_norms_per_parameter_loop,
+    gradient_points,
     norms_one_by_one,
 )
 
@@ -79,3 +80,24 @@ def test_norms_of_gradients_that_require_grad() -> None:
     assert grad.requires_grad
     assert norms_one_by_one([grad]) == pytest.approx([math.sqrt(12)])
     assert fused_norms([grad]) == pytest.approx([math.sqrt(12)])
+
+
+def test_gradient_points_are_the_summary_and_the_first_layers() -> None:
+    model = model_with_grads()
+    norms = gradient_norms(model.named_parameters(), max_layers=2)
+    assert norms is not None
+    names = [name for name, _ in model.named_parameters()]
+    values = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
+    points = gradient_points(names, values, 7.0, 2)
+    assert points[0] == (
+        "gradient",
+        {"total_norm": norms.total, "max_norm": norms.max, "min_norm": norms.min, "step": 7.0},
+        None,
+    )
+    assert points[1:] == [
+        ("gradient_layer", {"norm": value, "step": 7.0}, {"layer": name})
+        for name, value in norms.layers.items()
+    ]
+    assert len(gradient_points(names, values, 7.0, 0)) == 1
+    nan = gradient_points(["a", "b"], [1.0, math.nan], 1.0, 2)[0][1]
+    assert all(math.isnan(nan[key]) for key in ("total_norm", "max_norm", "min_norm"))

@@ -370,6 +370,78 @@ def test_record_series_of_non_plain_values_and_observed_series_go_point_by_point
     assert [line.split(" ")[1] for line in lines] == ["norm=1.0", "norm=2.0", "norm=3.0"]
 
 
+def test_record_later_makes_its_points_at_the_flush_stamped_at_the_call(
+    settings: Settings,
+) -> None:
+    made_on: list[str] = []
+
+    def gradient_points() -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
+        made_on.append(threading.current_thread().name)
+        return [
+            ("gradient", {"total_norm": 2.5, "step": 4.0}, None),
+            ("gradient_layer", {"norm": math.inf, "step": 4.0}, {"layer": "net.0.weight"}),
+            ("gradient_layer", {"norm": 1.5, "step": 4.0}, {"layer": "a layer,odd"}),
+        ]
+
+    tuning = RecorderTuning(flush_interval_s=3600)
+    with (
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as one_by_one,
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as later,
+    ):
+        for measurement, fields, tags in gradient_points():
+            one_by_one.record(measurement, fields, tags)
+        made_on.clear()
+        later.record("batch", {"step": 3.0})
+        later.record_later(gradient_points, 3)
+        later.record("batch", {"step": 5.0})
+        assert made_on == [] and len(later._pending) == 3  # one entry, nothing made yet
+        assert later.stats.points_recorded == 5
+        one_by_one.flush()
+        later.flush()
+        expected, written = spool_lines(one_by_one), spool_lines(later)
+        assert (later.stats.points_recorded, later.stats.points_spooled) == (5, 5)
+
+    def same_run(line: str, recorder: Recorder) -> str:  # the line without run id and time
+        return line.replace(recorder.run_id, "RUN").rsplit(" ", 1)[0]
+
+    assert made_on == [threading.current_thread().name]  # the flush called it, once
+    assert [same_run(line, later) for line in written[1:4]] == [
+        same_run(line, one_by_one) for line in expected
+    ]
+    assert [line.split(" ")[1] for line in (written[0], written[4])] == ["step=3.0", "step=5.0"]
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in written]
+    assert stamps == sorted(set(stamps))  # in call order, each point its own timestamp
+    assert stamps[1:4] == [stamps[1], stamps[1] + 1, stamps[1] + 2]
+
+
+def test_record_later_takes_at_most_count_points_and_drops_those_of_a_failing_function(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    def three() -> Iterator[tuple[str, dict[str, float], None]]:
+        for step in range(3):
+            yield ("batch", {"step": float(step)}, None)
+
+    def broken() -> list[tuple[str, dict[str, float], None]]:
+        raise ZeroDivisionError("no gradients")
+
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as rec:
+        rec.record_later(three, 2)  # a third point would take the next call's timestamp
+        rec.record_later(three, 5)  # fewer than announced: not an error
+        with caplog.at_level(logging.WARNING, logger="collector"):
+            rec.record_later(broken, 4)
+            rec.record_later(broken, 4)
+            rec.record_later(three, 0)
+            rec.flush()
+        steps = [line.split(" ")[1] for line in spool_lines(rec)]
+        stats = rec.stats
+    assert steps == ["step=0.0", "step=1.0", "step=0.0", "step=1.0", "step=2.0"]
+    assert (stats.points_recorded, stats.points_spooled, stats.points_dropped) == (5, 5, 8)
+    warnings = [r.getMessage() for r in caplog.records if "record_later" in r.getMessage()]
+    assert len(warnings) == 1 and "ZeroDivisionError: no gradients" in warnings[0]
+    rec.record_later(three, 3)  # closed
+    assert rec.stats.points_dropped == 11
+
+
 def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
     tuning = RecorderTuning(flush_lines=10, queue_limit=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
