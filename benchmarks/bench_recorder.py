@@ -17,10 +17,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from collector import Recorder, new_run_id
 from collector.config import Settings
+from collector.lightning.gradients import gradient_points
 
 FIVE_FIELDS = "batch (5 fields)"
 _LAYER_NAMES = [f"net.{n}.{kind}" for n in (0, 2, 4) for kind in ("weight", "bias")]
@@ -53,6 +55,10 @@ SHAPES: dict[str, Callable[[Recorder, int], None]] = {
     "event (string field)": lambda rec, i: rec.event("checkpoint", text="epoch=3-step=1200.ckpt"),
     "record_series, 6 layers (µs per call)": lambda rec, i: rec.record_series(
         "gradient_layer", "norm", _LAYER_NORMS, "layer", _LAYER_NAMES, {"step": float(i)}
+    ),
+    "record_later, 1 + 6 points (µs per call)": lambda rec, i: rec.record_later(
+        partial(gradient_points, _LAYER_NAMES, _LAYER_NORMS, float(i), len(_LAYER_NAMES)),
+        1 + len(_LAYER_NAMES),
     ),
 }
 
