@@ -456,7 +456,7 @@ class Recorder:
         texts: list[str] = []
         points = 0
         observed = self._observed
-        shape: tuple[str, tuple[object, ...]] | None = None
+        shape: tuple[str, tuple[object, ...]] = _NO_SHAPE
         rows: list[Mapping[str, object]] = []
         times: list[int] = []
         for entry in queued:
@@ -465,15 +465,15 @@ class Recorder:
                 entry_shape = (measurement, tuple(fields))
                 if entry_shape != shape:
                     if rows:
-                        points += self._add_plain_lines(texts, observations, shape, rows, times)
+                        points += self._add_plain_lines(texts, observations, shape[0], rows, times)
                         rows, times = [], []
                     shape = entry_shape
                 rows.append(fields)
                 times.append(time_ns)
                 continue
             if rows:
-                points += self._add_plain_lines(texts, observations, shape, rows, times)
-                rows, times, shape = [], [], None
+                points += self._add_plain_lines(texts, observations, shape[0], rows, times)
+                rows, times, shape = [], [], _NO_SHAPE
             if isinstance(entry, str):
                 texts.append(entry)
                 points += 1
@@ -490,21 +490,19 @@ class Recorder:
             else:
                 points += self._add_line(texts, observations, *entry)
         if rows:
-            points += self._add_plain_lines(texts, observations, shape, rows, times)
+            points += self._add_plain_lines(texts, observations, shape[0], rows, times)
         return texts, points
 
     def _add_plain_lines(
         self,
         texts: list[str],
         observations: list[_Observation],
-        shape: tuple[str, tuple[object, ...]] | None,
+        measurement: str,
         rows: list[Mapping[str, object]],
         times: list[int],
     ) -> int:
         """Untagged, unobserved points of one measurement and field order: one text when
         all are plain finite numbers under known fields, else point by point."""
-        assert shape is not None
-        measurement = shape[0]
         text = None
         if len(rows) > 1:
             try:
@@ -697,6 +695,8 @@ class Recorder:
 
 
 _QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
+_NO_SHAPE: tuple[str, tuple[object, ...]] = ("", ())
+"""No run of plain points under way (no measurement is named "")."""
 """(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
 
 
