@@ -12,7 +12,9 @@ fresh bucket:
 - **peer**: influxdb-client's SYNCHRONOUS write API posting the very same spooled lines,
   pre-built, 5,000 per request, gzip on and gzip off.
 
-influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it).
+influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it). Before
+each run the benchmark waits for influxd to go idle, so what one run leaves it to do (cache
+snapshots, compactions) is not counted in the next.
 Besides points/s, each figure comes with the CPU seconds influxd and this process spent per
 1M points: on a 2-core machine the server's own share bounds what any client reaches.
 Targets (issue 15): end to end >= 1.0x the peer's synchronous write in the same wire format
@@ -120,6 +122,18 @@ def fresh_settings(server: InfluxDB2, root: Path) -> Settings:
     )
 
 
+def settle(process: psutil.Process, quiet_s: float = 0.5, limit_s: float = 60.0) -> None:
+    """Wait until influxd spent under 5% of a core for ``quiet_s`` (at most ``limit_s``):
+    the cache snapshots and compactions a million points leave behind would otherwise land
+    in the next run's figures, whichever it is."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = sum(process.cpu_times()[:2])
+        time.sleep(quiet_s)
+        if sum(process.cpu_times()[:2]) - before < 0.05 * quiet_s:
+            return
+
+
 def summary(values: list[float]) -> str:
     return (
         f"median {statistics.median(values):>9,.0f} points/s "
@@ -164,6 +178,7 @@ def main() -> None:
                         if name.endswith("gzip on"):
                             settings = settings.with_overrides(influx_gzip=True)
                         backlogs.append(with_backlog(settings, args.points))
+                    settle(influxd_process)
                     server_before = sum(influxd_process.cpu_times()[:2])
                     own_before = time.process_time()
                     results[name].append(run())
