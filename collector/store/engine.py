@@ -4,11 +4,16 @@ SQLite gets WAL mode (readers never block the writer), a 30 s busy timeout, fore
 ``BEGIN IMMEDIATE`` for write transactions. The last one matters: a deferred transaction that
 reads first and writes later must upgrade its lock, and SQLite answers that upgrade with
 SQLITE_BUSY at once, without waiting, when another process writes. Taking the write lock at
-BEGIN makes every writer wait its turn through the busy timeout instead.
+BEGIN makes every writer wait its turn through the busy timeout instead. Switching a new
+database to WAL meets the same immediate SQLITE_BUSY while another process writes; it is
+retried until the busy timeout.
 """
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +106,30 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection writes: switching a
+    database still in rollback mode reads, then needs the write lock, and SQLite answers that
+    upgrade with SQLITE_BUSY at once, without its busy timeout (several processes opening a
+    new database together: one writes its schema while the others switch)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not (busy or "locked" in str(exc)) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 2, 0.2)
 
 
 def _begin_sqlite_transaction(connection: Any) -> None:

@@ -48,6 +48,42 @@ def test_sqlite_write_transactions_begin_immediate_and_reads_do_not(tmp_path: Pa
         store.dispose()
 
 
+def test_switching_a_new_database_to_wal_waits_for_a_writer(tmp_path: Path) -> None:
+    """Several processes opening a new database together: one writes while another switches
+    it to WAL, which SQLite answers with SQLITE_BUSY at once, busy timeout or not."""
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "runs.db"
+    holding = threading.Event()
+    released_at: list[float] = []
+
+    def write_in_rollback_mode() -> None:
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("CREATE TABLE t (a)")
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO t VALUES (1)")
+        holding.set()
+        time.sleep(0.4)
+        released_at.append(time.monotonic())
+        writer.execute("COMMIT")
+        writer.close()
+
+    thread = threading.Thread(target=write_in_rollback_mode)
+    thread.start()
+    holding.wait(10)
+    store = Store(f"sqlite:///{path}")
+    try:
+        with store.engine.connect() as connection:
+            connected_at = time.monotonic()
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        thread.join(10)
+        assert released_at and connected_at >= released_at[0]  # it waited for the writer
+    finally:
+        store.dispose()
+
+
 def test_write_lock_is_taken_at_begin(tmp_path: Path) -> None:
     """While one writer holds the lock, a second one waits instead of failing at once."""
     import sqlite3
