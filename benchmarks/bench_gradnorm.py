@@ -9,9 +9,10 @@ loop. On CUDA (when present) the same runs on the GPU, where each ``.item()`` is
 
 Those loops run hot. Inside a training step the caches hold the step's tensors, not the norm
 code, and the figures differ: the last table times each method where runwatch runs it, in
-``on_before_optimizer_step`` of a Lightning fit of the small MLP, taking turns step by step.
+``on_before_optimizer_step`` of a Lightning fit of the small MLP, taking turns step by step,
+and what one ``vector_norm`` costs there as the hook's first torch call and as its second.
 
-    python benchmarks/bench_gradnorm.py [--repeats 300] [--steps 900]
+    python benchmarks/bench_gradnorm.py [--repeats 300] [--steps 1800]
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - started
+
+
+def norm_time(grad: torch.Tensor, after: torch.Tensor | None = None) -> float:
+    """Seconds of one ``float(vector_norm(grad))``, after one of ``after`` (untimed) if given."""
+    with torch.no_grad():
+        if after is not None:
+            float(torch.linalg.vector_norm(after))
+        started = time.perf_counter()
+        float(torch.linalg.vector_norm(grad))
+        return time.perf_counter() - started
 
 
 def compare(label: str, shapes: list[tuple[int, ...]], device: torch.device, repeats: int) -> None:
@@ -136,8 +147,18 @@ def in_training_steps(steps: int) -> None:
                 "fused": lambda: fused_norms(grads),
                 "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
             }
-            name = list(methods)[trainer.global_step % len(methods)]
-            elapsed = timed(methods[name], torch.device("cpu"))
+            # one vector_norm, timed alone: as the step's first torch call, or after another
+            first_calls: dict[str, Callable[[], float]] = {
+                "256 values, first": lambda: norm_time(grads[1]),
+                "65,536 values, first": lambda: norm_time(grads[2]),
+                "65,536 values, second": lambda: norm_time(grads[2], after=grads[1]),
+            }
+            turns = [*methods, *first_calls]
+            name = turns[trainer.global_step % len(turns)]
+            if name in methods:
+                elapsed = timed(methods[name], torch.device("cpu"))
+            else:
+                elapsed = first_calls[name]()
             if trainer.global_step >= 30:  # past warm-up
                 self.timings.setdefault(name, []).append(elapsed)
 
@@ -158,17 +179,25 @@ def in_training_steps(steps: int) -> None:
         enable_checkpointing=False,
     ).fit(MLP(), data)
     medians = {name: statistics.median(values) * 1e6 for name, values in turns.timings.items()}
-    loop_us = medians["per-parameter .item()"]
+    loop_us = medians.pop("per-parameter .item()")
+    methods = ("runwatch", "fused")
     print(
-        f"{'small MLP, in training steps':<30} {steps} steps, each method every third: "
-        + "  ".join(f"{name} {us:8.1f} µs ({loop_us / us:4.2f}x)" for name, us in medians.items())
+        f"{'small MLP, in training steps':<30} {steps} steps, each method every sixth: "
+        + "  ".join(
+            f"{name} {medians[name]:8.1f} µs ({loop_us / medians[name]:4.2f}x)" for name in methods
+        )
+        + f"  per-parameter .item() {loop_us:8.1f} µs"
+    )
+    print(
+        f"{'  one vector_norm in the hook':<30} "
+        + "  ".join(f"{name} {us:6.1f} µs" for name, us in medians.items() if name not in methods)
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=900, help="training steps (last table)")
+    parser.add_argument("--steps", type=int, default=1800, help="training steps (last table)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
