@@ -6,6 +6,8 @@ fresh bucket:
 - **runwatch end to end**: N points ``Recorder.record()``-ed as fast as one thread can, then
   ``close()``, which returns once the server acknowledged every point;
   points/s = N / (first record → last ack);
+- the same with a spool that never rolls, so nothing is compressed (a reference: what the
+  spool's compression, which keeps it at ~26 bytes a point, costs end to end);
 - **runwatch sync**: ``ship_backlog`` (what ``runwatch sync`` runs) of an N-point backlog a
   recorder without InfluxDB spooled before the clock starts; again with gzip forced on
   (``RUNWATCH_INFLUX_GZIP=on``: runwatch's default to this loopback server is plain bodies);
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from collector import Recorder, new_run_id
+from collector import Recorder, RecorderTuning, new_run_id
 from collector.backlog import ship_backlog
 from collector.config import Settings
 from collector.spool import SpoolStream, StreamReader
@@ -45,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's
 from tests.servers.influxdb2 import InfluxDB2, built_influxd
 
 PEER_BATCH_LINES = 5_000
+UNCOMPRESSED = RecorderTuning(segment_bytes=2**62)
+"""The spool never rolls, so no segment is compressed: what compression costs end to end."""
 
 
 def record(rec: Recorder, points: int) -> None:
@@ -52,9 +56,9 @@ def record(rec: Recorder, points: int) -> None:
         rec.record("batch", {"loss": 1.0 / (i + 1), "step": i, "batch_idx": i % 500})
 
 
-def end_to_end(settings: Settings, points: int) -> float:
+def end_to_end(settings: Settings, points: int, tuning: RecorderTuning | None = None) -> float:
     started = time.perf_counter()
-    rec = Recorder(new_run_id(), experiment="bench-throughput", settings=settings)
+    rec = Recorder(new_run_id(), experiment="bench-throughput", settings=settings, tuning=tuning)
     record(rec, points)
     rec.close(timeout=600)
     elapsed = time.perf_counter() - started
@@ -161,6 +165,9 @@ def main() -> None:
                 "runwatch record()->ack": lambda: end_to_end(
                     fresh_settings(server, root), args.points
                 ),
+                "  spool not compressed": lambda: end_to_end(
+                    fresh_settings(server, root), args.points, UNCOMPRESSED
+                ),
                 "runwatch sync": lambda: sync(backlogs.pop(), args.points),
                 "runwatch sync, gzip on": lambda: sync(backlogs.pop(), args.points),
                 "peer gzip on": lambda: peer(fresh_settings(server, root), prebuilt, True),
@@ -201,7 +208,12 @@ def main() -> None:
             f"{statistics.median(own_cpu[name]):.1f}"
         )
     medians = {name: statistics.median(values) for name, values in results.items()}
-    for name in ("runwatch record()->ack", "runwatch sync", "runwatch sync, gzip on"):
+    for name in (
+        "runwatch record()->ack",
+        "  spool not compressed",
+        "runwatch sync",
+        "runwatch sync, gzip on",
+    ):
         print(
             f"  {name} / peer gzip on: {medians[name] / medians['peer gzip on']:.2f}x; "
             f"/ peer gzip off: {medians[name] / medians['peer gzip off']:.2f}x"

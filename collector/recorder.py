@@ -59,7 +59,7 @@ from collector.points import (
     to_time_ns,
 )
 from collector.shipper import PARALLEL_TUNING, ShipperThread, ShipTuning, target_for
-from collector.spool import SpoolWriter
+from collector.spool import DEFAULT_SEGMENT_BYTES, SpoolWriter
 
 log = logging.getLogger("collector.recorder")
 _time_ns = time.time_ns
@@ -100,6 +100,8 @@ class RecorderTuning:
     """How often the background flusher appends queued points (the SIGKILL loss bound)."""
     exit_ship_timeout_s: float = 2.0
     """Shipping time granted at interpreter exit to a recorder nobody closed."""
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    """Plain spool bytes per segment; each finished one is compressed in the background."""
     ship: ShipTuning = PARALLEL_TUNING
 
 
@@ -188,7 +190,9 @@ class Recorder:
         self._writer: SpoolWriter | None = None
         self._shipper: ShipperThread | None = None
         try:
-            self._writer = SpoolWriter.open(self.settings.spool_dir, run_id)
+            self._writer = SpoolWriter.open(
+                self.settings.spool_dir, run_id, segment_bytes=self.tuning.segment_bytes
+            )
         except OSError as exc:
             self._fail(f"cannot open the spool in {self.settings.spool_dir}: {exc}")
         if self._writer is not None and self.settings.influx_url:

@@ -442,6 +442,23 @@ def test_record_later_takes_at_most_count_points_and_drops_those_of_a_failing_fu
     assert rec.stats.points_dropped == 11
 
 
+def test_segment_bytes_sets_where_the_spool_rolls_and_compresses(settings: Settings) -> None:
+    from collector.spool import SpoolStream, StreamReader, list_segments
+
+    tuning = RecorderTuning(segment_bytes=8_192, flush_lines=20, queue_limit=20)
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+        for step in range(400):
+            rec.record("batch", {"loss": 1.0 / (step + 1), "step": step})
+    stream = SpoolStream.at(settings.spool_dir, rec.run_id)
+    segments = list_segments(stream)
+    assert len(segments) > 5 and all(segment.compressed for segment in segments[:-1])
+    with StreamReader(stream) as reader:
+        lines = reader.read(0, reader.extent()[0]).decode().splitlines()
+    assert [line.split(" ")[1] for line in lines] == [
+        f"loss={1.0 / (step + 1)!r},step={float(step)!r}" for step in range(400)
+    ]
+
+
 def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
     tuning = RecorderTuning(flush_lines=10, queue_limit=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
