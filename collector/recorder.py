@@ -699,9 +699,9 @@ class Recorder:
 
 
 _QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
+"""(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
 _NO_SHAPE: tuple[str, tuple[object, ...]] = ("", ())
 """No run of plain points under way (no measurement is named "")."""
-"""(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
 
 
 class _Series(NamedTuple):
