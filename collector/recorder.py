@@ -536,7 +536,7 @@ class Recorder:
             self._problems.warn_once(
                 "later",
                 type(exc).__name__,
-                f"record_later: {later.make!r} raised {type(exc).__name__}: {exc}; "
+                f"record_later: {_name_of(later.make)} raised {type(exc).__name__}: {exc}; "
                 f"its {later.limit} points are dropped",
             )
         self._recorded -= later.limit - len(made)
@@ -729,6 +729,12 @@ class _Series(NamedTuple):
 MakePoints = Callable[[], Iterable[tuple[str, Mapping[str, object], Mapping[str, object] | None]]]
 """What ``record_later`` calls: (measurement, fields, tags) of each point, in order."""
 _MadePoint = tuple[str, Mapping[str, object], Mapping[str, object] | None, int]
+
+
+def _name_of(function: object) -> str:
+    """A function's qualified name (a ``partial``'s function's), not its arguments' repr."""
+    inner = getattr(function, "func", function)
+    return str(getattr(inner, "__qualname__", type(inner).__name__))
 
 
 class _Later(NamedTuple):

@@ -438,6 +438,7 @@ def test_record_later_takes_at_most_count_points_and_drops_those_of_a_failing_fu
     assert (stats.points_recorded, stats.points_spooled, stats.points_dropped) == (5, 5, 8)
     warnings = [r.getMessage() for r in caplog.records if "record_later" in r.getMessage()]
     assert len(warnings) == 1 and "ZeroDivisionError: no gradients" in warnings[0]
+    assert "broken raised" in warnings[0]
     rec.record_later(three, 3)  # closed
     assert rec.stats.points_dropped == 11
 
