@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -305,18 +306,16 @@ class Recorder:
                 return
             if not count:
                 return
-            self._queue_many(
-                _Series(
-                    measurement,
-                    field,
-                    list(values[:count]),
-                    tag,
-                    list(tag_values[:count]),
-                    dict(common) if common else None,
-                    self._reserve_times(count),
-                ),
-                count,
+            points = partial(
+                _series_points,
+                measurement,
+                field,
+                list(values[:count]),
+                tag,
+                list(tag_values[:count]),
+                dict(common) if common else None,
             )
+            self._queue_many(_Later(points, count, self._reserve_times(count)), count)
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
 
@@ -485,9 +484,6 @@ class Recorder:
                 texts.append(entry.line)
                 observations.append((entry.measurement, entry.observed, entry.tags))
                 points += 1
-            elif isinstance(entry, _Series):
-                for point in entry.points():
-                    points += self._add_line(texts, observations, *point)
             elif isinstance(entry, _Later):
                 for made in self._made_points(entry):
                     points += self._add_line(texts, observations, *made)
@@ -704,28 +700,6 @@ _NO_SHAPE: tuple[str, tuple[object, ...]] = ("", ())
 """No run of plain points under way (no measurement is named "")."""
 
 
-class _Series(NamedTuple):
-    """``record_series`` arguments: points whose lines the next flush builds."""
-
-    measurement: str
-    field: str
-    values: list[float]
-    tag: str
-    tag_values: list[str]
-    common: dict[str, float] | None
-    time_ns: int
-
-    def points(self) -> Iterator[_QueuedPoint]:
-        common = self.common or {}
-        for index, (value, tag_value) in enumerate(zip(self.values, self.tag_values, strict=False)):
-            yield (
-                self.measurement,
-                {self.field: value, **common},
-                {self.tag: tag_value},
-                self.time_ns + index,
-            )
-
-
 MakePoints = Callable[[], Iterable[tuple[str, Mapping[str, object], Mapping[str, object] | None]]]
 """What ``record_later`` calls: (measurement, fields, tags) of each point, in order."""
 _MadePoint = tuple[str, Mapping[str, object], Mapping[str, object] | None, int]
@@ -737,8 +711,22 @@ def _name_of(function: object) -> str:
     return str(getattr(inner, "__qualname__", type(inner).__name__))
 
 
+def _series_points(
+    measurement: str,
+    field: str,
+    values: list[float],
+    tag: str,
+    tag_values: list[str],
+    common: dict[str, float] | None,
+) -> Iterator[tuple[str, dict[str, object], dict[str, object]]]:
+    """``record_series``' points, made when the flush builds them."""
+    common = common or {}
+    for value, tag_value in zip(values, tag_values, strict=False):
+        yield measurement, {field: value, **common}, {tag: tag_value}
+
+
 class _Later(NamedTuple):
-    """``record_later`` arguments: points the next flush makes, then builds."""
+    """Points the next flush makes, then builds (``record_later``, ``record_series``)."""
 
     make: MakePoints
     limit: int
@@ -754,7 +742,7 @@ class _Built(NamedTuple):
     tags: Mapping[str, str]
 
 
-_Pending = str | _QueuedPoint | _Series | _Later | _Built
+_Pending = str | _QueuedPoint | _Later | _Built
 """A queue entry: a built line nobody observes, or what the next flush builds or observes."""
 _Observation = tuple[str, Mapping[str, float], Mapping[str, str]]
 
