@@ -12,7 +12,10 @@ Conventions, all enforced here and never raised to the caller:
 - **Values.** Numeric fields are always floats: ``bool``, ``int``, ``float``, and anything
   with ``__float__`` or ``.item()`` (numpy scalars, 0-d torch tensors; neither is imported
   here). Strings are only accepted where the schema says (``event.text``). NaN and ±Inf are
-  dropped and ``<field>_nonfinite=1.0`` is written instead.
+  dropped and ``<field>_nonfinite=1.0`` is written instead. A float is written as the
+  shortest text that reads back as the same float, by orjson (``0.00001``, ``1e+16``): the
+  digits ``repr`` gives, in a third of its time (float formatting was most of building a
+  line; bench_recorder).
 - **Escaping.** Tag values escape ``,``, ``=`` and space with a backslash; newline and CR in a
   tag value become a space. InfluxDB 2 then reads every tag value back exactly, but one: line
   protocol cannot end a tag value with a backslash (the separator after it would read as
@@ -44,6 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
+
+from orjson import dumps as _json
 
 from collector import schema
 from collector.values import as_number as coerce_float
@@ -219,7 +224,7 @@ class PointBuilder:
         have one name order (the caller groups them), all known numeric fields of
         ``measurement`` with finite int or float values; None when any is not (then
         ``build`` takes each). One ``%`` format for the whole group: the per-point work that
-        is left is gathering values (1.6 µs a point against 2.3 µs point by point)."""
+        is left is gathering values; the numbers are formatted in one orjson call."""
         names = tuple(rows[0])
         line_format = self._formats.get((measurement, names), _UNKNOWN_FORMAT)
         if line_format is _UNKNOWN_FORMAT:
@@ -239,10 +244,11 @@ class PointBuilder:
             return None
         if not math.isfinite(sum(numbers)):
             return None  # a NaN or infinity (or finite values summing past the float range)
+        texts = _json(numbers).decode()[1:-1].split(",")  # "[a,b,...]": finite floats only
         stride = width + 1
         arguments: list[object] = [0] * (stride * len(rows))
         for field in range(width):
-            arguments[field::stride] = numbers[field::width]
+            arguments[field::stride] = texts[field::width]
         arguments[width::stride] = times
         return (line_format * len(rows)) % tuple(arguments)
 
@@ -263,7 +269,7 @@ class PointBuilder:
                 keys.append(spec[0])
         line_format = None
         if keys and prefix is not None:  # field keys are [a-z0-9_]: only tags may hold a %
-            fields = ",".join(f"{key}=%r" for key in keys)
+            fields = ",".join(f"{key}=%s" for key in keys)
             line_format = f"{prefix.replace('%', '%%')} {fields} %d\n"
         if len(self._formats) >= _MAX_CACHED_FORMATS:
             self._formats.clear()
@@ -322,7 +328,7 @@ class PointBuilder:
                 )
                 continue
             if isfinite(number):
-                parts.append(f"{key}={number!r}")
+                parts.append(f"{key}={_json(number).decode()}")
                 if observed is not None:
                     observed[key] = number
             else:

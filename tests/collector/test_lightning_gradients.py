@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from collector.lightning.gradients import (
+    cpu_norm,
     fused_norms,
     gradient_norms,
     gradient_norms_per_parameter_loop,
     gradient_points,
+    norm_values,
     norms_one_by_one,
 )
 
@@ -86,8 +88,9 @@ def test_gradient_points_are_the_summary_and_the_first_layers() -> None:
     model = model_with_grads()
     norms = gradient_norms(model.named_parameters(), max_layers=2)
     assert norms is not None
-    names = [name for name, _ in model.named_parameters()]
-    values = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
+    found = norm_values(model.named_parameters())
+    assert found is not None
+    names, values = found
     points = gradient_points(names, values, 7.0, 2)
     assert points[0] == (
         "gradient",
@@ -101,3 +104,32 @@ def test_gradient_points_are_the_summary_and_the_first_layers() -> None:
     assert len(gradient_points(names, values, 7.0, 0)) == 1
     nan = gradient_points(["a", "b"], [1.0, math.nan], 1.0, 2)[0][1]
     assert all(math.isnan(nan[key]) for key in ("total_norm", "max_norm", "min_norm"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_a_cpu_norm_is_torchs_norm_whatever_the_dtype(dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(1)
+    grad = (torch.randn(300, 70, generator=generator) * 3 + 1).to(dtype)
+    exact = math.sqrt(float((grad.double() ** 2).sum()))
+    # numpy sums float32 and float64 exactly enough; half precision is torch's, to its precision
+    assert cpu_norm(grad) == pytest.approx(exact, rel=1e-6 if grad.element_size() > 2 else 1e-2)
+    assert cpu_norm(grad) == pytest.approx(float(torch.linalg.vector_norm(grad)), rel=1e-3)
+
+
+def test_a_cpu_norm_reads_strided_and_empty_tensors() -> None:
+    grad = torch.arange(12.0).reshape(3, 4)
+    assert cpu_norm(grad.t()) == pytest.approx(math.sqrt(sum(x * x for x in range(12))))
+    assert cpu_norm(grad[:, ::2]) == pytest.approx(math.sqrt(sum(x * x for x in range(0, 12, 2))))
+    assert cpu_norm(torch.zeros(0)) == 0.0
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e30])  # 1e30**2: past float32
+def test_a_norm_that_is_not_finite_in_numpy_is_torchs_without_a_warning(
+    value: float, recwarn: pytest.WarningsRecorder
+) -> None:
+    grad = torch.tensor([value, 1.0, value, 2.0], dtype=torch.float32)
+    (norm,) = norms_one_by_one([grad])
+    torch_norm = float(torch.linalg.vector_norm(grad))
+    assert norm == pytest.approx(torch_norm, nan_ok=True)
+    assert not math.isfinite(norm)
+    assert not recwarn.list

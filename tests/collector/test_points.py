@@ -129,6 +129,22 @@ def test_float_formats_round_trip() -> None:
         assert float(text) == value
 
 
+@given(value=st.floats(allow_nan=False, allow_infinity=False))
+@settings(max_examples=500, deadline=None)
+def test_every_finite_float_is_written_as_the_shortest_text_of_its_value(value: float) -> None:
+    line, _ = build("epoch", {"x": value})
+    assert line is not None
+    text = line.rsplit(" ", 2)[1].removeprefix("x=")
+    assert float(text) == value and math.copysign(1.0, float(text)) == math.copysign(1.0, value)
+    # the digits repr gives (the shortest that read back), only the exponent's spelling may differ
+    assert _digits(text) == _digits(repr(value))
+
+
+def _digits(text: str) -> str:
+    mantissa = text.lstrip("-").partition("e")[0].replace(".", "")
+    return mantissa.strip("0")
+
+
 def test_nonfinite_values_are_replaced_by_a_flag() -> None:
     line, problems = build(
         "epoch", {"train_loss": math.nan, "val_loss": math.inf, "lr": -math.inf, "val_acc": 0.9}
