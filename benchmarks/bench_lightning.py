@@ -234,21 +234,25 @@ TARGETS = {
 
 
 class SelfTime:
-    """Time spent inside runwatch's hooks and logger methods during the timed steps."""
+    """Time spent inside a logger's methods and its callbacks' hooks during the timed steps
+    (a call made from inside another timed one counts once)."""
 
     def __init__(self) -> None:
         self.active = False
         self.seconds = 0.0
+        self._depth = 0
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
+            if not self.active or self._depth:
                 return fn(*args, **kwargs)
+            self._depth += 1
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - started
+                self._depth -= 1
 
         return timed
 
@@ -265,19 +269,25 @@ class SelfTimeWindow(pl.Callback):
         self.self_time.active = False
 
 
-def runwatch_self_time(build: Factory, every: int, steps: int, workdir: Path) -> float:
-    """Seconds per step spent in runwatch code on the training thread (one instrumented run)."""
+CALLBACK_HOOKS = [n for n in dir(pl.Callback) if n.startswith("on_") or n in ("setup", "teardown")]
+LOGGER_METHODS = ("log_metrics", "log_hyperparams", "save", "finalize")
+
+
+def code_time(build: Factory, every: int, steps: int, workdir: Path) -> float:
+    """Seconds per step spent in a configuration's own code on the training thread: its
+    logger's methods and its callbacks' hooks (one instrumented run)."""
     self_time = SelfTime()
 
     def instrumented(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
         logger, callbacks = build(workdir, every)
         assert isinstance(logger, Logger)
-        for name in ("log_metrics", "log_hyperparams", "save", "finalize"):
+        for name in LOGGER_METHODS:
             setattr(logger, name, self_time.wrap(getattr(logger, name)))
         for callback in callbacks:
-            for name, hook in list(vars(callback).items()):
-                if name.startswith(("on_", "setup", "teardown")) and callable(hook):
-                    setattr(callback, name, self_time.wrap(hook))
+            for name in CALLBACK_HOOKS:
+                overridden = getattr(type(callback), name) is not getattr(pl.Callback, name)
+                if name in vars(callback) or overridden:
+                    setattr(callback, name, self_time.wrap(getattr(callback, name)))
         return logger, [SelfTimeWindow(self_time), *callbacks]
 
     run_once(instrumented, every, steps, workdir)
@@ -322,14 +332,14 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[(group, label)].append(timed[1] / ((before[1] + after[1]) / 2))
                 before = after
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-        self_default, self_every, self_no_gradients = (
-            statistics.median(
-                runwatch_self_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS)
-            )
+        self_default, self_every, self_no_gradients, csv_every, csv_norms_every = (
+            statistics.median(code_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS))
             for build, every in (
                 (runwatch(None), 50),
                 (runwatch(1), 1),
                 (runwatch(1, gradients=False), 1),
+                (csv_logger, 1),
+                (csv_logger_with_grad_norms, 1),
             )
         )
 
@@ -362,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{SELF_RUNS} instrumented runs "
             f"({spent / bare_wall:.1%} of the bare step)"
         )
+        if group == groups[1]:
+            print(
+                f"  the same instrumentation: CSVLogger code {csv_every * 1e6:.1f} µs/step, "
+                f"CSV + grad_norm code {csv_norms_every * 1e6:.1f} µs/step"
+            )
         print(f"  target: {TARGETS[group]}")
     return 0
 

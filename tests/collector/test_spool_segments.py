@@ -5,6 +5,7 @@ and prune."""
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from collector.spool import (
     SpoolStream,
     SpoolWriter,
     StreamReader,
+    _segments,
     backlog,
     compress_segment,
     count_lines,
@@ -134,7 +136,19 @@ def test_compressed_segments_replay_byte_for_byte_the_lines_written(
 # --- size on disk --------------------------------------------------------------------------
 
 
-def test_closed_segments_take_under_40_bytes_per_point(tmp_path: Path) -> None:
+@pytest.fixture(params=["isal", "zlib"])
+def compressor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Segments compressed by ISA-L (a dependency where it has a wheel) or by zlib alone."""
+    if request.param == "zlib":
+        monkeypatch.setattr(_segments, "_isal_compressobj", None)
+    elif _segments._isal_compressobj is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("isal is a dependency on this platform and not installed")
+        pytest.skip("isal is not installed")
+    return str(request.param)
+
+
+def test_closed_segments_take_under_40_bytes_per_point(tmp_path: Path, compressor: str) -> None:
     data = realistic_lines(60_000)
     writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=1024 * 1024)
     every_line = data.splitlines(keepends=True)
@@ -149,6 +163,11 @@ def test_closed_segments_take_under_40_bytes_per_point(tmp_path: Path) -> None:
     assert plain_bytes / points > 150  # what each point takes in line protocol
     assert compressed_bytes / points <= 40
     assert read_all(writer.stream) == data
+    for segment in closed:  # plain gzip, whoever compressed it: zcat and gzip read it
+        assert (
+            gzip.decompress(segment.path.read_bytes())
+            == data[segment.start : segment.compressed_end]
+        )
 
 
 # --- crashes --------------------------------------------------------------------------------
