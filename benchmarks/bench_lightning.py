@@ -333,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                 before = after
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
         self_default, self_every, self_no_gradients, csv_every, csv_norms_every = (
-            statistics.median(code_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS))
+            statistics.median(
+                code_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS)
+            )
             for build, every in (
                 (runwatch(None), 50),
                 (runwatch(1), 1),
