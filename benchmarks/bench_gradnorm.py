@@ -1,7 +1,6 @@
 """Gradient norms: what ``GradientMonitorCallback`` computes (``norm_values``: fused on an
-accelerator, one by one through numpy's ``dot`` on the CPU), torch's ``vector_norm`` one by one,
-fused ``torch._foreach_norm`` + one ``.tolist()``, and the naive ``.norm().item()`` per
-parameter.
+accelerator, one by one on the CPU), fused ``torch._foreach_norm`` + one ``.tolist()``, and the
+naive ``.norm().item()`` per parameter.
 
 Two parameter sets: the small MLP of bench_lightning (6 tensors) and ResNet-18's parameter
 shapes (62 tensors, 11.7 M values; built directly, torchvision is not needed). Every method
@@ -84,18 +83,11 @@ def norm_time(grad: torch.Tensor, after: torch.Tensor | None = None) -> float:
         return time.perf_counter() - started
 
 
-def torch_one_by_one(grads: list[torch.Tensor]) -> list[float]:
-    """``vector_norm`` per tensor, read as it comes (what runwatch did on the CPU before numpy)."""
-    with torch.no_grad():
-        return [float(torch.linalg.vector_norm(grad)) for grad in grads]
-
-
 def compare(label: str, shapes: list[tuple[int, ...]], device: torch.device, repeats: int) -> None:
     named = parameters(shapes, device)
     grads = [parameter.grad for _, parameter in named]
     methods: dict[str, Callable[[], object]] = {
         "runwatch": lambda: norm_values(named),
-        "torch one by one": lambda: torch_one_by_one(grads),
         "fused": lambda: fused_norms(grads),
         "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
     }
@@ -103,7 +95,7 @@ def compare(label: str, shapes: list[tuple[int, ...]], device: torch.device, rep
     found = norm_values(named)
     assert reference is not None and found is not None
     expected = list(reference.layers.values())
-    for values in (found[1], fused_norms(grads), torch_one_by_one(grads)):
+    for values in (found[1], fused_norms(grads)):
         assert all(abs(v - e) <= 1e-4 * e for v, e in zip(values, expected, strict=True))
     timings: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(10):  # warm-up
@@ -152,7 +144,6 @@ def in_training_steps(steps: int) -> None:
             grads = [parameter.grad for _, parameter in named]
             methods: dict[str, Callable[[], object]] = {
                 "runwatch": lambda: norm_values(named),
-                "torch one by one": lambda: torch_one_by_one(grads),
                 "fused": lambda: fused_norms(grads),
                 "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
             }
@@ -189,9 +180,9 @@ def in_training_steps(steps: int) -> None:
     ).fit(MLP(), data)
     medians = {name: statistics.median(values) * 1e6 for name, values in turns.timings.items()}
     loop_us = medians.pop("per-parameter .item()")
-    methods = ("runwatch", "torch one by one", "fused")
+    methods = ("runwatch", "fused")
     print(
-        f"{'small MLP, in training steps':<30} {steps} steps, each method every seventh: "
+        f"{'small MLP, in training steps':<30} {steps} steps, each method every sixth: "
         + "  ".join(
             f"{name} {medians[name]:8.1f} µs ({loop_us / medians[name]:4.2f}x)" for name in methods
         )

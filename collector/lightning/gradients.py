@@ -3,13 +3,9 @@
 On a GPU, ``torch._foreach_norm`` computes every parameter's norm in a few fused launches;
 stacking them and calling ``.tolist()`` once means one device synchronisation per sample, where
 a loop of ``p.grad.norm().item()`` synchronises once per parameter. On the CPU there is nothing
-to synchronise with and foreach falls back to one kernel per tensor anyway, so each norm is
-computed on its own. A float32 or float64 CPU gradient is read through numpy, whose ``dot``
-is one BLAS call: a torch reduction pays several microseconds of dispatch and set-up per
-tensor, which for the small tensors of a layer is most of its cost (half the hook's time on
-bench_lightning's MLP; benchmarks/bench_gradnorm.py). The sum of squares in numpy is at least
-as accurate as torch's; a result that is not finite (a NaN or an overflowing square) is left
-to torch, so NaN, inf and huge gradients give what ``vector_norm`` gives.
+to synchronise with and foreach falls back to one kernel per tensor anyway: a norm per tensor,
+read at once, skips the stack. In a hot loop the two cost the same; inside a training step,
+where runwatch computes them, one by one costs 10-20% less (benchmarks/bench_gradnorm.py).
 """
 
 from __future__ import annotations
@@ -18,13 +14,11 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 DEFAULT_MAX_LAYERS = 16
 
 _vector_norm = torch.linalg.vector_norm
-_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -72,20 +66,8 @@ def norm_values(
 
 def norms_one_by_one(grads: list[torch.Tensor]) -> list[float]:
     """L2 norms of CPU tensors, each read as it is computed."""
-    with np.errstate(over="ignore", invalid="ignore"):  # torch decides those cases, unwarned
-        return [cpu_norm(grad) for grad in grads]
-
-
-def cpu_norm(grad: torch.Tensor) -> float:
-    """The L2 norm of one CPU tensor: numpy's dot where it can read the tensor, else torch."""
-    # Plain tensors only: a subclass (a sharded DTensor) may hand numpy only its local part.
-    if type(grad) is torch.Tensor and grad.dtype in _NUMPY_DTYPES and not grad.requires_grad:
-        flat = grad.numpy().ravel()
-        square = float(flat.dot(flat))
-        if math.isfinite(square):
-            return math.sqrt(square)
     with torch.no_grad():
-        return float(_vector_norm(grad))
+        return [float(_vector_norm(grad)) for grad in grads]
 
 
 def fused_norms(grads: list[torch.Tensor]) -> list[float]:
