@@ -211,25 +211,35 @@ class PointBuilder:
         base_text = "".join(piece.text for piece in self._base_pieces)
         self._prefixes = {name: escaped + base_text for name, escaped in self._measurements.items()}
         self._around: dict[str, tuple[str, str]] = {}
-        self._formats: dict[tuple[str, tuple[object, ...]], str | None] = {}
+        self._formats: dict[tuple[str, tuple[object, ...], bool], str | None] = {}
+        self._prefix_cache: dict[tuple[object, ...], str] = {}
         self._fields: dict[str, dict[object, _FieldSpec | None]] = {
             name: {} for name in schema.MEASUREMENTS
         }
         self._tag_cache: dict[tuple[object, object], _TagPiece | None] = {}
 
     def plain_lines(
-        self, measurement: str, rows: list[Mapping[str, object]], times: list[int]
+        self,
+        measurement: str,
+        rows: list[Mapping[str, object]],
+        times: list[int],
+        tags: list[Mapping[str, object] | None] | None = None,
     ) -> str | None:
-        """``build``'s lines for untagged points, ``rows[i]`` at ``times[i]``, whose fields
-        have one name order (the caller groups them), all known numeric fields of
-        ``measurement`` with finite int or float values; None when any is not (then
-        ``build`` takes each). One ``%`` format for the whole group: the per-point work that
-        is left is gathering values; the numbers are formatted in one orjson call."""
+        """``build``'s lines for points ``rows[i]`` at ``times[i]`` with ``tags[i]`` (all
+        untagged when ``tags`` is None), whose fields have one name order (the caller groups
+        them), all known numeric fields of ``measurement`` with finite int or float values;
+        None when any is not, or a tag value cannot be a dict key (then ``build`` takes
+        each). One ``%`` format for the whole group: the per-point work that is left is
+        gathering values; the numbers are formatted in one orjson call."""
         names = tuple(rows[0])
-        line_format = self._formats.get((measurement, names), _UNKNOWN_FORMAT)
+        tagged = tags is not None and any(tags)
+        line_format = self._formats.get((measurement, names, tagged), _UNKNOWN_FORMAT)
         if line_format is _UNKNOWN_FORMAT:
-            line_format = self._plain_format(measurement, names)
+            line_format = self._plain_format(measurement, names, tagged)
         if line_format is None:
+            return None
+        prefixes = self._tagged_prefixes(measurement, tags) if tagged else None  # type: ignore[arg-type]
+        if tagged and prefixes is None:
             return None
         values: list[object] = []
         gather = values.extend
@@ -245,16 +255,46 @@ class PointBuilder:
         if not math.isfinite(sum(numbers)):
             return None  # a NaN or infinity (or finite values summing past the float range)
         texts = _json(numbers).decode()[1:-1].split(",")  # "[a,b,...]": finite floats only
-        stride = width + 1
+        first = 1 if prefixes is not None else 0  # the line's measurement and tags, when tagged
+        stride = first + width + 1
         arguments: list[object] = [0] * (stride * len(rows))
+        if prefixes is not None:
+            arguments[0::stride] = prefixes
         for field in range(width):
-            arguments[field::stride] = texts[field::width]
-        arguments[width::stride] = times
+            arguments[first + field :: stride] = texts[field::width]
+        arguments[first + width :: stride] = times
         return (line_format * len(rows)) % tuple(arguments)
 
-    def _plain_format(self, measurement: str, names: tuple[object, ...]) -> str | None:
-        """The ``%`` format of one line with these numeric fields and the time, or None when
-        a name is not a known numeric field of ``measurement``."""
+    def _tagged_prefixes(
+        self, measurement: str, tags: list[Mapping[str, object] | None]
+    ) -> list[str] | None:
+        """Each point's measurement and tags as ``build`` writes them; None when a tag value
+        cannot be a dict key."""
+        cache = self._prefix_cache
+        prefixes: list[str] = []
+        for point_tags in tags:
+            if not point_tags:
+                prefixes.append(self._prefixes[measurement])
+                continue
+            key = (measurement, *point_tags.items())
+            try:
+                prefix = cache.get(key)
+            except TypeError:  # an unhashable tag value
+                return None
+            if prefix is None:
+                prefix = self._tagged_prefix(measurement, point_tags, False)[0]
+                if len(cache) >= _MAX_CACHED_TAGS:
+                    cache.clear()
+                cache[key] = prefix
+            prefixes.append(prefix)
+        return prefixes
+
+    def _plain_format(
+        self, measurement: str, names: tuple[object, ...], tagged: bool
+    ) -> str | None:
+        """The ``%`` format of one line with these numeric fields and the time (after the
+        point's measurement and tags as a first argument when ``tagged``), or None when a
+        name is not a known numeric field of ``measurement``."""
         prefix = self._prefixes.get(measurement)
         keys: list[str] = []
         if prefix is not None:
@@ -270,10 +310,11 @@ class PointBuilder:
         line_format = None
         if keys and prefix is not None:  # field keys are [a-z0-9_]: only tags may hold a %
             fields = ",".join(f"{key}=%s" for key in keys)
-            line_format = f"{prefix.replace('%', '%%')} {fields} %d\n"
+            start = "%s" if tagged else prefix.replace("%", "%%")
+            line_format = f"{start} {fields} %d\n"
         if len(self._formats) >= _MAX_CACHED_FORMATS:
             self._formats.clear()
-        self._formats[(measurement, names)] = line_format
+        self._formats[(measurement, names, tagged)] = line_format
         return line_format
 
     def build(

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from types import TracebackType
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 from collector import schema
 from collector.config import Settings, load_settings
@@ -452,31 +452,37 @@ class Recorder:
     def _lines(
         self, queued: list[_Pending], observations: list[_Observation]
     ) -> tuple[list[str], int]:
-        """The queued points as line-protocol texts (those queued as values built now; a run
-        of plain points of one shape is one text of many lines) and how many points they
-        hold, and what observers see of them; a point that turns out invalid is dropped and
-        no longer counted as recorded."""
+        """The queued points as line-protocol texts (those queued as values built now, with
+        the points ``record_later`` functions make; a run of unobserved points of one shape is
+        one text of many lines) and how many points they hold, and what observers see of
+        them; a point that turns out invalid is dropped and no longer counted as recorded."""
         texts: list[str] = []
         points = 0
         observed = self._observed
         shape: tuple[str, tuple[object, ...]] = _NO_SHAPE
         rows: list[Mapping[str, object]] = []
+        row_tags: list[Mapping[str, object] | None] = []
         times: list[int] = []
-        for entry in queued:
-            if type(entry) is tuple and entry[2] is None and entry[0] not in observed:
-                measurement, fields, _, time_ns = entry
+        for entry in self._made_in_place(queued):
+            if type(entry) is tuple and entry[0] not in observed:
+                measurement, fields, tags, time_ns = cast(_MadePoint, entry)
                 entry_shape = (measurement, tuple(fields))
                 if entry_shape != shape:
                     if rows:
-                        points += self._add_plain_lines(texts, observations, shape[0], rows, times)
-                        rows, times = [], []
+                        points += self._add_plain_lines(
+                            texts, observations, shape[0], rows, row_tags, times
+                        )
+                        rows, row_tags, times = [], [], []
                     shape = entry_shape
                 rows.append(fields)
+                row_tags.append(tags)
                 times.append(time_ns)
                 continue
             if rows:
-                points += self._add_plain_lines(texts, observations, shape[0], rows, times)
-                rows, times, shape = [], [], _NO_SHAPE
+                points += self._add_plain_lines(
+                    texts, observations, shape[0], rows, row_tags, times
+                )
+                rows, row_tags, times, shape = [], [], [], _NO_SHAPE
             if isinstance(entry, str):
                 texts.append(entry)
                 points += 1
@@ -484,14 +490,23 @@ class Recorder:
                 texts.append(entry.line)
                 observations.append((entry.measurement, entry.observed, entry.tags))
                 points += 1
-            elif isinstance(entry, _Later):
-                for made in self._made_points(entry):
-                    points += self._add_line(texts, observations, *made)
             else:
                 points += self._add_line(texts, observations, *entry)
         if rows:
-            points += self._add_plain_lines(texts, observations, shape[0], rows, times)
+            points += self._add_plain_lines(texts, observations, shape[0], rows, row_tags, times)
         return texts, points
+
+    def _made_in_place(self, queued: list[_Pending]) -> list[_Pending | _MadePoint]:
+        """The queue with each ``record_later`` entry replaced by the points it makes."""
+        if _Later not in map(type, queued):
+            return queued  # type: ignore[return-value]
+        expanded: list[_Pending | _MadePoint] = []
+        for entry in queued:
+            if type(entry) is _Later:
+                expanded.extend(self._made_points(entry))
+            else:
+                expanded.append(entry)
+        return expanded
 
     def _add_plain_lines(
         self,
@@ -499,22 +514,23 @@ class Recorder:
         observations: list[_Observation],
         measurement: str,
         rows: list[Mapping[str, object]],
+        row_tags: list[Mapping[str, object] | None],
         times: list[int],
     ) -> int:
-        """Untagged, unobserved points of one measurement and field order: one text when
-        all are plain finite numbers under known fields, else point by point."""
+        """Unobserved points of one measurement and field order: one text when all are
+        plain finite numbers under known fields, else point by point."""
         text = None
         if len(rows) > 1:
             try:
-                text = self._builder.plain_lines(measurement, rows, times)
+                text = self._builder.plain_lines(measurement, rows, times, row_tags)
             except Exception:  # build() reports it, point by point
                 text = None
         if text is not None:
             texts.append(text)
             return len(rows)
         return sum(
-            self._add_line(texts, observations, measurement, fields, None, time_ns)
-            for fields, time_ns in zip(rows, times, strict=True)
+            self._add_line(texts, observations, measurement, fields, tags, time_ns)
+            for fields, tags, time_ns in zip(rows, row_tags, times, strict=True)
         )
 
     def _made_points(self, later: _Later) -> list[_MadePoint]:

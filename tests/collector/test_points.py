@@ -357,7 +357,17 @@ def test_a_string_field_over_one_mib_is_cut_at_a_character_boundary(
     assert "cut field 'text'" in caplog.text
 
 
-_FIELD_NAMES = ["loss", "step", "Train/Loss", "val loss", "text", "", "mystery", "batch_idx"]
+_FIELD_NAMES = [
+    "loss",
+    "step",
+    "Train/Loss",
+    "val loss",
+    "text",
+    "",
+    "mystery",
+    "batch_idx",
+    "norm",
+]
 _NUMBERS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.integers(min_value=-1000, max_value=1000)
 )
@@ -370,8 +380,20 @@ _ANY_VALUES = st.one_of(
 )
 
 
+_TAGS = st.none() | st.dictionaries(
+    st.sampled_from(["layer", "Layer", "client", "run_id", "step", "", "a b"]),
+    st.one_of(
+        st.sampled_from(["conv1.weight", "a,b=c d", "ends\\", "", "50%", "x\ny"]),
+        st.integers(0, 3),
+        st.lists(st.integers(), max_size=1),  # not hashable
+        st.none(),
+    ),
+    max_size=3,
+)
+
+
 @given(
-    measurement=st.sampled_from(["batch", "batch", "gradient", "event", "nope"]),
+    measurement=st.sampled_from(["batch", "batch", "gradient", "gradient_layer", "event", "nope"]),
     names=st.lists(st.sampled_from(_FIELD_NAMES), min_size=1, max_size=4, unique=True),
     data=st.data(),
 )
@@ -385,12 +407,41 @@ def test_plain_lines_are_builds_lines_or_none(
         for _ in range(data.draw(st.integers(min_value=1, max_value=5)))
     ]
     times = [NS + index for index in range(len(rows))]
+    tags = data.draw(st.none() | st.lists(_TAGS, min_size=len(rows), max_size=len(rows)))
     builder = PointBuilder({**BASE, "tag%": "50%"})
-    text = builder.plain_lines(measurement, rows, times)  # type: ignore[arg-type]
-    if text is not None:
-        built = [builder.build(measurement, row, None, at)[0] for row, at in zip(rows, times)]
-        assert text == "".join(line or "" for line in built)
-        assert None not in built and "_nonfinite" not in text
+    for _ in range(2):  # the second time from the builder's caches
+        text = builder.plain_lines(measurement, rows, times, tags)  # type: ignore[arg-type]
+        if text is not None:
+            built = [
+                builder.build(measurement, row, tags[i] if tags else None, times[i])[0]
+                for i, row in enumerate(rows)
+            ]
+            assert text == "".join(line or "" for line in built)
+            assert None not in built and "_nonfinite" not in text
+
+
+@given(
+    names=st.lists(st.sampled_from(["norm", "step"]), min_size=1, max_size=2, unique=True),
+    data=st.data(),
+)
+@settings(max_examples=200, deadline=None)
+def test_tagged_plain_lines_are_builds_lines(names: list[str], data: st.DataObject) -> None:
+    count = data.draw(st.integers(min_value=2, max_value=6))
+    rows: list[dict[str, object]] = [
+        {name: data.draw(_NUMBERS) for name in names} for _ in range(count)
+    ]
+    tags = data.draw(st.lists(_TAGS, min_size=count, max_size=count))
+    times = [NS + index for index in range(count)]
+    builder = PointBuilder({**BASE, "tag%": "50%"})
+    text = builder.plain_lines("gradient_layer", rows, times, tags)  # type: ignore[arg-type]
+    unhashable = any(isinstance(v, list) for t in tags if t for v in t.values())
+    if unhashable:
+        assert text is None  # build() takes each
+        return
+    built = [
+        builder.build("gradient_layer", row, t, at)[0] for row, t, at in zip(rows, tags, times)
+    ]
+    assert text == "".join(line or "" for line in built)
 
 
 def test_plain_lines_write_groups_of_finite_numbers() -> None:
@@ -403,6 +454,17 @@ def test_plain_lines_write_groups_of_finite_numbers() -> None:
     built = [builder.build("batch", row, None, NS + i)[0] for i, row in enumerate(rows)]
     assert text == "".join(line or "" for line in built)
     assert text is not None and text.count("\n") == 2 and ",tag=50% " in text
+    layers = [{"layer": "0.weight"}, {"layer": "0.bias"}, None, {"layer": "a,b c=%"}]
+    layer_rows: list[dict[str, object]] = [{"norm": 0.5 * i, "step": 7} for i in range(4)]
+    times = [NS + i for i in range(4)]
+    tagged = builder.plain_lines("gradient_layer", layer_rows, times, layers)  # type: ignore[arg-type]
+    built = [
+        builder.build("gradient_layer", r, t, at)[0] for r, t, at in zip(layer_rows, layers, times)
+    ]
+    assert tagged == "".join(line or "" for line in built)
+    assert tagged is not None and ",layer=a\\,b\\ c\\=%,mode=" in tagged and tagged.count("\n") == 4
+    unhashable = [{"layer": ["x"]}, None]
+    assert builder.plain_lines("gradient_layer", layer_rows[:2], times[:2], unhashable) is None  # type: ignore[arg-type]
     assert builder.plain_lines("batch", [{"loss": math.nan}, {"loss": 1.0}], [NS, NS]) is None
     assert builder.plain_lines("batch", [{"loss": 2**1100}], [NS]) is None
     assert builder.plain_lines("gradient", [{"mystery": 1.0}], [NS]) is None
