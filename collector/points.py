@@ -216,7 +216,7 @@ class PointBuilder:
         self._fields: dict[str, dict[object, _FieldSpec | None]] = {
             name: {} for name in schema.MEASUREMENTS
         }
-        self._tag_cache: dict[tuple[object, object], _TagPiece | None] = {}
+        self._tag_cache: dict[tuple[object, ...], _TagPiece | None] = {}
 
     def plain_lines(
         self,
@@ -276,7 +276,10 @@ class PointBuilder:
             if not point_tags:
                 prefixes.append(self._prefixes[measurement])
                 continue
-            key = (measurement, *point_tags.items())
+            items = tuple(point_tags.items())
+            key: tuple[object, ...] = (measurement, items)
+            if not all(type(value) is str for _, value in items):  # 1, 1.0 and True: one key
+                key = (*key, *(type(value) for _, value in items))
             try:
                 prefix = cache.get(key)
             except TypeError:  # an unhashable tag value
@@ -458,13 +461,19 @@ class PointBuilder:
         pieces: list[_TagPiece] = []
         cache = self._tag_cache
         for raw_key, raw_value in tags.items():
+            # 1, 1.0 and True are one dict key, written "1", "1.0" and "True"
+            key = (
+                (raw_key, raw_value)
+                if type(raw_value) is str
+                else (raw_key, raw_value, type(raw_value))
+            )
             try:
-                piece = cache[(raw_key, raw_value)]
+                piece = cache[key]
             except KeyError:
                 piece = self._tag_piece(raw_key, raw_value, allow_base=False)
                 if len(cache) >= _MAX_CACHED_TAGS:
                     cache.clear()
-                cache[(raw_key, raw_value)] = piece
+                cache[key] = piece
             except TypeError:  # unhashable tag value
                 piece = self._tag_piece(raw_key, raw_value, allow_base=False)
             if piece is not None:

@@ -463,6 +463,21 @@ def test_plain_lines_write_groups_of_finite_numbers() -> None:
     ]
     assert tagged == "".join(line or "" for line in built)
     assert tagged is not None and ",layer=a\\,b\\ c\\=%,mode=" in tagged and tagged.count("\n") == 4
+    same_key = [{"layer": 1}, {"layer": True}, {"layer": 1.0}]  # equal as dict keys
+    for _ in range(2):  # the second time from the caches
+        lines = builder.plain_lines("gradient_layer", layer_rows[:3], times[:3], same_key)  # type: ignore[arg-type]
+        assert lines is not None
+        assert [line.split(",")[2] for line in lines.splitlines()] == [
+            "layer=1",
+            "layer=True",
+            "layer=1.0",
+        ]
+        built_one = [builder.build("gradient_layer", {"norm": 1.0}, t, NS)[0] for t in same_key]
+        assert [line.split(",")[2] for line in built_one if line] == [
+            "layer=1",
+            "layer=True",
+            "layer=1.0",
+        ]
     unhashable = [{"layer": ["x"]}, None]
     assert builder.plain_lines("gradient_layer", layer_rows[:2], times[:2], unhashable) is None  # type: ignore[arg-type]
     assert builder.plain_lines("batch", [{"loss": math.nan}, {"loss": 1.0}], [NS, NS]) is None
