@@ -24,6 +24,7 @@ from collector.backlog import ship_backlog
 from collector.config import load_settings
 from collector.shipper import RetryPolicy, ShipTuning
 from collector.spool import (
+    SpoolDamagedError,
     SpoolStream,
     SpoolWriter,
     StreamReader,
@@ -140,8 +141,8 @@ def test_compressed_segments_replay_byte_for_byte_the_lines_written(
 def compressor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Segments compressed by ISA-L (a dependency where it has a wheel) or by zlib alone."""
     if request.param == "zlib":
-        monkeypatch.setattr(_segments, "_isal_compressobj", None)
-    elif _segments._isal_compressobj is None:
+        monkeypatch.setattr(_segments, "_isal", None)
+    elif _segments._isal is None:
         if os.environ.get("CI") == "true":
             pytest.fail("isal is a dependency on this platform and not installed")
         pytest.skip("isal is not installed")
@@ -227,19 +228,19 @@ def test_a_writer_killed_mid_segment_loses_nothing_it_wrote(tmp_path: Path) -> N
     assert b"x=torn" in resumed.stream.rejected_path.read_bytes()
 
 
-def test_a_damaged_compressed_segment_is_an_error_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["not gzip", "truncated"])
+def test_a_damaged_compressed_segment_is_an_error_naming_it(
+    tmp_path: Path, compressor: str, damage: str
+) -> None:
     writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=512)
     writer.append(lines(50))
     writer.close(compression_budget_s=60)
     damaged = next(s for s in list_segments(writer.stream) if s.compressed)
-    damaged.path.write_bytes(b"not gzip")
-    with StreamReader(writer.stream) as reader:
-        try:
-            reader.pread(10, damaged.start)
-        except OSError as exc:
-            assert str(damaged.path) in str(exc)
-        else:
-            raise AssertionError("a damaged segment read as data")
+    whole = damaged.path.read_bytes()
+    damaged.path.write_bytes(b"not gzip" if damage == "not gzip" else whole[: len(whole) // 2])
+    with StreamReader(writer.stream) as reader, pytest.raises(SpoolDamagedError) as raised:
+        reader.pread(10, damaged.start)
+    assert str(damaged.path) in str(raised.value)
 
 
 # --- backlog, prune ---------------------------------------------------------------------------
