@@ -315,7 +315,10 @@ class BatchMetricsCallback(SessionCallback):
             if not steps.logs_this_step(trainer):
                 return
             step, epoch = steps.lightning_step(), self._epoch
-        fields = self._step_fields(outputs)
+        loss = self._output_loss(outputs)
+        fields: dict[str, float] = {}
+        if self._sink is None and loss is not None:
+            fields["loss"] = float(loss.item())  # the step's one sync (item() ignores autograd)
         now = time.perf_counter()
         elapsed = now - self._window_start
         if elapsed > 0 and self._samples_in_window:
@@ -328,7 +331,7 @@ class BatchMetricsCallback(SessionCallback):
         if sink is None:
             self.session.record("batch", fields)
         else:  # Lightning logs next: the logger takes these into its point
-            sink.set_batch_context(fields)
+            sink.set_batch_context(fields, loss)  # read there only if no loss is logged
             self._offered = True
 
     @guarded
@@ -353,11 +356,12 @@ class BatchMetricsCallback(SessionCallback):
         self._samples_in_window += batch_size_of(batch)
 
     @staticmethod
-    def _step_fields(outputs: Any) -> dict[str, float]:
+    def _output_loss(outputs: Any) -> torch.Tensor | None:
+        """The training step's loss, when it is a one-element tensor (not read here)."""
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return {"loss": float(loss.item())}  # the step's one sync (item() ignores autograd)
-        return {}
+            return loss
+        return None
 
 
 def lightning_step(trainer: pl.Trainer) -> int:

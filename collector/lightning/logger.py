@@ -101,6 +101,7 @@ class RunwatchLogger(Logger):
         """Checkpoint files recorded as artifacts (their rows go when the files do)."""
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._batch_context: dict[str, float] | None = None
+        self._output_loss: object = None
         self.metric_names: dict[str, str] = {}
         """Canonical metric name -> the name it was logged under, where they differ."""
         self.session = session or RunSession(
@@ -185,14 +186,22 @@ class RunwatchLogger(Logger):
         """Let the logger read where the trainer is (runwatch callbacks call this at setup)."""
         self._trainer = weakref.ref(trainer)
 
-    def set_batch_context(self, fields: Mapping[str, float]) -> None:
-        """Fields ``BatchMetricsCallback`` read for the current training step (output loss,
-        ``samples_per_s``, ``batch_idx``), for the batch point of that step."""
+    def set_batch_context(self, fields: Mapping[str, float], output_loss: object = None) -> None:
+        """Fields ``BatchMetricsCallback`` read for the current training step
+        (``samples_per_s``, ``batch_idx``), for the batch point of that step, and the step's
+        output loss (a one-element tensor), read only if the step's metrics log no loss."""
         self._batch_context = dict(fields)
+        self._output_loss = output_loss
 
-    def take_batch_context(self) -> dict[str, float] | None:
-        """The fields set for the step and not yet written (the callback writes them then)."""
+    def take_batch_context(self, *, loss_logged: bool = False) -> dict[str, float] | None:
+        """The fields set for the step and not yet written (the callback writes them then),
+        with the output loss unless ``loss_logged``."""
         context, self._batch_context = self._batch_context, None
+        loss, self._output_loss = self._output_loss, None
+        if context is not None and loss is not None and not loss_logged:
+            value = _number(loss)  # the step's one host transfer, when nobody logged a loss
+            if value is not None:
+                context["loss"] = value
         return context
 
     # -- Logger API --------------------------------------------------------------------
@@ -224,11 +233,13 @@ class RunwatchLogger(Logger):
         if level == LEVEL_EVAL_STEP:
             self._warn_unfiled(values)
             return
-        fields = self.take_batch_context()  # the callback's own dict for this step, taken over
+        logged = self._batch_fields(values)
+        # the callback's own dict for this step, taken over; a logged loss wins
+        fields = self.take_batch_context(loss_logged="loss" in logged)
         if fields is None:
-            fields = self._batch_fields(values)
+            fields = logged
         else:
-            fields.update(self._batch_fields(values))
+            fields.update(logged)
         if not fields:
             return
         fields["epoch"] = float(epoch)

@@ -596,9 +596,9 @@ def test_unsampled_steps_make_no_host_transfer(
     for key in transfers.calls:
         per_step[key] = per_step.get(key, 0) + 1
     for (batch_idx, step), count in per_step.items():
-        # one transfer for the batch sampler on the steps Lightning logs (log_every_n_steps=5),
-        # the norms' reads on gradient samples, nothing on any other step
-        expected = int((step + 1) % 5 == 0) + norm_reads * int(step % 7 == 0)
+        # the norms' reads on gradient samples, nothing on any other step; the output loss is
+        # not read at all: this model logs train_loss, which the batch point takes instead
+        expected = norm_reads * int(step % 7 == 0)
         assert count == expected, (batch_idx, step, count)
 
 
