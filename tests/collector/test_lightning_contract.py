@@ -171,10 +171,32 @@ def run_script(
     return done, json.loads(report.read_text())
 
 
+def run_ddp_spawn(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """DDP_SPAWN in a fresh directory: (its RUNWATCH_HOME, its report). torch's gloo teardown
+    can abort a worker at exit after the fit has finished ("terminate called without an
+    active exception", SIGABRT; seen once under a full suite's load): that case, and only
+    that one, gets one fresh rerun."""
+    for attempt in (1, 2):
+        workdir = tmp_path / f"attempt-{attempt}"
+        workdir.mkdir()
+        home = workdir / "home"
+        try:
+            _done, report = run_script(
+                workdir, DDP_SPAWN, home, timeout=540, prometheus_port=free_port()
+            )
+        except AssertionError as failure:
+            text = str(failure)
+            aborted_after_fit = "`Trainer.fit` stopped" in text and "signal SIGABRT" in text
+            if attempt == 2 or not aborted_after_fit:
+                raise
+            continue
+        return home, report
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.slow
 def test_ddp_spawn_with_two_cpu_processes_records_one_run(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    _done, report = run_script(tmp_path, DDP_SPAWN, home, timeout=540, prometheus_port=free_port())
+    home, report = run_ddp_spawn(tmp_path)
     run_id = report["run_id"]
     settings = load_settings({"RUNWATCH_HOME": str(home)}, dotenv=None)
     store = Store.from_settings(settings)
