@@ -276,10 +276,7 @@ class PointBuilder:
             if not point_tags:
                 prefixes.append(self._prefixes[measurement])
                 continue
-            items = tuple(point_tags.items())
-            key: tuple[object, ...] = (measurement, items)
-            if not all(type(value) is str for _, value in items):  # 1, 1.0 and True: one key
-                key = (*key, *(type(value) for _, value in items))
+            key = (measurement, *(_tag_cache_key(k, v) for k, v in point_tags.items()))
             try:
                 prefix = cache.get(key)
             except TypeError:  # an unhashable tag value
@@ -461,12 +458,7 @@ class PointBuilder:
         pieces: list[_TagPiece] = []
         cache = self._tag_cache
         for raw_key, raw_value in tags.items():
-            # 1, 1.0 and True are one dict key, written "1", "1.0" and "True"
-            key = (
-                (raw_key, raw_value)
-                if type(raw_value) is str
-                else (raw_key, raw_value, type(raw_value))
-            )
+            key = _tag_cache_key(raw_key, raw_value)
             try:
                 piece = cache[key]
             except KeyError:
@@ -512,6 +504,14 @@ _MISSING: Final[_FieldSpec] = ("", "", False)
 _UNKNOWN_FORMAT: Final = "\x00"
 _MAX_CACHED_FORMATS = 1_024
 _PLAIN_TYPES: Final = frozenset({float, int})
+
+
+def _tag_cache_key(raw_key: object, raw_value: object) -> tuple[object, ...]:
+    """One tag as a cache key: 1, 1.0 and True are one dict key but are written "1", "1.0"
+    and "True", so a value that is not a string keys with its type."""
+    if type(raw_value) is str:
+        return (raw_key, raw_value)
+    return (raw_key, raw_value, type(raw_value))
 
 
 def _tag_key(piece: _TagPiece) -> str:
