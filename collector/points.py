@@ -46,7 +46,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from orjson import dumps as _json
 
@@ -191,6 +191,15 @@ class _TagPiece:
     value: str
 
 
+class PlainRows(NamedTuple):
+    """``PointBuilder.plain_rows``' answer: each point's line (no newline), and with
+    ``observe`` each one's observed fields and all its tags, as ``build`` gives them."""
+
+    lines: list[str]
+    observed: list[dict[str, float]] | None
+    tags: list[dict[str, str]] | None
+
+
 class PointBuilder:
     """Turns ``record()`` arguments into one line of line protocol (with trailing newline).
 
@@ -211,33 +220,41 @@ class PointBuilder:
         base_text = "".join(piece.text for piece in self._base_pieces)
         self._prefixes = {name: escaped + base_text for name, escaped in self._measurements.items()}
         self._around: dict[str, tuple[str, str]] = {}
-        self._formats: dict[tuple[str, tuple[object, ...], bool], str | None] = {}
+        self._formats: dict[
+            tuple[str, tuple[object, ...], bool], tuple[str, tuple[str, ...]] | None
+        ] = {}
         self._prefix_cache: dict[tuple[object, ...], str] = {}
+        self._single_tag_prefixes: dict[tuple[str, object, str], str] = {}
+        """Prefixes of points with one tag whose value is a string, by (measurement, key,
+        value)."""
         self._fields: dict[str, dict[object, _FieldSpec | None]] = {
             name: {} for name in schema.MEASUREMENTS
         }
         self._tag_cache: dict[tuple[object, ...], _TagPiece | None] = {}
 
-    def plain_lines(
+    def plain_rows(
         self,
         measurement: str,
         rows: list[Mapping[str, object]],
         times: list[int],
         tags: list[Mapping[str, object] | None] | None = None,
-    ) -> str | None:
-        """``build``'s lines for points ``rows[i]`` at ``times[i]`` with ``tags[i]`` (all
-        untagged when ``tags`` is None), whose fields have one name order (the caller groups
-        them), all known numeric fields of ``measurement`` with finite int or float values;
+        observe: bool = False,
+    ) -> PlainRows | None:
+        """``build``'s lines (without their newlines) for points ``rows[i]`` at ``times[i]``
+        with ``tags[i]`` (all untagged when ``tags`` is None), whose fields have one name
+        order (the caller groups them), all known numeric fields of ``measurement`` with
+        finite int or float values; with ``observe`` what ``build`` gives observers of each.
         None when any is not, or a tag value cannot be a dict key (then ``build`` takes
         each). One ``%`` format for the whole group: the per-point work that is left is
         gathering values; the numbers are formatted in one orjson call."""
         names = tuple(rows[0])
         tagged = tags is not None and any(tags)
-        line_format = self._formats.get((measurement, names, tagged), _UNKNOWN_FORMAT)
-        if line_format is _UNKNOWN_FORMAT:
-            line_format = self._plain_format(measurement, names, tagged)
-        if line_format is None:
+        plain = self._formats.get((measurement, names, tagged), _UNKNOWN_FORMAT)
+        if plain is _UNKNOWN_FORMAT:
+            plain = self._plain_format(measurement, names, tagged)
+        if plain is None:
             return None
+        line_format, keys = plain
         prefixes = self._tagged_prefixes(measurement, tags) if tagged else None  # type: ignore[arg-type]
         if tagged and prefixes is None:
             return None
@@ -252,8 +269,8 @@ class PointBuilder:
             numbers = list(map(float, values))  # type: ignore[arg-type]
         except OverflowError:  # an int past the float range: build drops that field
             return None
-        if not math.isfinite(sum(numbers)):
-            return None  # a NaN or infinity (or finite values summing past the float range)
+        if not math.isfinite(sum(numbers)) and not all(map(math.isfinite, numbers)):
+            return None  # a NaN or infinity (the sum alone also overflows on huge values)
         texts = _json(numbers).decode()[1:-1].split(",")  # "[a,b,...]": finite floats only
         first = 1 if prefixes is not None else 0  # the line's measurement and tags, when tagged
         stride = first + width + 1
@@ -263,7 +280,21 @@ class PointBuilder:
         for field in range(width):
             arguments[first + field :: stride] = texts[field::width]
         arguments[first + width :: stride] = times
-        return (line_format * len(rows)) % tuple(arguments)
+        # A line holds no newline but its last (tag values and keys escape theirs).
+        lines = ((line_format * len(rows)) % tuple(arguments)).split("\n")
+        lines.pop()
+        if not observe:
+            return PlainRows(lines, None, None)
+        observed = [
+            dict(zip(keys, numbers[start : start + width], strict=True))
+            for start in range(0, len(numbers), width)
+        ]
+        base = self.base_tags
+        all_tags = [
+            self._tagged_prefix(measurement, point_tags, True)[1] or base if point_tags else base
+            for point_tags in (tags or [None] * len(rows))
+        ]
+        return PlainRows(lines, observed, all_tags)
 
     def _tagged_prefixes(
         self, measurement: str, tags: list[Mapping[str, object] | None]
@@ -271,12 +302,25 @@ class PointBuilder:
         """Each point's measurement and tags as ``build`` writes them; None when a tag value
         cannot be a dict key."""
         cache = self._prefix_cache
+        single_tag = self._single_tag_prefixes
         prefixes: list[str] = []
         for point_tags in tags:
             if not point_tags:
                 prefixes.append(self._prefixes[measurement])
                 continue
-            key = (measurement, *(_tag_cache_key(k, v) for k, v in point_tags.items()))
+            if len(point_tags) == 1:  # the common case (a layer, a client): a cheaper key
+                ((tag_key, tag_value),) = point_tags.items()
+                if type(tag_value) is str:
+                    single_key = (measurement, tag_key, tag_value)
+                    prefix = single_tag.get(single_key)
+                    if prefix is None:
+                        prefix = self._tagged_prefix(measurement, point_tags, False)[0]
+                        if len(single_tag) >= _MAX_CACHED_TAGS:
+                            single_tag.clear()
+                        single_tag[single_key] = prefix
+                    prefixes.append(prefix)
+                    continue
+            key = _tag_set_cache_key(measurement, point_tags)
             try:
                 prefix = cache.get(key)
             except TypeError:  # an unhashable tag value
@@ -291,10 +335,10 @@ class PointBuilder:
 
     def _plain_format(
         self, measurement: str, names: tuple[object, ...], tagged: bool
-    ) -> str | None:
+    ) -> tuple[str, tuple[str, ...]] | None:
         """The ``%`` format of one line with these numeric fields and the time (after the
-        point's measurement and tags as a first argument when ``tagged``), or None when a
-        name is not a known numeric field of ``measurement``."""
+        point's measurement and tags as a first argument when ``tagged``) and the fields'
+        keys, or None when a name is not a known numeric field of ``measurement``."""
         prefix = self._prefixes.get(measurement)
         keys: list[str] = []
         if prefix is not None:
@@ -307,15 +351,15 @@ class PointBuilder:
                     keys = []
                     break
                 keys.append(spec[0])
-        line_format = None
+        plain = None
         if keys and prefix is not None:  # field keys are [a-z0-9_]: only tags may hold a %
             fields = ",".join(f"{key}=%s" for key in keys)
             start = "%s" if tagged else prefix.replace("%", "%%")
-            line_format = f"{start} {fields} %d\n"
+            plain = (f"{start} {fields} %d\n", tuple(keys))
         if len(self._formats) >= _MAX_CACHED_FORMATS:
             self._formats.clear()
-        self._formats[(measurement, names, tagged)] = line_format
-        return line_format
+        self._formats[(measurement, names, tagged)] = plain
+        return plain
 
     def build(
         self,
@@ -501,7 +545,7 @@ class PointBuilder:
 
 
 _MISSING: Final[_FieldSpec] = ("", "", False)
-_UNKNOWN_FORMAT: Final = "\x00"
+_UNKNOWN_FORMAT: Final = ("\x00", ())
 _MAX_CACHED_FORMATS = 1_024
 _PLAIN_TYPES: Final = frozenset({float, int})
 
@@ -512,6 +556,12 @@ def _tag_cache_key(raw_key: object, raw_value: object) -> tuple[object, ...]:
     if type(raw_value) is str:
         return (raw_key, raw_value)
     return (raw_key, raw_value, type(raw_value))
+
+
+def _tag_set_cache_key(measurement: str, tags: Mapping[str, object]) -> tuple[object, ...]:
+    """A point's measurement and tags as a cache key, with the values' types for the reason
+    ``_tag_cache_key`` gives (C-level calls only: it runs once per tagged point)."""
+    return (measurement, tuple(tags.items()), tuple(map(type, tags.values())))
 
 
 def _tag_key(piece: _TagPiece) -> str:

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from operator import itemgetter
 from types import TracebackType
 from typing import NamedTuple, Protocol, cast, runtime_checkable
 
@@ -428,21 +429,23 @@ class Recorder:
                 return
             self._queued_extra = 0
             observations: list[_Observation] = []
-            texts, points = self._lines([pending.popleft() for _ in range(count)], observations)
-            self._append(texts, points)
+            lines, points = self._lines([pending.popleft() for _ in range(count)], observations)
+            self._append(lines, points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
             for measurement, observed, all_tags in observations:
                 self._notify(measurement, observed, all_tags)
 
-    def _append(self, texts: list[str], count: int) -> None:
-        """Spool ``count`` points' lines."""
+    def _append(self, lines: list[str], count: int) -> None:
+        """Spool ``count`` points' lines (given without their newlines)."""
+        if not lines:
+            return
         writer = self._writer
         if writer is None:
             self._lost += count
             return
         try:
-            writer.append("".join(texts).encode("utf-8", "replace"))
+            writer.append(("\n".join(lines) + "\n").encode("utf-8", "replace"))
         except OSError as exc:
             self._lost += count
             self._fail(f"spool write failed, {count} points lost: {exc}")
@@ -452,49 +455,74 @@ class Recorder:
     def _lines(
         self, queued: list[_Pending], observations: list[_Observation]
     ) -> tuple[list[str], int]:
-        """The queued points as line-protocol texts (those queued as values built now, with
-        the points ``record_later`` functions make; a run of unobserved points of one shape is
-        one text of many lines) and how many points they hold, and what observers see of
-        them; a point that turns out invalid is dropped and no longer counted as recorded."""
-        texts: list[str] = []
-        points = 0
-        observed = self._observed
-        shape: tuple[str, tuple[object, ...]] = _NO_SHAPE
-        rows: list[Mapping[str, object]] = []
-        row_tags: list[Mapping[str, object] | None] = []
-        times: list[int] = []
-        for entry in self._made_in_place(queued):
-            if type(entry) is tuple and entry[0] not in observed:
-                measurement, fields, tags, time_ns = cast(_MadePoint, entry)
-                entry_shape = (measurement, tuple(fields))
-                if entry_shape != shape:
-                    if rows:
-                        points += self._add_plain_lines(
-                            texts, observations, shape[0], rows, row_tags, times
-                        )
-                        rows, row_tags, times = [], [], []
-                    shape = entry_shape
-                rows.append(fields)
-                row_tags.append(tags)
-                times.append(time_ns)
-                continue
-            if rows:
-                points += self._add_plain_lines(
-                    texts, observations, shape[0], rows, row_tags, times
-                )
-                rows, row_tags, times, shape = [], [], [], _NO_SHAPE
-            if isinstance(entry, str):
-                texts.append(entry)
-                points += 1
-            elif isinstance(entry, _Built):
-                texts.append(entry.line)
-                observations.append((entry.measurement, entry.observed, entry.tags))
-                points += 1
+        """The queued points' lines in recording order (those queued as values built now,
+        with the points ``record_later`` functions make), each without its newline, and what
+        observers see of them, in order. Points of one measurement and field order are
+        formatted together across the whole queue (``PointBuilder.plain_rows``): a step's
+        ``batch``, ``gradient`` and per-layer points each join the same steps' points of
+        their kind. A point that turns out invalid is dropped and no longer counted as
+        recorded."""
+        entries = self._made_in_place(queued)
+        lines: list[str | None] = [None] * len(entries)
+        seen: list[_Observation | None] = [None] * len(entries) if self._observed else []
+        groups: dict[tuple[str, tuple[object, ...]], tuple[list[int], list[_MadePoint]]] = {}
+        for index, entry in enumerate(entries):
+            kind = type(entry)
+            if kind is tuple:
+                point = cast(_MadePoint, entry)
+                shape = (point[0], tuple(point[1]))
+                group = groups.get(shape)
+                if group is None:
+                    group = groups[shape] = ([], [])
+                group[0].append(index)
+                group[1].append(point)
+            elif kind is str:
+                lines[index] = cast(str, entry)[:-1]
             else:
-                points += self._add_line(texts, observations, *entry)
-        if rows:
-            points += self._add_plain_lines(texts, observations, shape[0], rows, row_tags, times)
-        return texts, points
+                built = cast(_Built, entry)
+                lines[index] = built.line[:-1]
+                seen[index] = (built.measurement, built.observed, built.tags)
+        for (measurement, _), (indices, points) in groups.items():
+            self._group_lines(measurement, indices, points, lines, seen)
+        written = [line for line in lines if line is not None]
+        observations.extend(seen_one for seen_one in seen if seen_one is not None)
+        return written, len(written)
+
+    def _group_lines(
+        self,
+        measurement: str,
+        indices: list[int],
+        points: list[_MadePoint],
+        lines: list[str | None],
+        seen: list[_Observation | None],
+    ) -> None:
+        """Lines (and observations) of points of one measurement and field order, into
+        ``lines[indices[i]]``: formatted together when all are plain finite numbers under
+        known fields, else point by point."""
+        observe = measurement in self._observed
+        made = None
+        if len(points) > 1:
+            try:
+                made = self._builder.plain_rows(
+                    measurement,
+                    list(map(_FIELDS, points)),
+                    list(map(_TIME, points)),
+                    list(map(_TAGS, points)),
+                    observe,
+                )
+            except Exception:  # build() reports it, point by point
+                made = None
+        if made is None:
+            for index, point in zip(indices, points, strict=True):
+                lines[index], seen_one = self._point_line(*point)
+                if seen_one is not None:
+                    seen[index] = seen_one
+            return
+        for index, line in zip(indices, made.lines, strict=True):
+            lines[index] = line
+        if made.observed is not None and made.tags is not None:
+            for index, observed, all_tags in zip(indices, made.observed, made.tags, strict=True):
+                seen[index] = (measurement, observed, all_tags)
 
     def _made_in_place(self, queued: list[_Pending]) -> list[_Pending | _MadePoint]:
         """The queue with each ``record_later`` entry replaced by the points it makes."""
@@ -507,31 +535,6 @@ class Recorder:
             else:
                 expanded.append(entry)
         return expanded
-
-    def _add_plain_lines(
-        self,
-        texts: list[str],
-        observations: list[_Observation],
-        measurement: str,
-        rows: list[Mapping[str, object]],
-        row_tags: list[Mapping[str, object] | None],
-        times: list[int],
-    ) -> int:
-        """Unobserved points of one measurement and field order: one text when all are
-        plain finite numbers under known fields, else point by point."""
-        text = None
-        if len(rows) > 1:
-            try:
-                text = self._builder.plain_lines(measurement, rows, times, row_tags)
-            except Exception:  # build() reports it, point by point
-                text = None
-        if text is not None:
-            texts.append(text)
-            return len(rows)
-        return sum(
-            self._add_line(texts, observations, measurement, fields, tags, time_ns)
-            for fields, tags, time_ns in zip(rows, row_tags, times, strict=True)
-        )
 
     def _made_points(self, later: _Later) -> list[_MadePoint]:
         """What ``later.make`` returns, stamped; none (dropped and counted) when it raises."""
@@ -554,16 +557,15 @@ class Recorder:
         self._recorded -= later.limit - len(made)
         return made
 
-    def _add_line(
+    def _point_line(
         self,
-        lines: list[str],
-        observations: list[_Observation],
         measurement: str,
         fields: Mapping[str, object],
         tags: Mapping[str, object] | None,
         time_ns: int,
-    ) -> int:
-        """Build one point's line; 1 when it was added, 0 when it was dropped."""
+    ) -> tuple[str | None, _Observation | None]:
+        """One point's line (no newline) and what observers see of it; no line when the
+        point was dropped."""
         try:
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, measurement in self._observed
@@ -573,11 +575,10 @@ class Recorder:
             self._internal_error(exc)
         if line is None:
             self._recorded -= 1
-            return 0
-        lines.append(line)
+            return None, None
         if observed is not None and all_tags is not None:
-            observations.append((measurement, observed, all_tags))
-        return 1
+            return line[:-1], (measurement, observed, all_tags)
+        return line[:-1], None
 
     def _queue_full(self) -> None:
         """``flush_lines`` points wait: wake the flusher (building lines is its work, not the
@@ -712,13 +713,16 @@ class Recorder:
 
 _QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
 """(measurement, fields, tags, time in ns): a point whose line the next flush builds."""
-_NO_SHAPE: tuple[str, tuple[object, ...]] = ("", ())
-"""No run of plain points under way (no measurement is named "")."""
 
 
 MakePoints = Callable[[], Iterable[tuple[str, Mapping[str, object], Mapping[str, object] | None]]]
 """What ``record_later`` calls: (measurement, fields, tags) of each point, in order."""
 _MadePoint = tuple[str, Mapping[str, object], Mapping[str, object] | None, int]
+
+
+_FIELDS = itemgetter(1)
+_TAGS = itemgetter(2)
+_TIME = itemgetter(3)
 
 
 def _name_of(function: object) -> str:

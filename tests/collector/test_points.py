@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -392,6 +393,18 @@ _TAGS = st.none() | st.dictionaries(
 )
 
 
+def plain_lines(
+    builder: PointBuilder,
+    measurement: str,
+    rows: list[Mapping[str, object]],
+    times: list[int],
+    tags: list[Mapping[str, object] | None] | None = None,
+) -> str | None:
+    """``plain_rows``' lines as one text, as the spool gets them."""
+    made = builder.plain_rows(measurement, rows, times, tags)
+    return None if made is None else "".join(line + "\n" for line in made.lines)
+
+
 @given(
     measurement=st.sampled_from(["batch", "batch", "gradient", "gradient_layer", "event", "nope"]),
     names=st.lists(st.sampled_from(_FIELD_NAMES), min_size=1, max_size=4, unique=True),
@@ -410,7 +423,16 @@ def test_plain_lines_are_builds_lines_or_none(
     tags = data.draw(st.none() | st.lists(_TAGS, min_size=len(rows), max_size=len(rows)))
     builder = PointBuilder({**BASE, "tag%": "50%"})
     for _ in range(2):  # the second time from the builder's caches
-        text = builder.plain_lines(measurement, rows, times, tags)  # type: ignore[arg-type]
+        text = plain_lines(builder, measurement, rows, times, tags)  # type: ignore[arg-type]
+        observing = builder.plain_rows(measurement, rows, times, tags, observe=True)  # type: ignore[arg-type]
+        assert (observing is None) == (text is None)
+        if observing is not None:
+            assert observing.observed is not None and observing.tags is not None
+            for i, row in enumerate(rows):
+                _, observed, all_tags = builder.build(
+                    measurement, row, tags[i] if tags else None, times[i], observe=True
+                )
+                assert observing.observed[i] == observed and observing.tags[i] == all_tags
         if text is not None:
             built = [
                 builder.build(measurement, row, tags[i] if tags else None, times[i])[0]
@@ -433,7 +455,7 @@ def test_tagged_plain_lines_are_builds_lines(names: list[str], data: st.DataObje
     tags = data.draw(st.lists(_TAGS, min_size=count, max_size=count))
     times = [NS + index for index in range(count)]
     builder = PointBuilder({**BASE, "tag%": "50%"})
-    text = builder.plain_lines("gradient_layer", rows, times, tags)  # type: ignore[arg-type]
+    text = plain_lines(builder, "gradient_layer", rows, times, tags)  # type: ignore[arg-type]
     unhashable = any(isinstance(v, list) for t in tags if t for v in t.values())
     if unhashable:
         assert text is None  # build() takes each
@@ -450,14 +472,14 @@ def test_plain_lines_write_groups_of_finite_numbers() -> None:
         {"loss": 0.5, "step": 3, "Batch Idx": 2**53},
         {"loss": 1e-300, "step": -1, "Batch Idx": 0.1 + 0.2},
     ]
-    text = builder.plain_lines("batch", rows, [NS, NS + 1])  # type: ignore[arg-type]
+    text = plain_lines(builder, "batch", rows, [NS, NS + 1])  # type: ignore[arg-type]
     built = [builder.build("batch", row, None, NS + i)[0] for i, row in enumerate(rows)]
     assert text == "".join(line or "" for line in built)
     assert text is not None and text.count("\n") == 2 and ",tag=50% " in text
     layers = [{"layer": "0.weight"}, {"layer": "0.bias"}, None, {"layer": "a,b c=%"}]
     layer_rows: list[dict[str, object]] = [{"norm": 0.5 * i, "step": 7} for i in range(4)]
     times = [NS + i for i in range(4)]
-    tagged = builder.plain_lines("gradient_layer", layer_rows, times, layers)  # type: ignore[arg-type]
+    tagged = plain_lines(builder, "gradient_layer", layer_rows, times, layers)  # type: ignore[arg-type]
     built = [
         builder.build("gradient_layer", r, t, at)[0] for r, t, at in zip(layer_rows, layers, times)
     ]
@@ -465,7 +487,7 @@ def test_plain_lines_write_groups_of_finite_numbers() -> None:
     assert tagged is not None and ",layer=a\\,b\\ c\\=%,mode=" in tagged and tagged.count("\n") == 4
     same_key = [{"layer": 1}, {"layer": True}, {"layer": 1.0}]  # equal as dict keys
     for _ in range(2):  # the second time from the caches
-        lines = builder.plain_lines("gradient_layer", layer_rows[:3], times[:3], same_key)  # type: ignore[arg-type]
+        lines = plain_lines(builder, "gradient_layer", layer_rows[:3], times[:3], same_key)  # type: ignore[arg-type]
         assert lines is not None
         assert [line.split(",")[2] for line in lines.splitlines()] == [
             "layer=1",
@@ -479,8 +501,12 @@ def test_plain_lines_write_groups_of_finite_numbers() -> None:
             "layer=1.0",
         ]
     unhashable = [{"layer": ["x"]}, None]
-    assert builder.plain_lines("gradient_layer", layer_rows[:2], times[:2], unhashable) is None  # type: ignore[arg-type]
-    assert builder.plain_lines("batch", [{"loss": math.nan}, {"loss": 1.0}], [NS, NS]) is None
-    assert builder.plain_lines("batch", [{"loss": 2**1100}], [NS]) is None
-    assert builder.plain_lines("gradient", [{"mystery": 1.0}], [NS]) is None
-    assert builder.plain_lines("event", [{"text": 1.0}], [NS]) is None
+    assert plain_lines(builder, "gradient_layer", layer_rows[:2], times[:2], unhashable) is None  # type: ignore[arg-type]
+    assert plain_lines(builder, "batch", [{"loss": math.nan}, {"loss": 1.0}], [NS, NS]) is None
+    assert plain_lines(builder, "batch", [{"loss": 2**1100}], [NS]) is None
+    assert plain_lines(builder, "gradient", [{"mystery": 1.0}], [NS]) is None
+    huge: list[dict[str, object]] = [{"loss": 1.7e308}, {"loss": 1.7e308}]  # the sum is not finite
+    assert plain_lines(builder, "batch", huge, [NS, NS + 1]) == "".join(
+        builder.build("batch", row, None, NS + i)[0] or "" for i, row in enumerate(huge)
+    )
+    assert plain_lines(builder, "event", [{"text": 1.0}], [NS]) is None

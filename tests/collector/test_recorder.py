@@ -192,8 +192,8 @@ def test_queued_points_are_copies_built_in_recording_order(recorder: Recorder) -
 
 
 def test_runs_of_plain_points_spool_the_lines_built_one_by_one(recorder: Recorder) -> None:
-    """A flush writes each run of plain points of one shape with one format: the spool holds
-    what building each point alone gives, whatever breaks the runs."""
+    """A flush writes the plain points of one shape with one format: the spool holds what
+    building each point alone gives, in recording order, whatever breaks the runs."""
     from collector.points import PointBuilder
 
     recorded: list[tuple[str, dict[str, object], dict[str, object] | None]] = []
@@ -217,6 +217,64 @@ def test_runs_of_plain_points_spool_the_lines_built_one_by_one(recorder: Recorde
         assert line + "\n" == builder.build(measurement, fields, tags, time_ns)[0]
     assert recorder.stats.points_spooled == len(recorded)
     assert recorder.stats.nonfinite_fields == 1 and recorder.stats.fields_dropped == 1
+
+
+def test_shapes_interleaved_across_a_flush_keep_recording_order_for_spool_and_observers(
+    settings: Settings,
+) -> None:
+    """Training steps interleave shapes (per-layer, gradient and batch points): a flush formats
+    each shape's points together across the whole queue, yet the spool holds each point's own
+    line in recording order and observers see each point in that order, as built alone."""
+    from collector.points import PointBuilder
+
+    seen: list[tuple[str, dict[str, float], dict[str, str]]] = []
+
+    class Collecting:
+        observed_measurements = frozenset({"batch", "gradient", "client_round"})
+
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            seen.append((measurement, dict(fields), dict(tags)))
+
+    recorded: list[tuple[str, dict[str, object], dict[str, object] | None]] = []
+    for step in range(4):
+        for layer in ("0.weight", "0.bias"):
+            recorded.append(
+                ("gradient_layer", {"norm": step + 0.5, "step": step}, {"layer": layer})
+            )
+        recorded.append(("gradient", {"total_norm": step / 3, "step": step}, None))
+        recorded.append(("batch", {"loss": 1 / (step + 1), "step": step}, None))
+    recorded[7] = ("batch", {"loss": math.inf, "step": 1}, None)  # its group goes point by point
+    recorded.append(("batch", {"loss": 0.1, "step": 4}, {"phase": "warmup"}))  # tagged, observed
+    recorded.append(("client_round", {"train_loss": 0.3}, {"round": 1, "client_id": "c1"}))
+    recorded.append(("client_round", {"train_loss": 0.2}, {"round": 2, "client_id": "c1"}))
+    run_id = new_run_id()
+    tuning = RecorderTuning(flush_interval_s=3600)
+    with Recorder(
+        run_id, experiment=EXPERIMENT, settings=settings, observers=[Collecting()], tuning=tuning
+    ) as rec:
+        for measurement, fields, tags in recorded:
+            rec.record(measurement, fields, tags)
+        rec.record("gradient", {"nope": 1.0})  # no known field: both dropped when built
+        rec.record("gradient", {"nope": 2.0})
+        rec.flush()
+        lines = spool_lines(rec)
+        stats = rec.stats
+    assert len(lines) == len(recorded) == stats.points_spooled
+    assert stats.points_dropped == 2 and stats.points_recorded == len(recorded)
+    builder = PointBuilder(rec.base_tags)
+    expected_seen = []
+    for line, (measurement, fields, tags) in zip(lines, recorded, strict=True):
+        time_ns = int(line.rsplit(" ", 1)[1])
+        built, observed, all_tags = builder.build(measurement, fields, tags, time_ns, True)
+        assert line + "\n" == built
+        if measurement != "gradient_layer":
+            expected_seen.append((measurement, observed, all_tags))
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in lines]
+    assert stamps == sorted(stamps)
+    assert seen == expected_seen
+    assert seen[-3][2]["phase"] == "warmup" and seen[-1][2]["round"] == "2"
 
 
 def test_a_loss_tensor_that_requires_grad_is_recorded_without_a_warning(
