@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -99,6 +99,8 @@ _TAG_ROUND = "round"
 _TAG_SOURCE = "source"
 _TAG_CLIENT_ID = "client_id"
 _SOURCE_SERVER = "server"
+_ROUND_MEASUREMENTS = frozenset(("round", "client_round"))
+"""Points whose tags pick their gauges: observed one by one."""
 
 Setter = Callable[[float], None]
 
@@ -287,6 +289,7 @@ class PrometheusExporter:
         self._pending = _PendingPoints()
         self.registry.register(self._pending)
         self._build_metrics(experiment, mode)
+        self._advance_steps: Setter = self.steps.advance_to
         self._tables = self._point_tables()
 
     # -- metric definitions ------------------------------------------------------------
@@ -402,10 +405,10 @@ class PrometheusExporter:
             "batch": {
                 "loss": self.train_loss.set,
                 "epoch": self.epoch.set,
-                "step": self.steps.advance_to,
+                "step": self._advance_steps,
                 "samples_per_s": self.samples_per_second.set,
             },
-            "gradient": {"total_norm": self.gradient_norm.set, "step": self.steps.advance_to},
+            "gradient": {"total_norm": self.gradient_norm.set, "step": self._advance_steps},
             "round:server": server_eval,
             "round": {"duration_s": self.round_duration.set},
         }
@@ -430,6 +433,39 @@ class PrometheusExporter:
         table = self._tables.get(measurement)
         if table is not None:
             self._apply(table, fields)
+
+    def observe_many(
+        self, points: Sequence[tuple[str, Mapping[str, float], Mapping[str, str]]]
+    ) -> None:
+        """A flush's points, in recording order: what observing each in turn leaves (every
+        gauge at its last value, the step counter at the highest step, every non-finite value
+        counted), with one update per gauge instead of one per point."""
+        latest: dict[Setter, float] = {}
+        advance_steps = self._advance_steps
+        for measurement, fields, tags in points:
+            table = None if measurement in _ROUND_MEASUREMENTS else self._tables.get(measurement)
+            if table is None:
+                self._set_latest(latest)  # round points go one by one, after what came first
+                self.observe(measurement, fields, tags)
+                continue
+            for name, value in fields.items():
+                setter = table.get(name)
+                if setter is advance_steps:
+                    setter(value)  # the highest step, not the last: applied as it comes
+                elif setter is not None:
+                    latest[setter] = value
+                elif name.endswith(NONFINITE_SUFFIX) and value:
+                    self.nonfinite.inc()
+                    target = table.get(name[: -len(NONFINITE_SUFFIX)])
+                    if target is not None and target is not advance_steps:
+                        latest[target] = math.nan
+        self._set_latest(latest)
+
+    @staticmethod
+    def _set_latest(latest: dict[Setter, float]) -> None:
+        for setter, value in latest.items():
+            setter(value)
+        latest.clear()
 
     def _apply(self, table: Mapping[str, Setter], fields: Mapping[str, float]) -> None:
         for name, value in fields.items():

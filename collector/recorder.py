@@ -28,7 +28,8 @@ spool, never on the training thread's ``record()``: at most ``flush_interval_s``
 sooner when the observer asks (an observer with ``read_pending(flush)`` gets the recorder's
 ``flush`` and calls it before it is read: the exporter does at each scrape, so a scrape sees
 every point recorded before it). An observer with an ``observed_measurements`` attribute sees
-only those measurements. An observer that raises is logged once and otherwise ignored. The
+only those measurements; one with ``observe_many`` gets each flush's points in one call. An
+observer that raises is logged once and otherwise ignored. The
 recorder never owns an exporter: a run (``collector.run.Run``) starts one and passes it here as
 an observer.
 """
@@ -72,7 +73,9 @@ class PointObserver(Protocol):
     """Sees every recorded point, in order, when the recorder appends it to the spool (of the
     measurements in its optional ``observed_measurements``, when it has that attribute). One
     with a ``read_pending(flush)`` method is handed the recorder's ``flush`` to call before
-    it is read, so what it shows includes every point recorded so far.
+    it is read, so what it shows includes every point recorded so far. One with an
+    ``observe_many(points)`` method gets a flush's points in one call instead, as a list of
+    ``(measurement, fields, tags)`` in recording order.
 
     Field names are normalised; values are finite, and a NaN/Inf value arrives as
     ``<field>_nonfinite=1.0`` (as it is written), so a gauge can show it.
@@ -176,6 +179,13 @@ class Recorder:
             wanted.update(schema.MEASUREMENTS if measurements is None else measurements)
         self._observed = frozenset(wanted)
         """Measurements some observer sees: only their points pay for observation."""
+        self._observer_filters: list[tuple[PointObserver, frozenset[str] | None]] = []
+        """Each observer with the measurements it asked for (None: all that are observed)."""
+        for observer in self._observers:
+            measurements = observed_measurements(observer)
+            if measurements is not None and measurements >= self._observed:
+                measurements = None
+            self._observer_filters.append((observer, measurements))
         self._pending: deque[_Pending] = deque()
         self._queued_extra = 0
         """Points queued beyond one per entry (a series entry holds several)."""
@@ -399,21 +409,37 @@ class Recorder:
             return self._now_ns()
         return converted
 
-    def _notify(
-        self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
-    ) -> None:
-        for observer in self._observers:
-            try:
-                observer.observe(measurement, fields, tags)
-            except Exception as exc:
-                if id(observer) not in self._broken_observers:
-                    self._broken_observers.add(id(observer))
-                    log.warning(
-                        "runwatch: observer %r failed (%s: %s); its errors are ignored from now on",
-                        observer,
-                        type(exc).__name__,
-                        exc,
-                    )
+    def _notify(self, observations: list[_Observation]) -> None:
+        """Show a flush's points to each observer, in order: all at once to one with
+        ``observe_many``, else one by one."""
+        for observer, wanted in self._observer_filters:
+            points = observations
+            if wanted is not None:
+                points = [point for point in observations if point[0] in wanted]
+            if not points:
+                continue
+            observe_many = getattr(observer, "observe_many", None)
+            if callable(observe_many):
+                try:
+                    observe_many(points)
+                except Exception as exc:
+                    self._observer_failed(observer, exc)
+                continue
+            for measurement, fields, tags in points:
+                try:
+                    observer.observe(measurement, fields, tags)
+                except Exception as exc:
+                    self._observer_failed(observer, exc)
+
+    def _observer_failed(self, observer: PointObserver, exc: Exception) -> None:
+        if id(observer) not in self._broken_observers:
+            self._broken_observers.add(id(observer))
+            log.warning(
+                "runwatch: observer %r failed (%s: %s); its errors are ignored from now on",
+                observer,
+                type(exc).__name__,
+                exc,
+            )
 
     # --- spool -----------------------------------------------------------------------------
 
@@ -433,8 +459,8 @@ class Recorder:
             self._append(lines, points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
-            for measurement, observed, all_tags in observations:
-                self._notify(measurement, observed, all_tags)
+            if observations:
+                self._notify(observations)
 
     def _append(self, lines: list[str], count: int) -> None:
         """Spool ``count`` points' lines (given without their newlines)."""

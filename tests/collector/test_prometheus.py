@@ -11,6 +11,8 @@ import time
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -126,6 +128,54 @@ def test_nonfinite_flag_shows_nan_and_is_counted(exporter: PrometheusExporter) -
     assert loss is not None and math.isnan(loss)
     assert value(exporter, prom.NONFINITE_VALUES) == 1.0
     assert value(exporter, prom.OPTIMIZER_STEPS) == 6.0
+
+
+_GAUGE_FIELDS = ["loss", "train_loss", "epoch", "step", "samples_per_s", "total_norm", "lr"]
+_OBSERVED_FIELDS = st.dictionaries(
+    st.sampled_from(
+        _GAUGE_FIELDS
+        + ["val_loss", "accuracy", "unmapped"]
+        + [f"{f}_nonfinite" for f in _GAUGE_FIELDS]
+    ),
+    st.floats(min_value=-5, max_value=50, allow_nan=False),
+    max_size=4,
+)
+_OBSERVED_POINTS = st.lists(
+    st.tuples(
+        st.sampled_from(["batch", "gradient", "epoch", "round", "client_round", "system"]),
+        _OBSERVED_FIELDS,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "round": st.sampled_from(["1", "2"]),
+                "source": st.just("server"),
+                "client_id": st.just("c1"),
+            },
+        ),
+    ),
+    max_size=12,
+)
+
+
+@given(points=_OBSERVED_POINTS)
+@settings(max_examples=200, deadline=None)
+def test_observing_a_flush_at_once_leaves_what_observing_each_point_leaves(
+    points: list[tuple[str, dict[str, float], dict[str, str]]],
+) -> None:
+    """``observe_many`` (one update per gauge) ends where ``observe`` point by point ends:
+    every gauge at its last value, NaN where the last was a non-finite flag, the step counter
+    at its highest, every non-finite value counted."""
+    one_by_one = PrometheusExporter("run-1", experiment="exp")
+    at_once = PrometheusExporter("run-1", experiment="exp")
+    for measurement, fields, tags in points:
+        one_by_one.observe(measurement, fields, tags)
+    at_once.observe_many(points)
+    moving = (prom.RUN_START_TIMESTAMP, "_created")
+    expected = {k: v for k, v in samples(one_by_one).items() if not k[0].endswith(moving)}
+    found = {k: v for k, v in samples(at_once).items() if not k[0].endswith(moving)}
+    assert found.keys() == expected.keys()
+    for key, number in expected.items():
+        assert found[key] == number or (math.isnan(found[key]) and math.isnan(number)), key
 
 
 def test_step_completed_feeds_histogram_samples_and_timestamp(

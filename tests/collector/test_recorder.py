@@ -374,6 +374,58 @@ def test_observers_see_points_when_they_are_spooled_not_on_the_recording_thread(
     assert rec.stats.points_dropped == 1 and rec.stats.fields_dropped == 2
 
 
+def test_each_observer_sees_only_its_measurements_one_by_one_or_a_flush_at_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: dict[str, list[object]] = {"batches": [], "all": [], "failing": []}
+
+    class Batches:
+        observed_measurements = frozenset({"batch"})
+
+        def observe(
+            self, measurement: str, fields: Mapping[str, float], tags: Mapping[str, str]
+        ) -> None:
+            seen["batches"].append((measurement, fields["step"]))
+
+    class AllAtOnce:
+        observed_measurements = frozenset({"batch", "gradient"})
+
+        def observe(self, *point: object) -> None:
+            raise AssertionError("observe_many is used when there is one")
+
+        def observe_many(self, points: list[tuple[str, Mapping[str, float], object]]) -> None:
+            seen["all"].append([(m, fields["step"]) for m, fields, _ in points])
+
+    class FailingAtOnce:
+        def observe(self, *point: object) -> None:
+            raise AssertionError("observe_many is used when there is one")
+
+        def observe_many(self, points: list[object]) -> None:
+            seen["failing"].append(len(points))
+            raise ValueError("observer bug")
+
+    caplog.set_level(logging.WARNING)
+    tuning = RecorderTuning(flush_interval_s=3600)
+    observers = [Batches(), AllAtOnce(), FailingAtOnce()]
+    with Recorder(
+        new_run_id(), experiment=EXPERIMENT, settings=settings, observers=observers, tuning=tuning
+    ) as rec:
+        for step in range(2):
+            rec.record("gradient", {"total_norm": 1.0, "step": step})
+            rec.record("batch", {"loss": 0.5, "step": step})
+        rec.flush()
+        rec.record("batch", {"loss": 0.5, "step": 2})
+        rec.record("system", {"cpu_percent": 3.0})  # only the observer of everything gets it
+        rec.flush()
+    assert seen["batches"] == [("batch", 0.0), ("batch", 1.0), ("batch", 2.0)]
+    assert seen["all"] == [
+        [("gradient", 0.0), ("batch", 0.0), ("gradient", 1.0), ("batch", 1.0)],
+        [("batch", 2.0)],
+    ]
+    assert seen["failing"] == [4, 2]  # still called after it failed; warned about once
+    assert sum("observer" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_record_series_writes_the_points_of_as_many_record_calls(settings: Settings) -> None:
     names = ["net.0.weight", "net.0.bias", "a layer,with=odd chars"]
     norms = [0.5, math.inf, 2.0]
