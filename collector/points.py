@@ -192,10 +192,12 @@ class _TagPiece:
 
 
 class PlainRows(NamedTuple):
-    """``PointBuilder.plain_rows``' answer: each point's line (no newline), and with
-    ``observe`` each one's observed fields and all its tags, as ``build`` gives them."""
+    """``PointBuilder.plain_rows``' answer: the points' lines, and with ``observe`` each
+    one's observed fields and all its tags, as ``build`` gives them."""
 
-    lines: list[str]
+    text: str
+    """One line per point, in order, each ending with its newline (the only newline in it:
+    tag keys and values escape theirs)."""
     observed: list[dict[str, float]] | None
     tags: list[dict[str, str]] | None
 
@@ -240,7 +242,7 @@ class PointBuilder:
         tags: list[Mapping[str, object] | None] | None = None,
         observe: bool = False,
     ) -> PlainRows | None:
-        """``build``'s lines (without their newlines) for points ``rows[i]`` at ``times[i]``
+        """``build``'s lines for points ``rows[i]`` at ``times[i]``
         with ``tags[i]`` (all untagged when ``tags`` is None), whose fields have one name
         order (the caller groups them), all known numeric fields of ``measurement`` with
         finite int or float values; with ``observe`` what ``build`` gives observers of each.
@@ -280,11 +282,9 @@ class PointBuilder:
         for field in range(width):
             arguments[first + field :: stride] = texts[field::width]
         arguments[first + width :: stride] = times
-        # A line holds no newline but its last (tag values and keys escape theirs).
-        lines = ((line_format * len(rows)) % tuple(arguments)).split("\n")
-        lines.pop()
+        text = (line_format * len(rows)) % tuple(arguments)
         if not observe:
-            return PlainRows(lines, None, None)
+            return PlainRows(text, None, None)
         observed = [
             dict(zip(keys, numbers[start : start + width], strict=True))
             for start in range(0, len(numbers), width)
@@ -294,7 +294,7 @@ class PointBuilder:
             self._tagged_prefix(measurement, point_tags, True)[1] or base if point_tags else base
             for point_tags in (tags or [None] * len(rows))
         ]
-        return PlainRows(lines, observed, all_tags)
+        return PlainRows(text, observed, all_tags)
 
     def _tagged_prefixes(
         self, measurement: str, tags: list[Mapping[str, object] | None]

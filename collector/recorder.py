@@ -455,23 +455,21 @@ class Recorder:
                 return
             self._queued_extra = 0
             observations: list[_Observation] = []
-            lines, points = self._lines([pending.popleft() for _ in range(count)], observations)
-            self._append(lines, points)
+            texts, points = self._lines([pending.popleft() for _ in range(count)], observations)
+            self._append(texts, points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
             if observations:
                 self._notify(observations)
 
-    def _append(self, lines: list[str], count: int) -> None:
-        """Spool ``count`` points' lines (given without their newlines)."""
-        if not lines:
-            return
+    def _append(self, texts: list[str], count: int) -> None:
+        """Spool ``count`` points' lines."""
         writer = self._writer
         if writer is None:
             self._lost += count
             return
         try:
-            writer.append(("\n".join(lines) + "\n").encode("utf-8", "replace"))
+            writer.append("".join(texts).encode("utf-8", "replace"))
         except OSError as exc:
             self._lost += count
             self._fail(f"spool write failed, {count} points lost: {exc}")
@@ -481,52 +479,60 @@ class Recorder:
     def _lines(
         self, queued: list[_Pending], observations: list[_Observation]
     ) -> tuple[list[str], int]:
-        """The queued points' lines in recording order (those queued as values built now,
-        with the points ``record_later`` functions make), each without its newline, and what
-        observers see of them, in order. Points of one measurement and field order are
-        formatted together across the whole queue (``PointBuilder.plain_rows``): a step's
-        ``batch``, ``gradient`` and per-layer points each join the same steps' points of
-        their kind. A point that turns out invalid is dropped and no longer counted as
-        recorded."""
-        entries = self._made_in_place(queued)
-        lines: list[str | None] = [None] * len(entries)
-        seen: list[_Observation | None] = [None] * len(entries) if self._observed else []
-        groups: dict[tuple[str, tuple[object, ...]], tuple[list[int], list[_MadePoint]]] = {}
-        for index, entry in enumerate(entries):
-            kind = type(entry)
-            if kind is tuple:
+        """The queued points' lines as texts in recording order (those queued as values
+        built now, with the points ``record_later`` functions make), how many points they
+        hold, and what observers see of them, in order. Points of one measurement and field
+        order are formatted together across the whole queue (``PointBuilder.plain_rows``):
+        a step's ``batch``, ``gradient`` and per-layer points each join the other steps'
+        points of their kind; each run of consecutive points of one shape then goes in as one
+        text. A point that turns out invalid is dropped and no longer counted as recorded."""
+        groups: dict[_Shape, list[_MadePoint]] = {}
+        segments: list[_Pending | _Run] = []
+        """Queued texts, ``_Built`` points and runs of points of one shape, in order."""
+        shape: _Shape | None = None  # of the run under way
+        group: list[_MadePoint] = []  # every point of that shape so far
+        start = 0  # where the run began in it
+        for entry in self._made_in_place(queued):
+            if type(entry) is tuple:
                 point = cast(_MadePoint, entry)
-                shape = (point[0], tuple(point[1]))
-                group = groups.get(shape)
-                if group is None:
-                    group = groups[shape] = ([], [])
-                group[0].append(index)
-                group[1].append(point)
-            elif kind is str:
-                lines[index] = cast(str, entry)[:-1]
+                point_shape = (point[0], tuple(point[1]))
+                if point_shape != shape:
+                    if shape is not None:
+                        segments.append((shape, start, len(group)))
+                    shape = point_shape
+                    known = groups.get(shape)
+                    if known is None:
+                        known = groups[shape] = []
+                    group, start = known, len(known)
+                group.append(point)
+                continue
+            if shape is not None:
+                segments.append((shape, start, len(group)))
+                shape = None
+            segments.append(cast(_Pending, entry))
+        if shape is not None:
+            segments.append((shape, start, len(group)))
+        made = {key: self._group_lines(key[0], members) for key, members in groups.items()}
+        texts: list[str] = []
+        points = 0
+        for segment in segments:
+            if type(segment) is tuple:  # a run: every queued point tuple went into one
+                run_shape, run_start, run_stop = cast(_Run, segment)
+                points += made[run_shape].add(run_start, run_stop, texts, observations)
+            elif type(segment) is _Built:
+                texts.append(segment.line)
+                observations.append((segment.measurement, segment.observed, segment.tags))
+                points += 1
             else:
-                built = cast(_Built, entry)
-                lines[index] = built.line[:-1]
-                seen[index] = (built.measurement, built.observed, built.tags)
-        for (measurement, _), (indices, points) in groups.items():
-            self._group_lines(measurement, indices, points, lines, seen)
-        written = [line for line in lines if line is not None]
-        observations.extend(seen_one for seen_one in seen if seen_one is not None)
-        return written, len(written)
+                texts.append(cast(str, segment))
+                points += 1
+        return texts, points
 
-    def _group_lines(
-        self,
-        measurement: str,
-        indices: list[int],
-        points: list[_MadePoint],
-        lines: list[str | None],
-        seen: list[_Observation | None],
-    ) -> None:
-        """Lines (and observations) of points of one measurement and field order, into
-        ``lines[indices[i]]``: formatted together when all are plain finite numbers under
-        known fields, else point by point."""
+    def _group_lines(self, measurement: str, points: list[_MadePoint]) -> _GroupLines:
+        """The lines (and observations) of points of one measurement and field order:
+        formatted together when all are plain finite numbers under known fields, else point
+        by point."""
         observe = measurement in self._observed
-        made = None
         if len(points) > 1:
             try:
                 made = self._builder.plain_rows(
@@ -538,17 +544,21 @@ class Recorder:
                 )
             except Exception:  # build() reports it, point by point
                 made = None
-        if made is None:
-            for index, point in zip(indices, points, strict=True):
-                lines[index], seen_one = self._point_line(*point)
-                if seen_one is not None:
-                    seen[index] = seen_one
-            return
-        for index, line in zip(indices, made.lines, strict=True):
-            lines[index] = line
-        if made.observed is not None and made.tags is not None:
-            for index, observed, all_tags in zip(indices, made.observed, made.tags, strict=True):
-                seen[index] = (measurement, observed, all_tags)
+            if made is not None:
+                observed: list[_Observation | None] | None = None
+                if made.observed is not None and made.tags is not None:
+                    observed = [
+                        (measurement, fields, all_tags)
+                        for fields, all_tags in zip(made.observed, made.tags, strict=True)
+                    ]
+                return _GroupLines(made.text, len(points), None, observed)
+        lines: list[str] = []
+        seen: list[_Observation | None] = []
+        for point in points:
+            line, seen_one = self._point_line(*point)
+            lines.append(line or "")
+            seen.append(seen_one)
+        return _GroupLines("".join(lines), len(points), lines, seen if observe else None)
 
     def _made_in_place(self, queued: list[_Pending]) -> list[_Pending | _MadePoint]:
         """The queue with each ``record_later`` entry replaced by the points it makes."""
@@ -590,8 +600,8 @@ class Recorder:
         tags: Mapping[str, object] | None,
         time_ns: int,
     ) -> tuple[str | None, _Observation | None]:
-        """One point's line (no newline) and what observers see of it; no line when the
-        point was dropped."""
+        """One point's line and what observers see of it; no line when the point was
+        dropped."""
         try:
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, measurement in self._observed
@@ -603,8 +613,8 @@ class Recorder:
             self._recorded -= 1
             return None, None
         if observed is not None and all_tags is not None:
-            return line[:-1], (measurement, observed, all_tags)
-        return line[:-1], None
+            return line, (measurement, observed, all_tags)
+        return line, None
 
     def _queue_full(self) -> None:
         """``flush_lines`` points wait: wake the flusher (building lines is its work, not the
@@ -769,6 +779,53 @@ def _series_points(
     common = common or {}
     for value, tag_value in zip(values, tag_values, strict=False):
         yield measurement, {field: value, **common}, {tag: tag_value}
+
+
+_Shape = tuple[str, tuple[object, ...]]
+"""A point's measurement and field names, in order."""
+
+
+_Run = tuple[_Shape, int, int]
+"""Consecutive queued points of one shape: the points ``[start, stop)`` of that shape in
+the flush."""
+
+
+class _GroupLines:
+    """The lines of a flush's points of one shape, handed out run by run: a run that is the
+    whole group gets its one text, a shorter run a cut of it."""
+
+    __slots__ = ("_complete", "_each", "_seen", "_size", "_whole")
+
+    def __init__(
+        self,
+        whole: str,
+        size: int,
+        each: list[str] | None,
+        seen: list[_Observation | None] | None,
+    ) -> None:
+        self._whole = whole
+        self._size = size
+        self._each = each
+        """Each point's line ("" for one dropped); cut from ``whole`` when first needed."""
+        self._complete = each is None
+        """Every point has a line (none was dropped)."""
+        self._seen = seen
+
+    def add(self, start: int, stop: int, texts: list[str], observations: list[_Observation]) -> int:
+        """Add the lines of the points ``[start, stop)`` to ``texts`` and what observers see
+        of them to ``observations``; how many have a line."""
+        each = self._each
+        if start == 0 and stop == self._size:
+            texts.append(self._whole)
+        else:
+            if each is None:  # a line's one newline is its last character
+                each = self._each = [line + "\n" for line in self._whole.split("\n")[:-1]]
+            texts.append(each[start] if stop - start == 1 else "".join(each[start:stop]))
+        if self._seen is not None:
+            observations.extend(filter(None, self._seen[start:stop]))
+        if self._complete:
+            return stop - start
+        return sum(map(bool, each[start:stop])) if each is not None else stop - start
 
 
 class _Later(NamedTuple):

@@ -400,9 +400,9 @@ def plain_lines(
     times: list[int],
     tags: list[Mapping[str, object] | None] | None = None,
 ) -> str | None:
-    """``plain_rows``' lines as one text, as the spool gets them."""
+    """``plain_rows``' lines, as the spool gets them."""
     made = builder.plain_rows(measurement, rows, times, tags)
-    return None if made is None else "".join(line + "\n" for line in made.lines)
+    return None if made is None else made.text
 
 
 @given(
