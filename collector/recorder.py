@@ -494,7 +494,7 @@ class Recorder:
         start = 0  # where the run began in it
         for entry in self._made_in_place(queued):
             if type(entry) is tuple:
-                point = cast(_MadePoint, entry)
+                point: _MadePoint = entry  # type: ignore[assignment]  # (no cast() call here)
                 point_shape = (point[0], tuple(point[1]))
                 if point_shape != shape:
                     if shape is not None:
