@@ -66,8 +66,11 @@ def norm_values(
 
 def norms_one_by_one(grads: list[torch.Tensor]) -> list[float]:
     """L2 norms of CPU tensors, each read as it is computed."""
-    with torch.no_grad():
-        return [float(_vector_norm(grad)) for grad in grads]
+    if any(grad.requires_grad for grad in grads):  # gradients with a graph (create_graph=True)
+        with torch.no_grad():
+            return [float(_vector_norm(grad)) for grad in grads]
+    # No graph to keep out of: entering no_grad would cost more than a small tensor's norm.
+    return [float(_vector_norm(grad)) for grad in grads]
 
 
 def fused_norms(grads: list[torch.Tensor]) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -79,8 +80,12 @@ def test_norms_of_gradients_that_require_grad() -> None:
     """A backward with ``create_graph=True`` leaves gradients that require grad."""
     grad = torch.ones(3, requires_grad=True) * 2.0
     assert grad.requires_grad
-    assert norms_one_by_one([grad]) == pytest.approx([math.sqrt(12)])
-    assert fused_norms([grad]) == pytest.approx([math.sqrt(12)])
+    plain = torch.ones(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on float() of a tensor with a graph
+        assert norms_one_by_one([plain, grad]) == pytest.approx([2.0, math.sqrt(12)])
+        assert fused_norms([grad]) == pytest.approx([math.sqrt(12)])
+        assert norms_one_by_one([plain]) == [2.0]
 
 
 def test_gradient_points_are_the_summary_and_the_first_layers() -> None:
