@@ -242,13 +242,13 @@ class PointBuilder:
         tags: list[Mapping[str, object] | None] | None = None,
         observe: bool = False,
     ) -> PlainRows | None:
-        """``build``'s lines for points ``rows[i]`` at ``times[i]``
-        with ``tags[i]`` (all untagged when ``tags`` is None), whose fields have one name
-        order (the caller groups them), all known numeric fields of ``measurement`` with
-        finite int or float values; with ``observe`` what ``build`` gives observers of each.
-        None when any is not, or a tag value cannot be a dict key (then ``build`` takes
-        each). One ``%`` format for the whole group: the per-point work that is left is
-        gathering values; the numbers are formatted in one orjson call."""
+        """``build``'s lines for points ``rows[i]`` at ``times[i]`` with ``tags[i]`` (all
+        untagged when ``tags`` is None), whose fields have one name order (the caller groups
+        them), all known numeric fields of ``measurement`` with finite int or float values;
+        with ``observe`` also what ``build`` gives observers of each. None when any is not,
+        or a tag value cannot be a dict key (then ``build`` takes each). One ``%`` format
+        for the whole group: the per-point work that is left is gathering values; the
+        numbers are formatted in one orjson call."""
         names = tuple(rows[0])
         tagged = tags is not None and any(tags)
         plain = self._formats.get((measurement, names, tagged), _UNKNOWN_FORMAT)

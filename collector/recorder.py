@@ -823,9 +823,9 @@ class _GroupLines:
             texts.append(each[start] if stop - start == 1 else "".join(each[start:stop]))
         if self._seen is not None:
             observations.extend(filter(None, self._seen[start:stop]))
-        if self._complete:
+        if self._complete or each is None:
             return stop - start
-        return sum(map(bool, each[start:stop])) if each is not None else stop - start
+        return sum(map(bool, each[start:stop]))
 
 
 class _Later(NamedTuple):
