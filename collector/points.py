@@ -226,9 +226,8 @@ class PointBuilder:
             tuple[str, tuple[object, ...], bool], tuple[str, tuple[str, ...]] | None
         ] = {}
         self._prefix_cache: dict[tuple[object, ...], str] = {}
-        self._single_tag_prefixes: dict[tuple[str, object, str], str] = {}
-        """Prefixes of points with one tag whose value is a string, by (measurement, key,
-        value)."""
+        """Points' measurement and tags as ``build`` writes them, by ``_tag_set_cache_key``
+        or, for one tag with a str value, (measurement, key, value)."""
         self._fields: dict[str, dict[object, _FieldSpec | None]] = {
             name: {} for name in schema.MEASUREMENTS
         }
@@ -302,25 +301,18 @@ class PointBuilder:
         """Each point's measurement and tags as ``build`` writes them; None when a tag value
         cannot be a dict key."""
         cache = self._prefix_cache
-        single_tag = self._single_tag_prefixes
         prefixes: list[str] = []
         for point_tags in tags:
             if not point_tags:
                 prefixes.append(self._prefixes[measurement])
                 continue
+            key: tuple[object, ...] | None = None
             if len(point_tags) == 1:  # the common case (a layer, a client): a cheaper key
                 ((tag_key, tag_value),) = point_tags.items()
-                if type(tag_value) is str:
-                    single_key = (measurement, tag_key, tag_value)
-                    prefix = single_tag.get(single_key)
-                    if prefix is None:
-                        prefix = self._tagged_prefix(measurement, point_tags, False)[0]
-                        if len(single_tag) >= _MAX_CACHED_TAGS:
-                            single_tag.clear()
-                        single_tag[single_key] = prefix
-                    prefixes.append(prefix)
-                    continue
-            key = _tag_set_cache_key(measurement, point_tags)
+                if type(tag_value) is str:  # (a str third item: no tag set's key is alike)
+                    key = (measurement, tag_key, tag_value)
+            if key is None:
+                key = _tag_set_cache_key(measurement, point_tags)
             try:
                 prefix = cache.get(key)
             except TypeError:  # an unhashable tag value
