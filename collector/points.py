@@ -272,16 +272,7 @@ class PointBuilder:
             return None
         if not math.isfinite(sum(numbers)) and not all(map(math.isfinite, numbers)):
             return None  # a NaN or infinity (the sum alone also overflows on huge values)
-        texts = _json(numbers).decode()[1:-1].split(",")  # "[a,b,...]": finite floats only
-        first = 1 if prefixes is not None else 0  # the line's measurement and tags, when tagged
-        stride = first + width + 1
-        arguments: list[object] = [0] * (stride * len(rows))
-        if prefixes is not None:
-            arguments[0::stride] = prefixes
-        for field in range(width):
-            arguments[first + field :: stride] = texts[field::width]
-        arguments[first + width :: stride] = times
-        text = (line_format * len(rows)) % tuple(arguments)
+        text = _format_lines(line_format, width, numbers, times, prefixes)
         if not observe:
             return PlainRows(text, None, None)
         observed = [
@@ -294,6 +285,65 @@ class PointBuilder:
             for point_tags in (tags or [None] * len(rows))
         ]
         return PlainRows(text, observed, all_tags)
+
+    def plain_series(
+        self,
+        measurement: str,
+        names: tuple[str, ...],
+        tag: str,
+        tag_values: list[object],
+        columns: list[list[float]],
+        times: list[int],
+    ) -> str | None:
+        """``build``'s lines for the points ``{names[j]: columns[j][i]}`` tagged
+        ``tag=tag_values[i]`` at ``times[i]`` (a series: ``Recorder.record_series``), all
+        known numeric fields with finite float values; None when any is not, or a tag value
+        cannot be a dict key. ``plain_rows`` without a dict per point."""
+        plain = self._formats.get((measurement, names, True), _UNKNOWN_FORMAT)
+        if plain is _UNKNOWN_FORMAT:
+            plain = self._plain_format(measurement, names, True)
+        if plain is None:
+            return None
+        prefixes = self._one_tag_prefixes(measurement, tag, tag_values)
+        if prefixes is None:
+            return None
+        width = len(names)
+        numbers: list[float] = [0.0] * (width * len(times))
+        for field, column in enumerate(columns):
+            numbers[field::width] = column
+        if not math.isfinite(sum(numbers)) and not all(map(math.isfinite, numbers)):
+            return None
+        return _format_lines(plain[0], width, numbers, times, prefixes)
+
+    def _one_tag_prefixes(
+        self, measurement: str, tag: str, tag_values: list[object]
+    ) -> list[str] | None:
+        """``_tagged_prefixes`` of points tagged ``{tag: value}`` for each value."""
+        cache = self._prefix_cache
+        prefixes: list[str] = []
+        for value in tag_values:
+            key = (
+                (measurement, tag, value)
+                if type(value) is str
+                else _tag_set_cache_key(measurement, {tag: value})
+            )
+            try:
+                prefix = cache.get(key)
+            except TypeError:  # an unhashable tag value
+                return None
+            if prefix is None:
+                prefix = self._remember_prefix(key, measurement, {tag: value})
+            prefixes.append(prefix)
+        return prefixes
+
+    def _remember_prefix(
+        self, key: tuple[object, ...], measurement: str, tags: Mapping[str, object]
+    ) -> str:
+        prefix = self._tagged_prefix(measurement, tags, False)[0]
+        if len(self._prefix_cache) >= _MAX_CACHED_TAGS:
+            self._prefix_cache.clear()
+        self._prefix_cache[key] = prefix
+        return prefix
 
     def _tagged_prefixes(
         self, measurement: str, tags: list[Mapping[str, object] | None]
@@ -318,10 +368,7 @@ class PointBuilder:
             except TypeError:  # an unhashable tag value
                 return None
             if prefix is None:
-                prefix = self._tagged_prefix(measurement, point_tags, False)[0]
-                if len(cache) >= _MAX_CACHED_TAGS:
-                    cache.clear()
-                cache[key] = prefix
+                prefix = self._remember_prefix(key, measurement, point_tags)
             prefixes.append(prefix)
         return prefixes
 
@@ -540,6 +587,28 @@ _MISSING: Final[_FieldSpec] = ("", "", False)
 _UNKNOWN_FORMAT: Final = ("\x00", ())
 _MAX_CACHED_FORMATS = 1_024
 _PLAIN_TYPES: Final = frozenset({float, int})
+
+
+def _format_lines(
+    line_format: str,
+    width: int,
+    numbers: list[float],
+    times: list[int],
+    prefixes: list[str] | None,
+) -> str:
+    """The lines of ``len(times)`` points with ``width`` finite numbers each (row after row
+    in ``numbers``), formatted in one orjson call and one ``%``; ``prefixes``, each line's
+    measurement and tags, when ``line_format`` takes them."""
+    texts = _json(numbers).decode()[1:-1].split(",")  # "[a,b,...]": finite floats only
+    first = 1 if prefixes is not None else 0
+    stride = first + width + 1
+    arguments: list[object] = [0] * (stride * len(times))
+    if prefixes is not None:
+        arguments[0::stride] = prefixes
+    for field in range(width):
+        arguments[first + field :: stride] = texts[field::width]
+    arguments[first + width :: stride] = times
+    return (line_format * len(times)) % tuple(arguments)
 
 
 def _tag_cache_key(raw_key: object, raw_value: object) -> tuple[object, ...]:

@@ -50,7 +50,7 @@ from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from types import TracebackType
-from typing import NamedTuple, Protocol, cast, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from collector import schema
 from collector.config import Settings, load_settings
@@ -317,6 +317,16 @@ class Recorder:
                 return
             if not count:
                 return
+            if measurement not in self._observed and not (common and field in common):
+                series = _Series(
+                    (measurement, (field, *(common or ())), tag),
+                    list(values[:count]),
+                    list(tag_values[:count]),
+                    list(common.values()) if common else [],
+                    self._reserve_times(count),
+                )
+                self._queue_many(series, count)
+                return
             points = partial(
                 _series_points,
                 measurement,
@@ -484,35 +494,46 @@ class Recorder:
         hold, and what observers see of them, in order. Points of one measurement and field
         order are formatted together across the whole queue (``PointBuilder.plain_rows``):
         a step's ``batch``, ``gradient`` and per-layer points each join the other steps'
-        points of their kind; each run of consecutive points of one shape then goes in as one
-        text. A point that turns out invalid is dropped and no longer counted as recorded."""
-        groups: dict[_Shape, list[_MadePoint]] = {}
+        points of their kind (``record_series`` entries as lists: ``_series_lines``); each
+        run of consecutive points of one shape then goes in as one text. A point that turns
+        out invalid is dropped and no longer counted as recorded."""
+        groups: dict[_Shape | _SeriesShape, list[Any]] = {}
+        """Points (or series) of one shape, in order."""
         segments: list[_Pending | _Run] = []
         """Queued texts, ``_Built`` points and runs of points of one shape, in order."""
-        shape: _Shape | None = None  # of the run under way
-        group: list[_MadePoint] = []  # every point of that shape so far
+        shape: _Shape | _SeriesShape | None = None  # of the run under way
+        group: list[Any] = []  # every point (or series) of that shape so far
         start = 0  # where the run began in it
         for entry in self._made_in_place(queued):
-            if type(entry) is tuple:
+            kind = type(entry)
+            if kind is tuple:
                 point: _MadePoint = entry  # type: ignore[assignment]  # (no cast() call here)
-                point_shape = (point[0], tuple(point[1]))
-                if point_shape != shape:
-                    if shape is not None:
-                        segments.append((shape, start, len(group)))
-                    shape = point_shape
-                    known = groups.get(shape)
-                    if known is None:
-                        known = groups[shape] = []
-                    group, start = known, len(known)
-                group.append(point)
+                entry_shape: _Shape | _SeriesShape = (point[0], tuple(point[1]))
+            elif kind is _Series:
+                entry_shape = cast(_Series, entry).shape
+            else:  # a built line: it ends the run under way
+                if shape is not None:
+                    segments.append((shape, start, len(group)))
+                    shape = None
+                segments.append(cast(_Pending, entry))
                 continue
-            if shape is not None:
-                segments.append((shape, start, len(group)))
-                shape = None
-            segments.append(cast(_Pending, entry))
+            if entry_shape != shape:
+                if shape is not None:
+                    segments.append((shape, start, len(group)))
+                shape = entry_shape
+                known = groups.get(shape)
+                if known is None:
+                    known = groups[shape] = []
+                group, start = known, len(known)
+            group.append(entry)
         if shape is not None:
             segments.append((shape, start, len(group)))
-        made = {key: self._group_lines(key[0], members) for key, members in groups.items()}
+        made = {
+            key: self._series_lines(members)
+            if len(key) == 3
+            else self._group_lines(key[0], members)
+            for key, members in groups.items()
+        }
         texts: list[str] = []
         points = 0
         for segment in segments:
@@ -559,6 +580,26 @@ class Recorder:
             lines.append(line or "")
             seen.append(seen_one)
         return _GroupLines("".join(lines), len(points), lines, seen if observe else None)
+
+    def _series_lines(self, entries: list[_Series]) -> _GroupLines:
+        """The lines of ``record_series`` entries of one shape, one text per entry when
+        cut: formatted together when all their values are finite, else point by point."""
+        measurement, names, tag = entries[0].shape
+        sizes = [len(entry.values) for entry in entries]
+        text = None
+        try:
+            text = self._builder.plain_series(measurement, names, tag, *_series_columns(entries))
+        except Exception:  # build() reports it, point by point
+            text = None
+        if text is not None:
+            return _GroupLines(text, len(entries), None, None, sizes)
+        each: list[str] = []
+        written: list[int] = []
+        for entry in entries:
+            lines = [self._point_line(*point)[0] for point in _points_of_series(entry)]
+            each.append("".join(line for line in lines if line))
+            written.append(sum(1 for line in lines if line))
+        return _GroupLines("".join(each), len(entries), each, None, written)
 
     def _made_in_place(self, queued: list[_Pending]) -> list[_Pending | _MadePoint]:
         """The queue with each ``record_later`` entry replaced by the points it makes."""
@@ -785,16 +826,21 @@ _Shape = tuple[str, tuple[object, ...]]
 """A point's measurement and field names, in order."""
 
 
-_Run = tuple[_Shape, int, int]
-"""Consecutive queued points of one shape: the points ``[start, stop)`` of that shape in
-the flush."""
+_SeriesShape = tuple[str, tuple[str, ...], str]
+"""A series' measurement, field names (its field, then its common fields) and tag key."""
+
+
+_Run = tuple[_Shape | _SeriesShape, int, int]
+"""Consecutive queued points (or series) of one shape: the members ``[start, stop)`` of that
+shape's group in the flush."""
 
 
 class _GroupLines:
-    """The lines of a flush's points of one shape, handed out run by run: a run that is the
-    whole group gets its one text, a shorter run a cut of it."""
+    """The lines of a flush's points of one shape (or its series of one shape: members),
+    handed out run by run: a run that is the whole group gets its one text, a shorter run a
+    cut of it."""
 
-    __slots__ = ("_complete", "_each", "_seen", "_size", "_whole")
+    __slots__ = ("_complete", "_each", "_seen", "_size", "_sizes", "_whole")
 
     def __init__(
         self,
@@ -802,30 +848,89 @@ class _GroupLines:
         size: int,
         each: list[str] | None,
         seen: list[_Observation | None] | None,
+        sizes: list[int] | None = None,
     ) -> None:
         self._whole = whole
         self._size = size
+        """Members: points, or series."""
         self._each = each
-        """Each point's line ("" for one dropped); cut from ``whole`` when first needed."""
-        self._complete = each is None
-        """Every point has a line (none was dropped)."""
+        """Each member's lines ("" for a dropped point); cut from ``whole`` when needed."""
+        self._complete = each is None or sizes is not None
+        """``sizes`` (or one a member) is how many lines each member has."""
+        self._sizes = sizes
+        """Lines of each series (None: a member is a point)."""
         self._seen = seen
 
     def add(self, start: int, stop: int, texts: list[str], observations: list[_Observation]) -> int:
-        """Add the lines of the points ``[start, stop)`` to ``texts`` and what observers see
-        of them to ``observations``; how many have a line."""
+        """Add the lines of the members ``[start, stop)`` to ``texts`` and what observers see
+        of them to ``observations``; how many lines that is."""
         each = self._each
         if start == 0 and stop == self._size:
             texts.append(self._whole)
         else:
-            if each is None:  # a line's one newline is its last character
-                each = self._each = [line + "\n" for line in self._whole.split("\n")[:-1]]
+            if each is None:
+                each = self._each = self._cut()
             texts.append(each[start] if stop - start == 1 else "".join(each[start:stop]))
         if self._seen is not None:
             observations.extend(filter(None, self._seen[start:stop]))
+        sizes = self._sizes
+        if sizes is not None:
+            return sum(sizes[start:stop])
         if self._complete or each is None:
             return stop - start
         return sum(map(bool, each[start:stop]))
+
+    def _cut(self) -> list[str]:
+        """Each member's lines, cut from the whole text (a line's one newline is its last
+        character)."""
+        lines = [line + "\n" for line in self._whole.split("\n")[:-1]]
+        sizes = self._sizes
+        if sizes is None:
+            return lines
+        each: list[str] = []
+        first = 0
+        for size in sizes:
+            each.append("".join(lines[first : first + size]))
+            first += size
+        return each
+
+
+class _Series(NamedTuple):
+    """``record_series``' points, queued as lists (no dict per point), stamped from
+    ``time_ns``."""
+
+    shape: _SeriesShape
+    values: list[float]
+    tag_values: list[object]
+    common: list[float]
+    """The common fields' values, in the order of ``shape``'s names after the first."""
+    time_ns: int
+
+
+def _series_columns(
+    entries: list[_Series],
+) -> tuple[list[object], list[list[float]], list[int]]:
+    """The tag values, field columns and times of a group of series, point after point."""
+    tag_values: list[object] = []
+    values: list[float] = []
+    common: list[list[float]] = [[] for _ in entries[0].common]
+    times: list[int] = []
+    for entry in entries:
+        count = len(entry.values)
+        tag_values.extend(entry.tag_values)
+        values.extend(entry.values)
+        for column, value in zip(common, entry.common, strict=True):
+            column.extend([float(value)] * count)
+        times.extend(range(entry.time_ns, entry.time_ns + count))
+    return tag_values, [values, *common], times
+
+
+def _points_of_series(entry: _Series) -> Iterator[_MadePoint]:
+    """A series' points, as ``record()`` would have queued them."""
+    measurement, names, tag = entry.shape
+    common = dict(zip(names[1:], entry.common, strict=True))
+    for index, (value, tag_value) in enumerate(zip(entry.values, entry.tag_values, strict=True)):
+        yield measurement, {names[0]: value, **common}, {tag: tag_value}, entry.time_ns + index
 
 
 class _Later(NamedTuple):
@@ -845,7 +950,7 @@ class _Built(NamedTuple):
     tags: Mapping[str, str]
 
 
-_Pending = str | _QueuedPoint | _Later | _Built
+_Pending = str | _QueuedPoint | _Later | _Built | _Series
 """A queue entry: a built line nobody observes, or what the next flush builds or observes."""
 _Observation = tuple[str, Mapping[str, float], Mapping[str, str]]
 

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_points, norm_values
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_summary, norm_values
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -474,10 +474,15 @@ class GradientMonitorCallback(SessionCallback):
             return
         names, values = found
         layers = max(0, min(self.max_layers, len(values)))
-        # The summary and the points are made on the recorder's flusher, not this thread.
-        self.session.record_later(
-            partial(gradient_points, names, values, float(global_step), layers), 1 + layers
-        )
+        step = float(global_step)
+        # The summary is made on the recorder's flusher, not this thread; the per-layer
+        # points are queued as lists, formatted there.
+        session = self.session
+        session.record_later(partial(gradient_summary, values, step), 1)
+        if layers:
+            session.record_series(
+                "gradient_layer", "norm", values[:layers], "layer", names[:layers], {"step": step}
+            )
 
 
 # -- learning rate -------------------------------------------------------------------------

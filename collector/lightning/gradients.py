@@ -98,19 +98,23 @@ def gradient_points(
 ) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
     """The ``gradient`` point (total, max and min norm) and a ``gradient_layer`` point for
     each of the first ``layers`` parameters, as (measurement, fields, tags)."""
-    total, largest, smallest = summary(values)
-    points: list[tuple[str, dict[str, float], dict[str, str] | None]] = [
-        (
-            "gradient",
-            {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step},
-            None,
-        )
-    ]
+    points: list[tuple[str, dict[str, float], dict[str, str] | None]] = []
+    points.extend(gradient_summary(values, step))
     points.extend(
         ("gradient_layer", {"norm": value, "step": step}, {"layer": name})
         for name, value in zip(names[:layers], values[:layers], strict=False)
     )
     return points
+
+
+def gradient_summary(
+    values: list[float], step: float
+) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
+    """The ``gradient`` point of per-parameter norms (total, max and min norm), as
+    (measurement, fields, tags)."""
+    total, largest, smallest = summary(values)
+    fields = {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step}
+    return [("gradient", fields, None)]
 
 
 def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:

@@ -466,6 +466,53 @@ def test_tagged_plain_lines_are_builds_lines(names: list[str], data: st.DataObje
     assert text == "".join(line or "" for line in built)
 
 
+@given(
+    common=st.lists(st.sampled_from(["step", "epoch", "Step", "nope"]), max_size=2, unique=True),
+    data=st.data(),
+)
+@settings(max_examples=200, deadline=None)
+def test_plain_series_are_builds_lines(common: list[str], data: st.DataObject) -> None:
+    """A series (columns and one tag) formats as ``build`` writes each point, or is None
+    exactly when some point cannot go the plain way (then the recorder builds each)."""
+    count = data.draw(st.integers(min_value=1, max_value=6))
+    floats = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
+        [math.nan, math.inf]
+    )
+    columns = [[data.draw(floats) for _ in range(count)] for _ in range(1 + len(common))]
+    tag_values = data.draw(
+        st.lists(
+            st.sampled_from(["conv1.weight", "a,b=c d", "ends\\", "", "x\ny", 3, 3.0, True])
+            | st.lists(st.integers(), max_size=1),
+            min_size=count,
+            max_size=count,
+        )
+    )
+    names = ("norm", *common)
+    times = [NS + index for index in range(count)]
+    builder = PointBuilder({**BASE, "tag%": "50%"})
+    for _ in range(2):  # the second time from the builder's caches
+        text = builder.plain_series(
+            "gradient_layer",
+            names,
+            "layer",
+            list(tag_values),
+            columns,
+            times,  # type: ignore[arg-type]
+        )
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        unhashable = any(isinstance(value, list) for value in tag_values)
+        finite = all(math.isfinite(value) for column in columns for value in column)
+        unknown = {"epoch", "nope"} & set(common)  # not fields of gradient_layer
+        if unhashable or not finite or unknown:
+            assert text is None
+            continue
+        built = [
+            builder.build("gradient_layer", row, {"layer": tag}, at)[0]
+            for row, tag, at in zip(rows, tag_values, times, strict=True)
+        ]
+        assert text == "".join(line or "" for line in built)
+
+
 def test_plain_lines_write_groups_of_finite_numbers() -> None:
     builder = PointBuilder({**BASE, "tag%": "50%"})
     rows: list[dict[str, object]] = [

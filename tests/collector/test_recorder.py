@@ -455,6 +455,52 @@ def test_record_series_writes_the_points_of_as_many_record_calls(settings: Setti
     assert "norm_nonfinite=1.0" in written[1]
 
 
+def test_series_interleaved_with_other_points_spool_what_record_calls_would(
+    settings: Settings,
+) -> None:
+    """``record_series`` entries of one shape are formatted as one group across the flush
+    (lists, no dict per point) and cut back per entry between the other points; a non-finite
+    value sends its group point by point; a field repeated in ``common`` and non-str tag
+    values take the general paths. Every line is what the same ``record()`` calls write."""
+    layers = ["0.weight", "0.bias", "a b,c=d"]
+    calls: list[tuple[list[float], list[object], dict[str, float] | None, str]] = [
+        ([0.5, 1.5, 2.5], list(layers), {"step": 0.0}, "norm"),
+        ([0.25, 0.75, 1.0], list(layers), {"step": 1}, "norm"),  # an int common value
+        ([3.0, 4.0], ["0.weight", "0.bias"], None, "norm"),  # another shape: no common
+        ([math.nan, 2.0], ["x", "y"], {"step": 2.0, "epoch": 0.0}, "norm"),
+        ([1.0, 2.0], ["x", "y"], {"step": 3.0, "epoch": 0.0}, "norm"),  # NaN's group
+        ([5.0], [7], {"step": 4.0}, "norm"),  # an int tag value
+        ([6.0], ["z"], {"norm": 9.0}, "norm"),  # the field repeated in common: common wins
+    ]
+    with (
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as one_by_one,
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as series,
+    ):
+        for step, (values, tag_values, common, field) in enumerate(calls):
+            for value, tag_value in zip(values, tag_values, strict=True):
+                one_by_one.record(
+                    "gradient_layer", {field: value, **(common or {})}, {"layer": tag_value}
+                )
+            one_by_one.record("batch", {"loss": 0.1 * step, "step": step})
+            series.record_series("gradient_layer", field, values, "layer", tag_values, common)
+            series.record("batch", {"loss": 0.1 * step, "step": step})
+        one_by_one.flush()
+        series.flush()
+        expected, written = spool_lines(one_by_one), spool_lines(series)
+        points = sum(len(values) for values, *_ in calls) + len(calls)
+        assert series.stats.points_recorded == points == series.stats.points_spooled
+        assert one_by_one.stats.nonfinite_fields == series.stats.nonfinite_fields == 1
+
+    def same_run(line: str, recorder: Recorder) -> str:  # the line without run id and time
+        return line.replace(recorder.run_id, "RUN").rsplit(" ", 1)[0]
+
+    assert [same_run(line, series) for line in written] == [
+        same_run(line, one_by_one) for line in expected
+    ]
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in written]
+    assert stamps == sorted(set(stamps))
+
+
 def test_record_series_of_non_plain_values_and_observed_series_go_point_by_point(
     settings: Settings,
 ) -> None:
