@@ -322,11 +322,7 @@ class PointBuilder:
         cache = self._prefix_cache
         prefixes: list[str] = []
         for value in tag_values:
-            key = (
-                (measurement, tag, value)
-                if type(value) is str
-                else _tag_set_cache_key(measurement, {tag: value})
-            )
+            key = _one_tag_cache_key(measurement, tag, value)
             try:
                 prefix = cache.get(key)
             except TypeError:  # an unhashable tag value
@@ -356,12 +352,10 @@ class PointBuilder:
             if not point_tags:
                 prefixes.append(self._prefixes[measurement])
                 continue
-            key: tuple[object, ...] | None = None
             if len(point_tags) == 1:  # the common case (a layer, a client): a cheaper key
                 ((tag_key, tag_value),) = point_tags.items()
-                if type(tag_value) is str:  # (a str third item: no tag set's key is alike)
-                    key = (measurement, tag_key, tag_value)
-            if key is None:
+                key = _one_tag_cache_key(measurement, tag_key, tag_value)
+            else:
                 key = _tag_set_cache_key(measurement, point_tags)
             try:
                 prefix = cache.get(key)
@@ -623,6 +617,14 @@ def _tag_set_cache_key(measurement: str, tags: Mapping[str, object]) -> tuple[ob
     """A point's measurement and tags as a cache key, with the values' types for the reason
     ``_tag_cache_key`` gives (C-level calls only: it runs once per tagged point)."""
     return (measurement, tuple(tags.items()), tuple(map(type, tags.values())))
+
+
+def _one_tag_cache_key(measurement: str, key: str, value: object) -> tuple[object, ...]:
+    """``_tag_set_cache_key`` of the tags ``{key: value}``, cheaper for a str value (a str
+    third item: no tag set's key is alike)."""
+    if type(value) is str:
+        return (measurement, key, value)
+    return _tag_set_cache_key(measurement, {key: value})
 
 
 def _tag_key(piece: _TagPiece) -> str:

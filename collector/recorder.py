@@ -813,7 +813,7 @@ def _series_points(
     field: str,
     values: list[float],
     tag: str,
-    tag_values: list[str],
+    tag_values: list[object],
     common: dict[str, float] | None,
 ) -> Iterator[tuple[str, dict[str, object], dict[str, object]]]:
     """``record_series``' points, made when the flush builds them."""
@@ -929,8 +929,9 @@ def _points_of_series(entry: _Series) -> Iterator[_MadePoint]:
     """A series' points, as ``record()`` would have queued them."""
     measurement, names, tag = entry.shape
     common = dict(zip(names[1:], entry.common, strict=True))
-    for index, (value, tag_value) in enumerate(zip(entry.values, entry.tag_values, strict=True)):
-        yield measurement, {names[0]: value, **common}, {tag: tag_value}, entry.time_ns + index
+    points = _series_points(measurement, names[0], entry.values, tag, entry.tag_values, common)
+    for index, (_, fields, tags) in enumerate(points):
+        yield measurement, fields, tags, entry.time_ns + index
 
 
 class _Later(NamedTuple):
