@@ -12,7 +12,9 @@ fresh bucket:
   recorder without InfluxDB spooled before the clock starts; again with gzip forced on
   (``RUNWATCH_INFLUX_GZIP=on``: runwatch's default to this loopback server is plain bodies);
 - **peer**: influxdb-client's SYNCHRONOUS write API posting the very same spooled lines,
-  pre-built, 5,000 per request, gzip on and gzip off.
+  pre-built, 5,000 per request (InfluxData's recommended batch), gzip on and gzip off; and,
+  as a reference, gzip off in runwatch's own batch size (``DEFAULT_BATCH_LINES``), since
+  influxd spends less CPU per point on larger requests whoever sends them.
 
 influxd is built by deploy/servers/influxd.sh (tests/servers/influxdb2.py starts it). Before
 each run the benchmark waits for influxd to go idle, so what one run leaves it to do (cache
@@ -41,12 +43,14 @@ import psutil
 from collector import Recorder, RecorderTuning, new_run_id
 from collector.backlog import ship_backlog
 from collector.config import Settings
+from collector.shipper import DEFAULT_BATCH_LINES
 from collector.spool import SpoolStream, StreamReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's server helpers
 from tests.servers.influxdb2 import InfluxDB2, built_influxd
 
 PEER_BATCH_LINES = 5_000
+PEER_LARGE = f"  peer gzip off, {DEFAULT_BATCH_LINES:,}/req"
 UNCOMPRESSED = RecorderTuning(segment_bytes=2**62)
 """The spool never rolls, so no segment is compressed: what compression costs end to end."""
 
@@ -158,9 +162,9 @@ def main() -> None:
         (root / "influxdb2").mkdir()
         server = InfluxDB2(str(influxd), root / "influxdb2")
         try:
-            prebuilt = batches_of(
-                spool_backlog(fresh_settings(server, root), args.points), PEER_BATCH_LINES
-            )
+            peer_stream = spool_backlog(fresh_settings(server, root), args.points)
+            prebuilt = batches_of(peer_stream, PEER_BATCH_LINES)
+            prebuilt_large = batches_of(peer_stream, DEFAULT_BATCH_LINES)
             runs: dict[str, Callable[[], float]] = {
                 "runwatch record()->ack": lambda: end_to_end(
                     fresh_settings(server, root), args.points
@@ -172,6 +176,7 @@ def main() -> None:
                 "runwatch sync, gzip on": lambda: sync(backlogs.pop(), args.points),
                 "peer gzip on": lambda: peer(fresh_settings(server, root), prebuilt, True),
                 "peer gzip off": lambda: peer(fresh_settings(server, root), prebuilt, False),
+                PEER_LARGE: lambda: peer(fresh_settings(server, root), prebuilt_large, False),
             }
             backlogs: list[Settings] = []
             results: dict[str, list[float]] = {name: [] for name in runs}
@@ -216,7 +221,8 @@ def main() -> None:
     ):
         print(
             f"  {name} / peer gzip on: {medians[name] / medians['peer gzip on']:.2f}x; "
-            f"/ peer gzip off: {medians[name] / medians['peer gzip off']:.2f}x"
+            f"/ peer gzip off: {medians[name] / medians['peer gzip off']:.2f}x; "
+            f"/ peer gzip off in runwatch's batch size: {medians[name] / medians[PEER_LARGE]:.2f}x"
         )
     print(
         "  target: record()->ack >= 1.0x peer gzip off (the same wire format); sync >= 300,000 points/s"
