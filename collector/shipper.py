@@ -62,6 +62,7 @@ DEFAULT_BATCH_LINES = 20_000
 """Lines a request at most. influxd 2.9 spends less CPU per point on fewer, larger requests:
 record() -> acknowledged ships ~9% faster at 20,000 than at 5,000 (benchmarks/
 bench_pipeline_throughput.py); 50,000 was slower again. A smaller backlog goes as it is."""
+DEFAULT_FIRST_BATCH_LINES = 5_000
 DEFAULT_BATCH_BYTES = 4 * 1024 * 1024
 
 
@@ -309,6 +310,11 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class ShipTuning:
     batch_lines: int = DEFAULT_BATCH_LINES
+    """Lines a request at most, once the server has acknowledged full batches."""
+    first_batch_lines: int = DEFAULT_FIRST_BATCH_LINES
+    """Lines a request at most at first and after a request failed; each acknowledged full
+    batch doubles it, up to ``batch_lines``. A shipper whose server is down reads no more
+    than this for each attempt (``close()`` against a down server keeps its RSS flat)."""
     batch_bytes: int = DEFAULT_BATCH_BYTES
     request_timeout_s: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -384,6 +390,7 @@ class StreamShipper:
         self.bytes_shipped = 0
         self._posted: deque[_Posted] = deque()
         self._prepared: _Prepared | None = None
+        self._batch_lines = self._first_batch_lines()
 
     def ship_batch(self, end: int, timeout_s: float) -> int:
         """Ship the next batch below ``end``; the lines it covered (0: nothing complete).
@@ -395,17 +402,25 @@ class StreamShipper:
             if batch is None:
                 return 0
             rejected_before = self.lines_rejected
-            self._send(batch.data, timeout_s)
+            try:
+                self._send(batch.data, timeout_s)
+            except BaseException:
+                self._batch_lines = self._first_batch_lines()
+                raise
             return self._acknowledge(batch, rejected_before)
         return self._ship_pipelined(self._pipelined, end, timeout_s)
 
     def settle(self) -> None:
-        """Give up the requests still in flight (their batches stay unacknowledged) and
-        save the acknowledged offset."""
+        """Give up the requests still in flight (their batches stay unacknowledged), save
+        the acknowledged offset and start again from first-size batches."""
         while self._posted:
             self._posted.popleft().pending.cancel()
         self._prepared = None
+        self._batch_lines = self._first_batch_lines()
         self.save_ack()
+
+    def _first_batch_lines(self) -> int:
+        return max(1, min(self._tuning.first_batch_lines, self._tuning.batch_lines))
 
     def close(self) -> None:
         """Close the segment files it opened (not the head descriptor it was given)."""
@@ -455,7 +470,7 @@ class StreamShipper:
         prepared, self._prepared = self._prepared, None
         if prepared is None or prepared.batch.start != self._next_start():
             return None
-        short = prepared.batch.lines < self._tuning.batch_lines and prepared.batch.end < end
+        short = prepared.batch.lines < self._batch_lines and prepared.batch.end < end
         return None if short else prepared  # a short batch read before the writer appended
 
     def _prepare(self, target: PipelinedWriteTarget, start: int, end: int) -> _Prepared | None:
@@ -463,11 +478,12 @@ class StreamShipper:
         return None if batch is None else _Prepared(batch, target.encode(to_wire(batch.data)))
 
     def _read(self, start: int, end: int) -> Batch | None:
-        tuning = self._tuning
-        return read_batch(self._reader, start, end, tuning.batch_lines, tuning.batch_bytes)
+        return read_batch(self._reader, start, end, self._batch_lines, self._tuning.batch_bytes)
 
     def _acknowledge(self, batch: Batch, rejected_before: int) -> int:
         self.acked = batch.end
+        if batch.lines >= self._batch_lines:  # a full batch went through: try larger ones
+            self._batch_lines = min(2 * self._batch_lines, self._tuning.batch_lines)
         if time.monotonic() - self._ack_saved_at >= ACK_SAVE_INTERVAL_S:
             self.save_ack()
         self.lines_shipped += batch.lines - (self.lines_rejected - rejected_before)

@@ -128,12 +128,14 @@ def target(fake: FakeInfluxWrite) -> InfluxWriteTarget:
     return InfluxWriteTarget(fake.url, token="secret", org="org", bucket="training")
 
 
-def ship_all(writer: SpoolWriter, fake: FakeInfluxWrite, **kwargs: object):
+def ship_all(
+    writer: SpoolWriter, fake: FakeInfluxWrite, tuning: ShipTuning = FAST, **kwargs: object
+):
     fd = os.open(writer.stream.path, os.O_RDONLY)
     try:
-        shipper = StreamShipper(writer.stream, fd, target(fake), FAST)
+        shipper = StreamShipper(writer.stream, fd, target(fake), tuning)
         outcome = ship_until_caught_up(
-            shipper, lambda: writer.written, tuning=FAST, max_attempts=5, **kwargs
+            shipper, lambda: writer.written, tuning=tuning, max_attempts=5, **kwargs
         )
         return shipper, outcome
     finally:
@@ -152,6 +154,44 @@ def test_ships_batches_gzipped_to_api_v2_write_and_acks(tmp_path: Path, influx_w
     assert influx_write.accepted_lines == writer.stream.path.read_bytes().splitlines()
     assert read_ack(writer.stream) == writer.written == shipper.acked
     assert shipper.lines_shipped == 250
+    writer.close()
+
+
+GROWING = dataclasses.replace(FAST, first_batch_lines=100, batch_lines=400)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_batches_start_small_and_double_while_full_ones_are_acknowledged(
+    tmp_path: Path, influx_write, in_flight: int
+) -> None:
+    writer = spool_lines(tmp_path, 2_000)
+    tuning = dataclasses.replace(GROWING, requests_in_flight=in_flight)
+    shipper, outcome = ship_all(writer, influx_write, tuning)
+    assert outcome.caught_up and outcome.error is None
+    sizes = [len(r.body.splitlines()) for r in influx_write.requests]
+    assert sizes[0] == 100 and max(sizes) == 400
+    assert sizes == sorted(sizes[:-1]) + sizes[-1:]  # never smaller while all is well
+    assert sizes.count(400) >= 3
+    assert influx_write.accepted_lines == writer.stream.path.read_bytes().splitlines()
+    assert read_ack(writer.stream) == writer.written == shipper.acked
+    writer.close()
+
+
+def test_after_a_failed_request_batches_start_small_again(tmp_path: Path, influx_write) -> None:
+    """A server that went away gets first-size batches: a shipper retrying against a down
+    server holds no more than ``first_batch_lines`` in memory for each attempt."""
+    influx_write.respond = lambda body, n: (
+        (503, '{"message":"unavailable"}') if n in (4, 5) else (204, "")
+    )
+    writer = spool_lines(tmp_path, 2_000)
+    shipper, outcome = ship_all(writer, influx_write, GROWING)
+    assert outcome.caught_up
+    sizes = [len(r.body.splitlines()) for r in influx_write.requests]
+    assert sizes[:3] == [100, 200, 400]
+    assert sizes[3] == 400 and sizes[4] == 100  # the failed 400, then its retry from 100
+    assert sizes[5:8] == [100, 200, 400]
+    assert influx_write.accepted_lines == writer.stream.path.read_bytes().splitlines()
+    assert read_ack(writer.stream) == writer.written
     writer.close()
 
 
