@@ -184,7 +184,7 @@ def test_after_a_failed_request_batches_start_small_again(tmp_path: Path, influx
         (503, '{"message":"unavailable"}') if n in (4, 5) else (204, "")
     )
     writer = spool_lines(tmp_path, 2_000)
-    shipper, outcome = ship_all(writer, influx_write, GROWING)
+    _, outcome = ship_all(writer, influx_write, GROWING)
     assert outcome.caught_up
     sizes = [len(r.body.splitlines()) for r in influx_write.requests]
     assert sizes[:3] == [100, 200, 400]
