@@ -411,13 +411,17 @@ class StreamShipper:
         return self._ship_pipelined(self._pipelined, end, timeout_s)
 
     def settle(self) -> None:
-        """Give up the requests still in flight (their batches stay unacknowledged), save
-        the acknowledged offset and start again from first-size batches."""
+        """Give up the requests still in flight (their batches stay unacknowledged) and
+        save the acknowledged offset."""
         while self._posted:
             self._posted.popleft().pending.cancel()
         self._prepared = None
-        self._batch_lines = self._first_batch_lines()
         self.save_ack()
+
+    def _failed(self) -> None:
+        """A request failed: settle, and start again from first-size batches."""
+        self.settle()
+        self._batch_lines = self._first_batch_lines()
 
     def _first_batch_lines(self) -> int:
         return max(1, min(self._tuning.first_batch_lines, self._tuning.batch_lines))
@@ -445,7 +449,7 @@ class StreamShipper:
             self.settle()
             self._split_rejected(oldest.batch.data, exc, timeout_s)
         except BaseException:
-            self.settle()
+            self._failed()
             raise
         return self._acknowledge(oldest.batch, rejected_before)
 
@@ -458,7 +462,7 @@ class StreamShipper:
             try:
                 pending = target.send(prepared.body, timeout_s)
             except BaseException:
-                self.settle()
+                self._failed()
                 raise
             self._posted.append(_Posted(prepared.batch, pending))
         self._prepared = self._prepare(target, self._next_start(), end)

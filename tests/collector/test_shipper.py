@@ -177,6 +177,30 @@ def test_batches_start_small_and_double_while_full_ones_are_acknowledged(
     writer.close()
 
 
+def test_catching_up_with_the_writer_keeps_the_batch_size(tmp_path: Path, influx_write) -> None:
+    writer = spool_lines(tmp_path, 1_000)
+    fd = os.open(writer.stream.path, os.O_RDONLY)
+    try:
+        shipper = StreamShipper(writer.stream, fd, target(influx_write), GROWING)
+
+        def catch_up() -> None:
+            outcome = ship_until_caught_up(
+                shipper, lambda: writer.written, tuning=GROWING, max_attempts=5
+            )
+            assert outcome.caught_up
+
+        catch_up()
+        resumed_at = len(influx_write.requests)
+        writer.append(b"".join(_line(i, False) for i in range(1_000, 2_000)))
+        catch_up()
+    finally:
+        os.close(fd)
+    sizes = [len(r.body.splitlines()) for r in influx_write.requests]
+    assert sizes[:3] == [100, 200, 400] and sizes[resumed_at] == 400
+    assert influx_write.accepted_lines == writer.stream.path.read_bytes().splitlines()
+    writer.close()
+
+
 def test_after_a_failed_request_batches_start_small_again(tmp_path: Path, influx_write) -> None:
     """A server that went away gets first-size batches: a shipper retrying against a down
     server holds no more than ``first_batch_lines`` in memory for each attempt."""
