@@ -2,10 +2,10 @@
 
 The shipper reads batches of complete lines *from the spool file* (never from an in-memory
 queue, so memory stays flat however long InfluxDB is down), posts each batch from its own
-thread with the standard library's ``http.client`` (keep-alive, about 5,000 lines a request,
-gzip at level 1 unless the server is on this machine; the next batch is read and compressed
-while the server answers the one in flight), and advances the stream's ``.ack`` offset over
-acknowledged batches, in spool order.
+thread with the standard library's ``http.client`` (keep-alive, 5,000 lines a request at
+first, up to 20,000 while the server acknowledges them, gzip at level 1 unless the server is
+on this machine; the next batch is read and compressed while the server answers the one in
+flight), and advances the stream's ``.ack`` offset over acknowledged batches, in spool order.
 A closing shipper gives up early when the server does not answer: what is left stays on disk
 for ``runwatch sync``.
 
