@@ -232,6 +232,23 @@ def test_sync_cuts_batches_at_the_line_and_byte_limits_and_acks_each(
         ("batch", "loss"): 1_000,
     }
 
+    # Requests start at first_batch_lines and double while influxd acknowledges them.
+    growing_run = new_run_id()
+    spool_batches(settings, growing_run, 2_500)
+    growing = dataclasses.replace(tuning(batch_lines=1_000), first_batch_lines=250)
+    with recording_proxy(influxdb2.url) as proxy:
+        via_proxy = settings.with_overrides(influx_url=proxy.url)
+        result = ship_backlog(via_proxy, growing_run, tuning=growing)
+    assert result.error is None and result.lines_shipped == 2_500
+    assert [r.payload.count(b"\n") for r in proxy.writes] == [250, 500, 1_000, 750]
+    assert b"".join(r.payload for r in proxy.writes) == b"".join(
+        spooled_lines(settings, growing_run)
+    )
+    assert counts_per_field(influxdb2, influxdb2_bucket, growing_run) == {
+        ("batch", "step"): 2_500,
+        ("batch", "loss"): 2_500,
+    }
+
 
 # --- schema: every measurement and field type ------------------------------------------------
 
