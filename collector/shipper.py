@@ -390,7 +390,8 @@ class StreamShipper:
         self.bytes_shipped = 0
         self._posted: deque[_Posted] = deque()
         self._prepared: _Prepared | None = None
-        self._batch_lines = self._first_batch_lines()
+        self._first_batch_lines = max(1, min(tuning.first_batch_lines, tuning.batch_lines))
+        self._batch_lines = self._first_batch_lines
 
     def ship_batch(self, end: int, timeout_s: float) -> int:
         """Ship the next batch below ``end``; the lines it covered (0: nothing complete).
@@ -405,7 +406,7 @@ class StreamShipper:
             try:
                 self._send(batch.data, timeout_s)
             except BaseException:
-                self._batch_lines = self._first_batch_lines()
+                self._batch_lines = self._first_batch_lines
                 raise
             return self._acknowledge(batch, rejected_before)
         return self._ship_pipelined(self._pipelined, end, timeout_s)
@@ -421,10 +422,7 @@ class StreamShipper:
     def _failed(self) -> None:
         """A request failed: settle, and start again from first-size batches."""
         self.settle()
-        self._batch_lines = self._first_batch_lines()
-
-    def _first_batch_lines(self) -> int:
-        return max(1, min(self._tuning.first_batch_lines, self._tuning.batch_lines))
+        self._batch_lines = self._first_batch_lines
 
     def close(self) -> None:
         """Close the segment files it opened (not the head descriptor it was given)."""
