@@ -98,8 +98,7 @@ def gradient_points(
 ) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
     """The ``gradient`` point (total, max and min norm) and a ``gradient_layer`` point for
     each of the first ``layers`` parameters, as (measurement, fields, tags)."""
-    points: list[tuple[str, dict[str, float], dict[str, str] | None]] = []
-    points.extend(gradient_summary(values, step))
+    points = gradient_summary(values, step)
     points.extend(
         ("gradient_layer", {"norm": value, "step": step}, {"layer": name})
         for name, value in zip(names[:layers], values[:layers], strict=False)
