@@ -14,6 +14,11 @@ logger alike. Two rates:
 In the every-step group, "CSV + grad_norm" is CSVLogger with the same data runwatch records
 there: per-parameter gradient norms logged the way Lightning documents (``grad_norm`` and
 ``log_dict`` in ``on_before_optimizer_step``); plain CSVLogger records no gradient norms.
+Two reference lines measure the floor under any logger at that rate: "no-op logger" is a
+logger that discards what Lightning hands it (Lightning's own per-step logging path, which
+every logger pays), and "no-op + norms" adds a callback computing the same per-parameter
+norms runwatch computes, the same way, and discarding them (torch's arithmetic on the
+training thread). What runwatch adds to a step is its distance from that floor.
 
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
@@ -162,6 +167,52 @@ def csv_logger_with_grad_norms(
     return CSVLogger(save_dir=str(workdir / "csv")), [LightningGradNorms()]
 
 
+class DiscardingLogger(Logger):
+    """A logger that keeps nothing: what Lightning does per logged step before any logger's
+    own code runs."""
+
+    @property
+    def name(self) -> str:
+        return "discard"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class TorchNormsOnly(pl.Callback):
+    """The per-parameter L2 norms runwatch computes on the CPU (``float(vector_norm(grad))``
+    each, parameters listed once per fit), computed and dropped."""
+
+    def __init__(self) -> None:
+        self.parameters: list[torch.nn.Parameter] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.parameters = [p for p in pl_module.parameters() if p.requires_grad]
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        norm = torch.linalg.vector_norm
+        self.norms = [float(norm(p.grad)) for p in self.parameters if p.grad is not None]
+
+
+def discarding_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+    return DiscardingLogger(), []
+
+
+def discarding_logger_with_norms(
+    workdir: Path, every: int
+) -> tuple[Logger | bool, list[pl.Callback]]:
+    return DiscardingLogger(), [TorchNormsOnly()]
+
+
 def tensorboard_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
     return TensorBoardLogger(save_dir=str(workdir / "tb")), []
 
@@ -217,6 +268,8 @@ GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
             "CSV + grad_norm": csv_logger_with_grad_norms,
             "TensorBoardLogger": tensorboard_logger,
             "MLFlowLogger": mlflow_logger,
+            "no-op logger": discarding_logger,
+            "no-op + norms": discarding_logger_with_norms,
         },
     ),
     "every step without gradient norms (runwatch gradient_every_n=0)": (
@@ -332,7 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[(group, label)].append(timed[1] / ((before[1] + after[1]) / 2))
                 before = after
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-        self_default, self_every, self_no_gradients, csv_every, csv_norms_every = (
+        (
+            self_default,
+            self_every,
+            self_no_gradients,
+            csv_every,
+            csv_norms_every,
+            floor_every,
+        ) = (
             statistics.median(
                 code_time(build, every, args.steps, workdir) for _ in range(SELF_RUNS)
             )
@@ -342,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 (runwatch(1, gradients=False), 1),
                 (csv_logger, 1),
                 (csv_logger_with_grad_norms, 1),
+                (discarding_logger_with_norms, 1),
             )
         )
 
@@ -377,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         if group == groups[1]:
             print(
                 f"  the same instrumentation: CSVLogger code {csv_every * 1e6:.1f} µs/step, "
-                f"CSV + grad_norm code {csv_norms_every * 1e6:.1f} µs/step"
+                f"CSV + grad_norm code {csv_norms_every * 1e6:.1f} µs/step, "
+                f"no-op + norms code {floor_every * 1e6:.1f} µs/step"
             )
         print(f"  target: {TARGETS[group]}")
     return 0
