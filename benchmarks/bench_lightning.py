@@ -192,6 +192,7 @@ class TorchNormsOnly(pl.Callback):
 
     def __init__(self) -> None:
         self.parameters: list[torch.nn.Parameter] = []
+        self.norms: list[float] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.parameters = [p for p in pl_module.parameters() if p.requires_grad]
