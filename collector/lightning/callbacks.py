@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, gradient_summary, norm_values
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_summary
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -446,13 +446,15 @@ class GradientMonitorCallback(SessionCallback):
             raise ValueError("every_n_steps must be >= 1")
         self.every_n_steps = every_n_steps
         self.max_layers = max_layers
-        self._parameters: list[tuple[str, torch.nn.Parameter]] = []
+        self._norms: ParameterNorms | None = None
         self._steps: FitSteps | None = None
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Walking the module tree on every sampled step costs more than the norms themselves.
-        self._parameters = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._norms = ParameterNorms(
+            (n, p) for n, p in pl_module.named_parameters() if p.requires_grad
+        )
         self._steps = FitSteps(trainer)
 
     @guarded
@@ -469,7 +471,10 @@ class GradientMonitorCallback(SessionCallback):
         global_step = trainer.global_step if steps is None else steps.global_step(trainer)
         if global_step % self.every_n_steps:
             return
-        found = norm_values(self._parameters or list(pl_module.named_parameters()))
+        norms = self._norms
+        if norms is None:  # on_train_start did not run
+            norms = ParameterNorms(pl_module.named_parameters())
+        found = norms.values()
         if found is None:
             return
         names, values = found

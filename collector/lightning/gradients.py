@@ -1,4 +1,5 @@
-"""Gradient norms read with one host transfer on an accelerator, one by one on the CPU.
+"""Gradient norms read with one host transfer on an accelerator, in one compiled call or one by
+one on the CPU.
 
 On a GPU, ``torch._foreach_norm`` computes every parameter's norm in a few fused launches;
 stacking them and calling ``.tolist()`` once means one device synchronisation per sample, where
@@ -6,12 +7,18 @@ a loop of ``p.grad.norm().item()`` synchronises once per parameter. On the CPU t
 to synchronise with and foreach falls back to one kernel per tensor anyway: a norm per tensor,
 read at once, skips the stack. In a hot loop the two cost the same; inside a training step,
 where runwatch computes them, one by one costs 10-20% less (benchmarks/bench_gradnorm.py).
+
+Inside a training step most of a CPU norm's cost is Python and torch's dispatcher, not
+arithmetic, so where runwatch's compiled module was built (``_gradnorms``, a C extension that
+needs no torch headers) the norms of contiguous float32/float64 CPU gradients are summed
+straight from their memory in one call (:class:`ParameterNorms`); anything else takes torch's
+path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +26,15 @@ import torch
 DEFAULT_MAX_LAYERS = 16
 
 _vector_norm = torch.linalg.vector_norm
+
+_cpu_norms: Callable[[list[torch.nn.Parameter]], list[float] | None] | None
+try:
+    from collector.lightning._gradnorms import configure, cpu_norms
+except ImportError:  # installed without a C compiler: torch's path only
+    _cpu_norms = None
+else:
+    configure(torch.Tensor, torch.float32, torch.float64, torch.strided)
+    _cpu_norms = cpu_norms
 
 
 @dataclass(frozen=True)
@@ -38,11 +54,38 @@ def gradient_norms(
     max_layers: int = DEFAULT_MAX_LAYERS,
 ) -> GradientNorms | None:
     """Norms of the gradients present (None when no parameter has one)."""
-    found = norm_values(named_parameters)
+    found = ParameterNorms(named_parameters).values()
     if found is None:
         return None
     names, values = found
     return _summary(names, values, max_layers)
+
+
+class ParameterNorms:
+    """The gradient norms of parameters listed once (per fit): the compiled module's when it
+    can read every gradient, torch's otherwise."""
+
+    def __init__(self, named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> None:
+        self._named = list(named_parameters)
+        self._names = [name for name, _ in self._named]
+        self._parameters = [parameter for _, parameter in self._named]
+
+    def values(self) -> tuple[list[str], list[float]] | None:
+        """(names, L2 norms) of the parameters that have a dense gradient, in their order;
+        None when none has one."""
+        norms = compiled_norms(self._parameters)
+        if norms is not None:
+            return self._names, norms
+        return norm_values(self._named)
+
+
+def compiled_norms(parameters: list[torch.nn.Parameter]) -> list[float] | None:
+    """Each parameter's gradient norm summed from its memory (double precision), in one call;
+    None when the compiled module is not built, or a gradient is missing or not a contiguous
+    float32/float64 CPU tensor."""
+    if _cpu_norms is None or not parameters:
+        return None
+    return _cpu_norms(parameters)
 
 
 def norm_values(

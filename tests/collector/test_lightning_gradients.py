@@ -1,15 +1,20 @@
-"""Gradient norms (fused, and one by one on the CPU) agree with the per-parameter reference."""
+"""Gradient norms (fused, one by one on the CPU, and the compiled module's) agree with the
+per-parameter reference."""
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from collector.lightning import gradients
 from collector.lightning.gradients import (
+    ParameterNorms,
+    compiled_norms,
     fused_norms,
     gradient_norms,
     gradient_norms_per_parameter_loop,
@@ -92,7 +97,7 @@ def test_gradient_points_are_the_summary_and_the_first_layers() -> None:
     model = model_with_grads()
     norms = gradient_norms(model.named_parameters(), max_layers=2)
     assert norms is not None
-    found = norm_values(model.named_parameters())
+    found = ParameterNorms(model.named_parameters()).values()
     assert found is not None
     names, values = found
     points = gradient_points(names, values, 7.0, 2)
@@ -137,3 +142,140 @@ def test_a_gradient_that_is_not_finite_has_a_norm_that_is_not_finite(value: floa
     (fused,) = fused_norms([grad])
     assert not math.isfinite(one) and not math.isfinite(fused)
     assert math.isnan(one) == math.isnan(value) == math.isnan(fused)
+
+
+# -- the compiled module -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def compiled() -> None:
+    """Skips where the compiled module is not built (no C compiler); under CI=true it must be."""
+    if gradients._cpu_norms is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "collector.lightning._gradnorms is not built (pip install -e . compiles it)"
+            )
+        pytest.skip("collector.lightning._gradnorms is not built (no C compiler at install)")
+
+
+def parameter_with(grad: torch.Tensor | None) -> nn.Parameter:
+    """A parameter whose gradient is ``grad`` (a CPU float32 value when it is None)."""
+    if grad is None:
+        return nn.Parameter(torch.zeros(1))
+    parameter = nn.Parameter(torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device))
+    parameter.grad = grad
+    return parameter
+
+
+def exact_norm(grad: torch.Tensor) -> float:
+    return math.sqrt(math.fsum(x * x for x in grad.double().flatten().tolist()))
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 1000, (1 << 20) + 3])
+def test_compiled_norms_are_the_exact_norms(dtype: torch.dtype, size: int) -> None:
+    """Every length around the eight-value blocks, and one past the size where the sum runs
+    with the GIL released."""
+    generator = torch.Generator().manual_seed(size)
+    grad = (torch.randn(size, generator=generator, dtype=torch.float64) * 3 + 1).to(dtype)
+    (norm,) = compiled_norms([parameter_with(grad)]) or [None]
+    assert norm == pytest.approx(exact_norm(grad), rel=1e-12, abs=0)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_compiled_norms_of_a_model_match_torch_in_order() -> None:
+    model = model_with_grads()
+    expected = [float(torch.linalg.vector_norm(p.grad)) for p in model.parameters()]
+    found = ParameterNorms(model.named_parameters()).values()
+    assert found is not None
+    assert found[0] == [name for name, _ in model.named_parameters()]
+    assert found[1] == pytest.approx(expected, rel=1e-6)
+    assert found[1] == compiled_norms(list(model.parameters()))
+
+
+@pytest.mark.usefixtures("compiled")
+def test_a_view_with_an_offset_is_read_from_where_it_starts() -> None:
+    base = torch.arange(20.0)
+    view = base[5:12]  # contiguous, its memory starts 5 values in
+    assert view.is_contiguous() and view.storage_offset() == 5
+    (norm,) = compiled_norms([parameter_with(view)]) or [None]
+    assert norm == pytest.approx(exact_norm(view), rel=1e-12)
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize(
+    "grad",
+    [
+        None,
+        torch.ones(4, 4).t()[:, ::2],  # not contiguous
+        torch.ones(4, dtype=torch.bfloat16),
+        torch.ones(4, dtype=torch.float16),
+        torch.ones(4).to_sparse(),
+        torch.ones(4, device="meta"),
+    ],
+    ids=["missing", "strided", "bfloat16", "float16", "sparse", "meta"],
+)
+def test_what_the_compiled_module_cannot_read_takes_torch_s_path(
+    grad: torch.Tensor | None,
+) -> None:
+    readable = parameter_with(torch.full((3,), 2.0))
+    other = parameter_with(grad)
+    assert compiled_norms([readable, other]) is None
+    if grad is None or grad.is_sparse:  # torch's path skips them, as before
+        expected: tuple[list[str], list[float]] | None = (["readable"], [math.sqrt(12)])
+    elif grad.is_meta:
+        return  # torch cannot read a meta tensor either
+    else:
+        expected = (["readable", "other"], [math.sqrt(12), exact_norm(grad)])
+    found = ParameterNorms([("readable", readable), ("other", other)]).values()
+    assert found is not None and expected is not None
+    assert found[0] == expected[0]
+    assert found[1] == pytest.approx(expected[1], rel=1e-3)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_a_tensor_subclass_takes_torch_s_path() -> None:
+    class Traced(torch.Tensor):
+        pass
+
+    grad = torch.full((3,), 2.0).as_subclass(Traced)
+    parameter = nn.Parameter(torch.zeros(3))
+    parameter.grad = grad
+    assert compiled_norms([parameter]) is None
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_compiled_norms_of_gradients_that_are_not_finite(value: float) -> None:
+    grad = torch.tensor([value, 1.0, value, 2.0] * 5)
+    (norm,) = compiled_norms([parameter_with(grad)]) or [None]
+    assert norm is not None and not math.isfinite(norm)
+    assert math.isnan(norm) == math.isnan(value)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_compiled_norms_do_not_overflow_where_float32_arithmetic_does() -> None:
+    """Squares are summed in double precision: finite float32 gradients have a finite norm
+    (torch's float32 norm of these is inf)."""
+    grad = torch.full((2,), 1e30)
+    (norm,) = compiled_norms([parameter_with(grad)]) or [None]
+    assert norm == pytest.approx(math.sqrt(2) * 1e30, rel=1e-6)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_compiled_norms_of_gradients_that_require_grad() -> None:
+    grad = torch.ones(3, requires_grad=True) * 2.0  # what create_graph=True leaves
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compiled_norms([parameter_with(grad)]) == pytest.approx([math.sqrt(12)])
+
+
+def test_without_the_compiled_module_torch_s_path_gives_the_norms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = model_with_grads()
+    monkeypatch.setattr(gradients, "_cpu_norms", None)
+    assert compiled_norms(list(model.parameters())) is None
+    found = ParameterNorms(model.named_parameters()).values()
+    assert found == norm_values(model.named_parameters())

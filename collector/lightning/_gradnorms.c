@@ -1,0 +1,198 @@
+/* L2 norms of CPU gradients read straight from their memory, in one call.
+ *
+ * In a training step the per-parameter `float(torch.linalg.vector_norm(grad))` costs more in
+ * Python and torch's dispatcher than in arithmetic (the interpreter runs cold after the
+ * backward pass). This reads each gradient's buffer and sums its squares in double precision.
+ * It handles only what it can read exactly: a plain torch.Tensor, strided, contiguous, on the
+ * CPU, float32 or float64. Anything else (a missing or sparse gradient, another dtype or
+ * device, a tensor subclass) returns None and the caller takes torch's path.
+ *
+ * torch is never imported here: gradients.py hands over the objects to compare with
+ * (configure), so this builds against CPython alone.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+
+/* Above this many values the sum runs with the GIL released (~1 ms and more). */
+#define RELEASE_GIL_AT ((Py_ssize_t)1 << 20)
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define VECTORIZED __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef VECTORIZED
+#define VECTORIZED
+#endif
+
+static PyObject *tensor_type, *float32, *float64, *strided;
+static PyObject *s_grad, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_data_ptr, *s_numel;
+
+/* Eight independent sums, so the compiler can keep them in vector registers. */
+VECTORIZED static double sum_squares_f32(const float *x, Py_ssize_t n) {
+    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) lanes[k] += (double)x[i + k] * (double)x[i + k];
+    double rest = 0;
+    for (; i < n; ++i) rest += (double)x[i] * (double)x[i];
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+           ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])) + rest;
+}
+
+VECTORIZED static double sum_squares_f64(const double *x, Py_ssize_t n) {
+    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) lanes[k] += x[i + k] * x[i + k];
+    double rest = 0;
+    for (; i < n; ++i) rest += x[i] * x[i];
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+           ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7])) + rest;
+}
+
+typedef struct {
+    const void *data;
+    Py_ssize_t count;
+    int is_double;
+} Buffer;
+
+/* 1: obj.name is expected; 0: it is not; -1: an error is set. */
+static int attribute_is(PyObject *obj, PyObject *name, PyObject *expected) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    int same = value == expected;
+    Py_DECREF(value);
+    return same;
+}
+
+/* 1: obj.name() returned True; 0: it did not; -1: an error is set. */
+static int method_is_true(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_CallMethodNoArgs(obj, name);
+    if (value == NULL) return -1;
+    int same = value == Py_True;
+    Py_DECREF(value);
+    return same;
+}
+
+/* 1: `grad` is readable and `buffer` describes it; 0: it is not; -1: an error is set. */
+static int readable(PyObject *grad, Buffer *buffer) {
+    if ((PyObject *)Py_TYPE(grad) != tensor_type) return 0;
+    PyObject *dtype = PyObject_GetAttr(grad, s_dtype);
+    if (dtype == NULL) return -1;
+    buffer->is_double = dtype == float64;
+    int known = dtype == float32 || dtype == float64;
+    Py_DECREF(dtype);
+    if (!known) return 0;
+    int ok = attribute_is(grad, s_layout, strided);
+    if (ok == 1) ok = attribute_is(grad, s_is_cpu, Py_True);
+    if (ok == 1) ok = method_is_true(grad, s_is_contiguous);
+    if (ok != 1) return ok;
+    PyObject *count = PyObject_CallMethodNoArgs(grad, s_numel);
+    if (count == NULL) return -1;
+    buffer->count = PyLong_AsSsize_t(count);
+    Py_DECREF(count);
+    if (buffer->count < 0) return PyErr_Occurred() ? -1 : 0;
+    PyObject *address = PyObject_CallMethodNoArgs(grad, s_data_ptr);
+    if (address == NULL) return -1;
+    buffer->data = PyLong_AsVoidPtr(address);
+    Py_DECREF(address);
+    if (PyErr_Occurred()) return -1;
+    return buffer->data != NULL || buffer->count == 0;
+}
+
+static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {
+    if (tensor_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_gradnorms.configure() was not called");
+        return NULL;
+    }
+    if (!PyList_Check(parameters)) {
+        PyErr_SetString(PyExc_TypeError, "cpu_norms() takes a list of parameters");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(parameters);
+    PyObject **grads = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    Buffer *buffers = PyMem_Calloc(n ? n : 1, sizeof(Buffer));
+    double *squares = PyMem_Calloc(n ? n : 1, sizeof(double));
+    PyObject *result = NULL;
+    if (grads == NULL || buffers == NULL || squares == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        /* the gradients are held until the sums are done: their memory stays theirs */
+        grads[i] = PyObject_GetAttr(PyList_GET_ITEM(parameters, i), s_grad);
+        if (grads[i] == NULL) goto done;
+        int ok = readable(grads[i], &buffers[i]);
+        if (ok < 0) goto done;
+        if (ok == 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        total += buffers[i].count;
+    }
+    /* a large model's sums take milliseconds: other threads may run meanwhile */
+    PyThreadState *released = total >= RELEASE_GIL_AT ? PyEval_SaveThread() : NULL;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        squares[i] = buffers[i].is_double
+                         ? sum_squares_f64((const double *)buffers[i].data, buffers[i].count)
+                         : sum_squares_f32((const float *)buffers[i].data, buffers[i].count);
+    }
+    if (released != NULL) PyEval_RestoreThread(released);
+    result = PyList_New(n);
+    if (result == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject *norm = PyFloat_FromDouble(sqrt(squares[i]));
+        if (norm == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyList_SET_ITEM(result, i, norm);
+    }
+done:
+    if (grads != NULL)
+        for (Py_ssize_t i = 0; i < n; ++i) Py_XDECREF(grads[i]);
+    PyMem_Free(grads);
+    PyMem_Free(buffers);
+    PyMem_Free(squares);
+    return result;
+}
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *types[4];
+    if (!PyArg_ParseTuple(args, "OOOO:configure", &types[0], &types[1], &types[2], &types[3]))
+        return NULL;
+    Py_XSETREF(tensor_type, Py_NewRef(types[0]));
+    Py_XSETREF(float32, Py_NewRef(types[1]));
+    Py_XSETREF(float64, Py_NewRef(types[2]));
+    Py_XSETREF(strided, Py_NewRef(types[3]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(torch.Tensor, torch.float32, torch.float64, torch.strided)"},
+    {"cpu_norms", cpu_norms, METH_O,
+     "cpu_norms(parameters) -> list[float] | None: the L2 norm of each parameter's gradient, "
+     "or None when one is missing or not a contiguous float32/float64 CPU tensor"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_gradnorms", "L2 norms of CPU gradients read from their memory.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__gradnorms(void) {
+    if ((s_grad = PyUnicode_InternFromString("grad")) == NULL ||
+        (s_dtype = PyUnicode_InternFromString("dtype")) == NULL ||
+        (s_layout = PyUnicode_InternFromString("layout")) == NULL ||
+        (s_is_cpu = PyUnicode_InternFromString("is_cpu")) == NULL ||
+        (s_is_contiguous = PyUnicode_InternFromString("is_contiguous")) == NULL ||
+        (s_data_ptr = PyUnicode_InternFromString("data_ptr")) == NULL ||
+        (s_numel = PyUnicode_InternFromString("numel")) == NULL)
+        return NULL;
+    return PyModule_Create(&module_def);
+}
