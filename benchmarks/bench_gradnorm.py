@@ -1,6 +1,7 @@
-"""Gradient norms: what ``GradientMonitorCallback`` computes (``norm_values``: fused on an
-accelerator, one by one on the CPU), fused ``torch._foreach_norm`` + one ``.tolist()``, and the
-naive ``.norm().item()`` per parameter.
+"""Gradient norms: what ``GradientMonitorCallback`` computes (``ParameterNorms``: on the CPU the
+compiled module's sums where it is built, else torch's path), torch's path alone
+(``norm_values``: fused on an accelerator, one by one on the CPU), fused ``torch._foreach_norm``
++ one ``.tolist()``, and the naive ``.norm().item()`` per parameter.
 
 Two parameter sets: the small MLP of bench_lightning (6 tensors) and ResNet-18's parameter
 shapes (62 tensors, 11.7 M values; built directly, torchvision is not needed). Every method
@@ -28,6 +29,8 @@ import torch
 from torch import nn
 
 from collector.lightning.gradients import (
+    ParameterNorms,
+    compiled_norms,
     fused_norms,
     gradient_norms_per_parameter_loop,
     norm_values,
@@ -86,16 +89,18 @@ def norm_time(grad: torch.Tensor, after: torch.Tensor | None = None) -> float:
 def compare(label: str, shapes: list[tuple[int, ...]], device: torch.device, repeats: int) -> None:
     named = parameters(shapes, device)
     grads = [parameter.grad for _, parameter in named]
+    norms = ParameterNorms(named)
     methods: dict[str, Callable[[], object]] = {
-        "runwatch": lambda: norm_values(named),
+        "runwatch": norms.values,
+        "torch's path": lambda: norm_values(named),
         "fused": lambda: fused_norms(grads),
         "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
     }
     reference = gradient_norms_per_parameter_loop(named, max_layers=len(named))
-    found = norm_values(named)
-    assert reference is not None and found is not None
+    found, by_torch = norms.values(), norm_values(named)
+    assert reference is not None and found is not None and by_torch is not None
     expected = list(reference.layers.values())
-    for values in (found[1], fused_norms(grads)):
+    for values in (found[1], by_torch[1], fused_norms(grads)):
         assert all(abs(v - e) <= 1e-4 * e for v, e in zip(values, expected, strict=True))
     timings: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(10):  # warm-up
@@ -138,12 +143,18 @@ def in_training_steps(steps: int) -> None:
     class TakeTurns(pl.Callback):
         def __init__(self) -> None:
             self.timings: dict[str, list[float]] = {}
+            self.norms: ParameterNorms | None = None
+
+        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+            self.norms = ParameterNorms(module.named_parameters())  # as the callback does
 
         def on_before_optimizer_step(self, trainer: pl.Trainer, module: Any, _: Any) -> None:
             named = list(module.named_parameters())
             grads = [parameter.grad for _, parameter in named]
+            assert self.norms is not None
             methods: dict[str, Callable[[], object]] = {
-                "runwatch": lambda: norm_values(named),
+                "runwatch": self.norms.values,
+                "torch's path": lambda: norm_values(named),
                 "fused": lambda: fused_norms(grads),
                 "per-parameter .item()": lambda: gradient_norms_per_parameter_loop(named),
             }
@@ -180,9 +191,9 @@ def in_training_steps(steps: int) -> None:
     ).fit(MLP(), data)
     medians = {name: statistics.median(values) * 1e6 for name, values in turns.timings.items()}
     loop_us = medians.pop("per-parameter .item()")
-    methods = ("runwatch", "fused")
+    methods = ("runwatch", "torch's path", "fused")
     print(
-        f"{'small MLP, in training steps':<30} {steps} steps, each method every sixth: "
+        f"{'small MLP, in training steps':<30} {steps} steps, each method every seventh: "
         + "  ".join(
             f"{name} {medians[name]:8.1f} µs ({loop_us / medians[name]:4.2f}x)" for name in methods
         )
@@ -192,6 +203,12 @@ def in_training_steps(steps: int) -> None:
         f"{'  one vector_norm in the hook':<30} "
         + "  ".join(f"{name} {us:6.1f} µs" for name, us in medians.items() if name not in methods)
     )
+
+
+def _compiled_built() -> bool:
+    parameter = nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.ones(1)
+    return compiled_norms([parameter]) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
-    print("medians; (x): how many times faster than one .item() per parameter")
+    built = _compiled_built()
+    print(
+        "medians; (x): how many times faster than one .item() per parameter; compiled module "
+        + ("built: runwatch's CPU figures are its sums" if built else "NOT built: torch's path")
+    )
     for device in devices:
         repeats = args.repeats if device.type == "cuda" else max(args.repeats // 10, 20)
         compare(f"small MLP ({device.type})", mlp_shapes(), device, args.repeats)
