@@ -84,7 +84,7 @@ static int method_is_true(PyObject *obj, PyObject *name) {
 }
 
 /* 1: `grad` is readable and `buffer` describes it; 0: it is not; -1: an error is set. */
-static int readable(PyObject *grad, Buffer *buffer) {
+static int check_readable(PyObject *grad, Buffer *buffer) {
     if ((PyObject *)Py_TYPE(grad) != tensor_type) return 0;
     PyObject *dtype = PyObject_GetAttr(grad, s_dtype);
     if (dtype == NULL) return -1;
@@ -107,6 +107,17 @@ static int readable(PyObject *grad, Buffer *buffer) {
     Py_DECREF(address);
     if (PyErr_Occurred()) return -1;
     return buffer->data != NULL || buffer->count == 0;
+}
+
+/* check_readable, where a tensor that raises (one without storage: data_ptr() refuses) is
+ * one torch's path reads, or reports: 1, 0, or -1 for what is not an Exception. */
+static int readable(PyObject *grad, Buffer *buffer) {
+    int ok = check_readable(grad, buffer);
+    if (ok < 0 && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return ok;
 }
 
 static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {

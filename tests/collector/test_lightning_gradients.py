@@ -235,6 +235,22 @@ def test_what_the_compiled_module_cannot_read_takes_torch_s_path(
 
 
 @pytest.mark.usefixtures("compiled")
+def test_a_gradient_whose_memory_cannot_be_read_takes_torch_s_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tensor without storage (a functorch wrapper) refuses ``data_ptr()``; torch's path
+    then reads it, or reports what is wrong."""
+    parameter = parameter_with(torch.full((3,), 2.0))
+
+    def refuses(self: torch.Tensor) -> int:
+        raise RuntimeError("Cannot access data pointer of Tensor that doesn't have storage")
+
+    monkeypatch.setattr(torch.Tensor, "data_ptr", refuses)
+    assert compiled_norms([parameter]) is None
+    assert ParameterNorms([("p", parameter)]).values() == (["p"], [math.sqrt(12)])
+
+
+@pytest.mark.usefixtures("compiled")
 def test_a_tensor_subclass_takes_torch_s_path() -> None:
     class Traced(torch.Tensor):
         pass
