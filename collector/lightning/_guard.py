@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 from collector.errors import RunIdInUseError
 from collector.run import ErrorLedger, ErrorSink
 
-__all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "guarded"]
+__all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "dispatcher", "guarded"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,8 +36,43 @@ def guarded(method: F) -> F:
         except RunIdInUseError:
             raise  # refused before anything was written: the caller must see it
         except Exception as exc:
-            ledger = getattr(self, "error_ledger", None) or GLOBAL_LEDGER
-            ledger.report(where, exc, getattr(self, "error_sink", None))
+            report(self, where, exc)
             return None
 
+    wrapper._guarded = (method, where)  # type: ignore[attr-defined]
     return cast(F, wrapper)
+
+
+def report(owner: Any, where: str, exc: Exception) -> None:
+    """What ``guarded`` does with an exception ``owner``'s hook ``where`` raised."""
+    ledger = getattr(owner, "error_ledger", None) or GLOBAL_LEDGER
+    ledger.report(where, exc, getattr(owner, "error_sink", None))
+
+
+def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
+    """One function calling ``hooks`` in order, each as it would be called alone. Bound
+    ``guarded`` methods are guarded here instead, in one frame: a hook that runs every
+    training step then pays one Python call per part, not two (a call costs ~1 µs with the
+    cold caches of a training step)."""
+    calls: list[tuple[Any, Callable[..., Any], str | None]] = []
+    for hook in hooks:
+        inner = getattr(getattr(hook, "__func__", None), "_guarded", None)
+        owner = getattr(hook, "__self__", None)
+        if inner is None or owner is None:
+            calls.append((None, hook, None))
+        else:
+            calls.append((owner, inner[0], inner[1]))
+
+    def dispatch(*args: Any, **kwargs: Any) -> None:
+        for owner, function, where in calls:
+            if where is None:
+                function(*args, **kwargs)
+                continue
+            try:
+                function(owner, *args, **kwargs)
+            except RunIdInUseError:
+                raise
+            except Exception as exc:
+                report(owner, where, exc)
+
+    return dispatch

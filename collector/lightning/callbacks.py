@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from collector.lightning._guard import guarded
+from collector.lightning._guard import dispatcher, guarded
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_summary
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
@@ -915,12 +915,7 @@ class RunwatchCallback(Callback):
             return None
         if len(targets) == 1:
             return targets[0]
-
-        def dispatch(*args: Any, **kwargs: Any) -> None:
-            for target in targets:
-                target(*args, **kwargs)
-
-        return dispatch
+        return dispatcher(targets)
 
     @guarded
     def _check_logger(self, trainer: pl.Trainer, *_: Any, **__: Any) -> None:

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from collector import prometheus as prom
 from collector.config import Settings, load_settings
+from collector.errors import RunIdInUseError
 from collector.lightning import (
     BatchMetricsCallback,
     GradientMonitorCallback,
@@ -27,6 +28,9 @@ from collector.lightning import (
     gradients,
     runwatch_telemetry,
 )
+from collector.lightning._guard import dispatcher, guarded
+from collector.lightning.callbacks import RunwatchCallback, SessionCallback
+from collector.run import ErrorLedger
 from collector.spool import list_streams
 from collector.store import Store
 from tests.servers._process import free_port
@@ -437,6 +441,61 @@ def test_hook_errors_are_counted_never_raised(
     assert logger.session.error_ledger.total == 11
     warnings = [r for r in caplog.records if "telemetry error" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_bundled_part_that_raises_is_counted_and_the_next_parts_still_run(
+    settings: Settings,
+) -> None:
+    """RunwatchCallback guards its parts in its own dispatch: each part's error is reported
+    under the part's hook name, and the parts after it in the same hook still run."""
+    logger = RunwatchLogger("bundled", settings=settings, prometheus=False)
+    broken = BrokenBatchMetrics(logger.session, every_n_batches=1)
+    timer = _CountingPart(logger.session)
+    bundle = RunwatchCallback(logger.session, [broken, timer])
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1, logger=logger, callbacks=[bundle], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 11 and timer.batch_ends == 11
+    ledger = logger.session.error_ledger
+    assert ledger.total == 11
+    assert dict(ledger.counts) == {"BatchMetricsCallback.on_train_batch_end": 11}
+
+
+def test_the_bundle_dispatch_lets_a_refused_run_id_and_unguarded_errors_through() -> None:
+    class Part:
+        error_ledger = ErrorLedger()
+
+        @guarded
+        def refused(self) -> None:
+            raise RunIdInUseError("taken", "the store")
+
+        @guarded
+        def broken(self) -> None:
+            raise ValueError("bug")
+
+    part = Part()
+    with pytest.raises(RunIdInUseError):
+        dispatcher([part.broken, part.refused])()
+    assert part.error_ledger.counts[Part.broken.__qualname__] == 1
+
+    def unguarded() -> None:
+        raise KeyError("not telemetry's to swallow")
+
+    with pytest.raises(KeyError):
+        dispatcher([part.broken, unguarded])()
+    assert part.error_ledger.total == 2
+
+
+class _CountingPart(SessionCallback):
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self.batch_ends = 0
+
+    @guarded
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.batch_ends += 1
 
 
 class Explodes(MLPClassifier):
