@@ -4,8 +4,9 @@
  * Python and torch's dispatcher than in arithmetic (the interpreter runs cold after the
  * backward pass). This reads each gradient's buffer and sums its squares in double precision.
  * It handles only what it can read exactly: a plain torch.Tensor, strided, contiguous, on the
- * CPU, float32 or float64. Anything else (a missing or sparse gradient, another dtype or
- * device, a tensor subclass) returns None and the caller takes torch's path.
+ * CPU, float32 or float64; a parameter without a gradient has None in its place. Anything
+ * else (a sparse gradient, another dtype or device, a tensor subclass) makes the whole call
+ * return None, before any sum, and the caller takes torch's path.
  *
  * torch is never imported here: gradients.py hands over the objects to compare with
  * (configure), so this builds against CPython alone.
@@ -63,6 +64,7 @@ typedef struct {
     const void *data;
     Py_ssize_t count;
     int is_double;
+    int missing; /* the parameter has no gradient */
 } Buffer;
 
 /* 1: obj.name is expected; 0: it is not; -1: an error is set. */
@@ -143,6 +145,10 @@ static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {
         /* the gradients are held until the sums are done: their memory stays theirs */
         grads[i] = PyObject_GetAttr(PyList_GET_ITEM(parameters, i), s_grad);
         if (grads[i] == NULL) goto done;
+        if (grads[i] == Py_None) {
+            buffers[i].missing = 1;
+            continue;
+        }
         int ok = readable(grads[i], &buffers[i]);
         if (ok < 0) goto done;
         if (ok == 0) {
@@ -162,7 +168,8 @@ static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {
     result = PyList_New(n);
     if (result == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; ++i) {
-        PyObject *norm = PyFloat_FromDouble(sqrt(squares[i]));
+        PyObject *norm =
+            buffers[i].missing ? Py_NewRef(Py_None) : PyFloat_FromDouble(sqrt(squares[i]));
         if (norm == NULL) {
             Py_CLEAR(result);
             goto done;
@@ -193,8 +200,9 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(torch.Tensor, torch.float32, torch.float64, torch.strided)"},
     {"cpu_norms", cpu_norms, METH_O,
-     "cpu_norms(parameters) -> list[float] | None: the L2 norm of each parameter's gradient, "
-     "or None when one is missing or not a contiguous float32/float64 CPU tensor"},
+     "cpu_norms(parameters) -> list[float | None] | None: the L2 norm of each parameter's "
+     "gradient (None: it has none), or None when one is not a contiguous float32/float64 CPU "
+     "tensor"},
     {NULL, NULL, 0, NULL},
 };
 

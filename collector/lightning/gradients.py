@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -27,7 +28,7 @@ DEFAULT_MAX_LAYERS = 16
 
 _vector_norm = torch.linalg.vector_norm
 
-_cpu_norms: Callable[[list[torch.nn.Parameter]], list[float] | None] | None
+_cpu_norms: Callable[[list[torch.nn.Parameter]], list[float | None] | None] | None
 try:
     from collector.lightning._gradnorms import configure, cpu_norms
 except ImportError:  # installed without a C compiler: torch's path only
@@ -72,17 +73,22 @@ class ParameterNorms:
 
     def values(self) -> tuple[list[str], list[float]] | None:
         """(names, L2 norms) of the parameters that have a dense gradient, in their order;
-        None when none has one."""
+        None when none has one. The lists may be shared between calls: read them only."""
         norms = compiled_norms(self._parameters)
-        if norms is not None:
-            return self._names, norms
-        return norm_values(self._named)
+        if norms is None:
+            return norm_values(self._named)
+        if None not in norms:
+            return self._names, norms  # type: ignore[return-value]  # (no None in it)
+        present = [index for index, norm in enumerate(norms) if norm is not None]
+        if not present:
+            return None
+        return [self._names[i] for i in present], [cast(float, norms[i]) for i in present]
 
 
-def compiled_norms(parameters: list[torch.nn.Parameter]) -> list[float] | None:
-    """Each parameter's gradient norm summed from its memory (double precision), in one call;
-    None when the compiled module is not built, or a gradient is missing or not a contiguous
-    float32/float64 CPU tensor."""
+def compiled_norms(parameters: list[torch.nn.Parameter]) -> list[float | None] | None:
+    """Each parameter's gradient norm summed from its memory (double precision), in one call,
+    None in the place of a parameter without a gradient; None when the compiled module is not
+    built, or a gradient is not a contiguous float32/float64 CPU tensor."""
     if _cpu_norms is None or not parameters:
         return None
     return _cpu_norms(parameters)

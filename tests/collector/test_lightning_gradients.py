@@ -195,6 +195,19 @@ def test_compiled_norms_of_a_model_match_torch_in_order() -> None:
 
 
 @pytest.mark.usefixtures("compiled")
+def test_parameters_without_a_gradient_are_skipped_by_the_compiled_module_too() -> None:
+    """A parameter that took no part in a step has no gradient: its place holds None, and
+    the norms leave it out as torch's path does, still in one compiled call."""
+    first, unused, last = (parameter_with(torch.full((n,), 2.0)) for n in (3, 4, 5))
+    unused.grad = None
+    assert compiled_norms([first, unused, last]) == [math.sqrt(12), None, math.sqrt(20)]
+    norms = ParameterNorms([("first", first), ("unused", unused), ("last", last)])
+    assert norms.values() == (["first", "last"], [math.sqrt(12), math.sqrt(20)])
+    first.grad = last.grad = None
+    assert norms.values() is None
+
+
+@pytest.mark.usefixtures("compiled")
 def test_a_view_with_an_offset_is_read_from_where_it_starts() -> None:
     base = torch.arange(20.0)
     view = base[5:12]  # contiguous, its memory starts 5 values in
@@ -207,23 +220,21 @@ def test_a_view_with_an_offset_is_read_from_where_it_starts() -> None:
 @pytest.mark.parametrize(
     "grad",
     [
-        None,
         torch.ones(4, 4).t()[:, ::2],  # not contiguous
         torch.ones(4, dtype=torch.bfloat16),
         torch.ones(4, dtype=torch.float16),
         torch.ones(4).to_sparse(),
         torch.ones(4, device="meta"),
     ],
-    ids=["missing", "strided", "bfloat16", "float16", "sparse", "meta"],
+    ids=["strided", "bfloat16", "float16", "sparse", "meta"],
 )
-def test_what_the_compiled_module_cannot_read_takes_torch_s_path(
-    grad: torch.Tensor | None,
-) -> None:
+def test_what_the_compiled_module_cannot_read_takes_torch_s_path(grad: torch.Tensor) -> None:
     readable = parameter_with(torch.full((3,), 2.0))
     other = parameter_with(grad)
     assert compiled_norms([readable, other]) is None
-    if grad is None or grad.is_sparse:  # torch's path skips them, as before
-        expected: tuple[list[str], list[float]] | None = (["readable"], [math.sqrt(12)])
+    expected: tuple[list[str], list[float]] | None
+    if grad.is_sparse:  # torch's path skips them, as before
+        expected = (["readable"], [math.sqrt(12)])
     elif grad.is_meta:
         return  # torch cannot read a meta tensor either
     else:
