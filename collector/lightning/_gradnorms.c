@@ -18,7 +18,8 @@
 /* Above this many values the sum runs with the GIL released (~1 ms and more). */
 #define RELEASE_GIL_AT ((Py_ssize_t)1 << 20)
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+/* target_clones picks the AVX2 build at load time through an ifunc: glibc's loader has them */
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define VECTORIZED __attribute__((target_clones("avx2", "default")))
 #endif
