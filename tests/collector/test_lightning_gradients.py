@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,3 +314,36 @@ def test_without_the_compiled_module_torch_s_path_gives_the_norms(
     assert compiled_norms(list(model.parameters())) is None
     found = ParameterNorms(model.named_parameters()).values()
     assert found == norm_values(model.named_parameters())
+
+
+@pytest.mark.slow
+def test_without_a_c_compiler_the_package_still_builds(tmp_path: Path) -> None:
+    """The compiled module is optional: a wheel built where the C compiler fails holds the
+    pure-Python package, without it (the norms then take torch's path)."""
+    repo = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / name, source / name)
+    for package in ("collector", "trainer"):
+        shutil.copytree(
+            repo / package,
+            source / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"),
+        )
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+            *("--wheel-dir", str(tmp_path / "dist"), str(source)),
+        ],
+        env={**os.environ, "CC": "false", "LDSHARED": "false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("runwatch-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "collector/lightning/gradients.py" in names
+    assert "collector/lightning/_gradnorms.pyi" in names
+    assert not [name for name in names if "_gradnorms" in name and name.endswith(".so")]
