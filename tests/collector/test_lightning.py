@@ -450,14 +450,14 @@ def test_a_bundled_part_that_raises_is_counted_and_the_next_parts_still_run(
     under the part's hook name, and the parts after it in the same hook still run."""
     logger = RunwatchLogger("bundled", settings=settings, prometheus=False)
     broken = BrokenBatchMetrics(logger.session, every_n_batches=1)
-    timer = _CountingPart(logger.session)
-    bundle = RunwatchCallback(logger.session, [broken, timer])
+    counter = _CountingPart(logger.session)
+    bundle = RunwatchCallback(logger.session, [broken, counter])
     model, data = mlp()
     trainer = quiet_trainer(
         max_epochs=1, logger=logger, callbacks=[bundle], enable_checkpointing=False
     )
     trainer.fit(model, datamodule=data)
-    assert trainer.global_step == 11 and timer.batch_ends == 11
+    assert trainer.global_step == 11 and counter.batch_ends == 11
     ledger = logger.session.error_ledger
     assert ledger.total == 11
     assert dict(ledger.counts) == {"BatchMetricsCallback.on_train_batch_end": 11}
