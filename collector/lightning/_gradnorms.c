@@ -128,11 +128,10 @@ static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {
         PyErr_SetString(PyExc_RuntimeError, "_gradnorms.configure() was not called");
         return NULL;
     }
-    if (!PyList_Check(parameters)) {
-        PyErr_SetString(PyExc_TypeError, "cpu_norms() takes a list of parameters");
-        return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(parameters);
+    /* a snapshot: a `grad` getter written in Python could change the caller's list */
+    PyObject *items = PySequence_Tuple(parameters);
+    if (items == NULL) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
     PyObject **grads = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
     Buffer *buffers = PyMem_Calloc(n ? n : 1, sizeof(Buffer));
     double *squares = PyMem_Calloc(n ? n : 1, sizeof(double));
@@ -144,7 +143,7 @@ static PyObject *cpu_norms(PyObject *module, PyObject *parameters) {
     Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < n; ++i) {
         /* the gradients are held until the sums are done: their memory stays theirs */
-        grads[i] = PyObject_GetAttr(PyList_GET_ITEM(parameters, i), s_grad);
+        grads[i] = PyObject_GetAttr(PyTuple_GET_ITEM(items, i), s_grad);
         if (grads[i] == NULL) goto done;
         if (grads[i] == Py_None) {
             buffers[i].missing = 1;
@@ -183,6 +182,7 @@ done:
     PyMem_Free(grads);
     PyMem_Free(buffers);
     PyMem_Free(squares);
+    Py_DECREF(items);
     return result;
 }
 

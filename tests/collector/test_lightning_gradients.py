@@ -270,6 +270,23 @@ def test_a_gradient_whose_memory_cannot_be_read_takes_torch_s_path(
 
 
 @pytest.mark.usefixtures("compiled")
+def test_a_grad_getter_that_changes_the_list_does_not_change_what_is_read() -> None:
+    """The module reads a snapshot of the list it is given: a ``grad`` written in Python
+    (a Parameter subclass) that empties the caller's list leaves the call intact."""
+    parameters: list[nn.Parameter] = []
+
+    class Emptying(nn.Parameter):
+        @property  # overrides torch's C getter, on purpose
+        def grad(self) -> torch.Tensor:
+            parameters.clear()
+            return torch.full((2,), 3.0)
+
+    parameters.extend([Emptying(torch.zeros(2)), parameter_with(torch.full((3,), 2.0))])
+    assert compiled_norms(parameters) == [pytest.approx(math.sqrt(18)), math.sqrt(12)]
+    assert parameters == []
+
+
+@pytest.mark.usefixtures("compiled")
 def test_a_tensor_subclass_takes_torch_s_path() -> None:
     class Traced(torch.Tensor):
         pass
