@@ -22,13 +22,15 @@ training thread). What runwatch adds to a step is its distance from that floor.
 
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
-ratios are reported (whole-run timings drift by ±30% on a shared machine).
+ratios are reported (whole-run timings drift by ±30% on a shared machine). A run is 400
+steps, 350 timed, so that it spans a few of the recorder's flushes (one per ~125 steps at
+every-step logging with norms), not one or none.
 
 Targets (issue 15): every step with gradient norms <= 1.05x and below CSVLogger in the same
 run; every step without gradient norms <= 1.03x; runwatch code on the training thread <= 60 µs
 per step at every-step logging. Needs the ``bench`` extra (tensorboard, mlflow-skinny).
 
-    python benchmarks/bench_lightning.py [--rounds 25] [--steps 200]
+    python benchmarks/bench_lightning.py [--rounds 25] [--steps 400]
 """
 
 from __future__ import annotations
@@ -352,7 +354,7 @@ def code_time(build: Factory, every: int, steps: int, workdir: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
