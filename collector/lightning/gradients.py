@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
 
 import torch
 
@@ -79,10 +78,11 @@ class ParameterNorms:
             return norm_values(self._named)
         if None not in norms:
             return self._names, norms  # type: ignore[return-value]  # (no None in it)
-        present = [index for index, norm in enumerate(norms) if norm is not None]
-        if not present:
+        values = [norm for norm in norms if norm is not None]
+        if not values:
             return None
-        return [self._names[i] for i in present], [cast(float, norms[i]) for i in present]
+        names = [name for name, norm in zip(self._names, norms, strict=True) if norm is not None]
+        return names, values
 
 
 def compiled_norms(parameters: list[torch.nn.Parameter]) -> list[float | None] | None:
