@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.trainer import call as lightning_call
 from lightning.pytorch.utilities import rank_zero_only
 
 from collector import prometheus as prom
@@ -29,7 +32,12 @@ from collector.lightning import (
     runwatch_telemetry,
 )
 from collector.lightning._guard import dispatcher, guarded
-from collector.lightning.callbacks import RunwatchCallback, SessionCallback
+from collector.lightning.callbacks import (
+    _HOOK_SKIP_TESTED_UP_TO,
+    RunwatchCallback,
+    SessionCallback,
+    lightning_skips_unset_hooks,
+)
 from collector.run import ErrorLedger
 from collector.spool import list_streams
 from collector.store import Store
@@ -496,6 +504,99 @@ class _CountingPart(SessionCallback):
     @guarded
     def on_train_batch_end(self, *args: Any) -> None:
         self.batch_ends += 1
+
+
+class _HookCalls(PassThroughProfiler):
+    """Counts the actions Lightning profiles: one ``[Callback]<key>.<hook>`` per hook call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def start(self, action_name: str) -> None:
+        self.calls[action_name] += 1
+
+
+class _CountingBackward(SessionCallback):
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self.backwards = 0
+
+    @guarded
+    def on_after_backward(self, *args: Any) -> None:
+        self.backwards += 1
+
+
+def test_the_bundle_gives_lightning_no_per_batch_hook_that_no_part_implements(
+    settings: Settings,
+) -> None:
+    logger = RunwatchLogger("hooks", settings=settings, prometheus=False)
+    counter, backward = _CountingPart(logger.session), _CountingBackward(logger.session)
+    bundle = RunwatchCallback(logger.session, [counter, backward])
+    hooks = _HookCalls()
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1,
+        logger=logger,
+        callbacks=[bundle],
+        enable_checkpointing=False,
+        profiler=hooks,
+    )
+    trainer.fit(model, datamodule=data)
+    trainer.test(model, datamodule=data)
+
+    def called(hook: str) -> int:
+        return hooks.calls[f"[Callback]RunwatchCallback.{hook}"]
+
+    assert trainer.global_step == 11
+    assert counter.batch_ends == called("on_train_batch_end") == 11
+    assert backward.backwards == called("on_after_backward") == 11
+    skipped = ("on_before_backward", "on_before_zero_grad", "on_train_batch_start")
+    skipped += ("on_validation_batch_start", "on_validation_batch_end", "on_test_batch_end")
+    assert {hook: called(hook) for hook in skipped} == dict.fromkeys(skipped, 0)
+    assert called("on_train_epoch_start") == 1  # hooks outside the batch loop: as before
+    assert called("on_validation_epoch_start") >= 1
+
+
+def _calls_every_hook(
+    trainer: Any, hook_name: str, *args: Any, monitoring_callbacks: Any = None, **kwargs: Any
+) -> None:
+    """A hook loop that calls each callback's hook without looking (a Lightning that did so)."""
+    for callback in trainer.callbacks:
+        getattr(callback, hook_name)(trainer, trainer.lightning_module, *args, **kwargs)
+
+
+@pytest.fixture
+def fresh_hook_probe() -> Iterator[None]:
+    lightning_skips_unset_hooks.cache_clear()
+    yield
+    lightning_skips_unset_hooks.cache_clear()
+
+
+def test_a_lightning_that_calls_every_hook_gets_every_hook(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, fresh_hook_probe: None
+) -> None:
+    monkeypatch.setattr(lightning_call, "_call_callback_hooks", _calls_every_hook)
+    logger = RunwatchLogger("every-hook", settings=settings, prometheus=False)
+    counter = _CountingPart(logger.session)
+    bundle = RunwatchCallback(logger.session, [counter])
+    assert callable(bundle.on_before_backward) and callable(bundle.on_train_batch_start)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1, logger=logger, callbacks=[bundle], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 11 and counter.batch_ends == 11
+
+
+def test_a_lightning_release_newer_than_tested_gets_every_hook(
+    monkeypatch: pytest.MonkeyPatch, fresh_hook_probe: None
+) -> None:
+    assert lightning_skips_unset_hooks()  # the installed release
+    lightning_skips_unset_hooks.cache_clear()
+    major, minor = _HOOK_SKIP_TESTED_UP_TO
+    monkeypatch.setattr(pl, "__version__", f"{major}.{minor + 1}.0")
+    assert not lightning_skips_unset_hooks()
 
 
 class Explodes(MLPClassifier):
