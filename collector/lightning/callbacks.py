@@ -904,7 +904,7 @@ def lightning_skips_unset_hooks() -> bool:
         from lightning.pytorch.profilers import PassThroughProfiler
         from lightning.pytorch.trainer.call import _call_callback_hooks
 
-        release = tuple(int(part) for part in pl.__version__.split(".")[:2])
+        release = tuple(int(part) for part in getattr(pl, "__version__", "").split(".")[:2])
     except (ImportError, AttributeError, ValueError):
         return False
     if release > _HOOK_SKIP_TESTED_UP_TO:
