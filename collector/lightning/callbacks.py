@@ -16,12 +16,13 @@ import json
 import logging
 import math
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache, partial
 from pathlib import Path
-from types import SimpleNamespace
+from types import CodeType, SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -868,47 +869,43 @@ _HOOK_NAMES = (
     "on_predict_batch_end",
 )
 
-_PER_BATCH_HOOKS = frozenset(
-    {
-        "on_train_batch_start",
-        "on_train_batch_end",
-        "on_validation_batch_start",
-        "on_validation_batch_end",
-        "on_test_batch_start",
-        "on_test_batch_end",
-        "on_predict_batch_start",
-        "on_predict_batch_end",
-        "on_before_backward",
-        "on_after_backward",
-        "on_before_optimizer_step",
-        "on_before_zero_grad",
-    }
+_PER_BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
 )
-"""Hooks Lightning calls on every batch. Where no part implements one and Lightning is known
-to skip it (``lightning_skips_unset_hooks``), the bundle's attribute is None: Lightning then
-skips the call and the profiler context it wraps each call in (~11 µs of a training step for
-the three no part uses: backward's two and zero_grad's)."""
+"""Hooks Lightning calls on every batch: the bundle's ``_UnsetHook`` where no part implements
+one."""
 
 _HOOK_SKIP_TESTED_UP_TO = (2, 6)
 """The newest Lightning release (major, minor) whose per-batch hooks all go through the loop
-``lightning_skips_unset_hooks`` probes; a newer one gets every hook, as any callback does."""
+``skipping_hook_loop`` probes; a newer one gets every hook, as from any callback."""
 
 
 @cache
-def lightning_skips_unset_hooks() -> bool:
-    """Whether a callback may leave a per-batch hook unset (None) for Lightning to skip: a
-    release runwatch was tested with, whose hook loop (``_call_callback_hooks``, which calls
-    only what is callable) passes over a probe's unset hook. A None hook called anyway would
-    stop the training, so anything else answers False."""
+def skipping_hook_loop() -> CodeType | None:
+    """The code of Lightning's hook loop (``_call_callback_hooks``) where it is known to skip
+    a callback's hook that is not callable: in a release runwatch was tested with, once it
+    passed over a probe's None hook. None otherwise: a None hook called anyway would stop
+    the training."""
     try:
         from lightning.pytorch.profilers import PassThroughProfiler
         from lightning.pytorch.trainer.call import _call_callback_hooks
 
         release = tuple(int(part) for part in getattr(pl, "__version__", "").split(".")[:2])
-    except (ImportError, AttributeError, ValueError):
-        return False
+    except (ImportError, ValueError):
+        return None
     if release > _HOOK_SKIP_TESTED_UP_TO:
-        return False
+        return None
     probe = Callback()
     probe.on_before_backward = None  # type: ignore[assignment,method-assign]
     trainer = SimpleNamespace(
@@ -917,8 +914,32 @@ def lightning_skips_unset_hooks() -> bool:
     try:
         _call_callback_hooks(trainer, "on_before_backward")  # type: ignore[arg-type]
     except Exception:
-        return False
-    return True
+        return None
+    return _call_callback_hooks.__code__
+
+
+class _UnsetHook:
+    """A per-batch hook of the bundle that none of its parts implements. Lightning's hook
+    loop gets None, which it skips: no call and no profiler context, which it enters for every
+    hook of every callback (~11 µs of a training step for the three hooks no part uses:
+    backward's two and zero_grad's). Anyone else gets a no-op, as from any callback: a
+    composite callback forwarding hooks, a profiler wrapping them. The class attribute stays
+    Lightning's, so the bundle does not look as if it overrode the hook."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return getattr(Callback, self._name)
+        loop = skipping_hook_loop()
+        if loop is not None and sys._getframe(1).f_code is loop:
+            return None
+        return _ignore_hook
+
+
+def _ignore_hook(*args: Any, **kwargs: Any) -> None:
+    """What a callback's hook that is not implemented does."""
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
@@ -943,8 +964,6 @@ class RunwatchCallback(Callback):
             dispatch = self._dispatcher(hook)
             if dispatch is not None:
                 setattr(self, hook, dispatch)
-            elif hook in _PER_BATCH_HOOKS and lightning_skips_unset_hooks():
-                setattr(self, hook, None)
 
     def __getstate__(self) -> dict[str, Any]:
         # the per-instance dispatchers are closures: a copy builds its own
@@ -1021,3 +1040,7 @@ class RunwatchCallback(Callback):
     def part(self, kind: type[SessionCallback]) -> SessionCallback | None:
         """The first part of the given class, if any."""
         return next((p for p in self.parts if isinstance(p, kind)), None)
+
+
+for _hook in _PER_BATCH_HOOKS:  # where a part implements one, its dispatcher is an attribute
+    setattr(RunwatchCallback, _hook, _UnsetHook(_hook))  # of the instance, which comes first

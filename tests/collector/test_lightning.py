@@ -36,7 +36,7 @@ from collector.lightning.callbacks import (
     _HOOK_SKIP_TESTED_UP_TO,
     RunwatchCallback,
     SessionCallback,
-    lightning_skips_unset_hooks,
+    skipping_hook_loop,
 )
 from collector.run import ErrorLedger
 from collector.spool import list_streams
@@ -558,6 +558,45 @@ def test_the_bundle_gives_lightning_no_per_batch_hook_that_no_part_implements(
     assert called("on_validation_epoch_start") >= 1
 
 
+class _Forwarding(pl.Callback):
+    """A composite callback: calls its inner callback's per-batch hooks itself."""
+
+    def __init__(self, inner: pl.Callback) -> None:
+        self.inner = inner
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.inner.on_train_batch_start(*args)
+
+    def on_before_backward(self, *args: Any) -> None:
+        self.inner.on_before_backward(*args)
+
+    def on_after_backward(self, *args: Any) -> None:
+        self.inner.on_after_backward(*args)
+
+    def on_before_zero_grad(self, *args: Any) -> None:
+        self.inner.on_before_zero_grad(*args)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.inner.on_train_batch_end(*args)
+
+
+def test_a_hook_no_part_implements_is_a_no_op_to_anyone_but_lightnings_loop(
+    settings: Settings,
+) -> None:
+    logger = RunwatchLogger("forwarded", settings=settings, prometheus=False)
+    counter = _CountingPart(logger.session)
+    bundle = RunwatchCallback(logger.session, [counter])
+    assert bundle.on_before_backward(None, None, None) is None  # type: ignore[arg-type]
+    assert RunwatchCallback.on_before_backward is pl.Callback.on_before_backward
+    model, data = mlp()
+    forwarding = _Forwarding(bundle)
+    trainer = quiet_trainer(
+        max_epochs=1, logger=logger, callbacks=[forwarding], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 11 and counter.batch_ends == 11
+
+
 def _calls_every_hook(
     trainer: Any, hook_name: str, *args: Any, monitoring_callbacks: Any = None, **kwargs: Any
 ) -> None:
@@ -568,9 +607,9 @@ def _calls_every_hook(
 
 @pytest.fixture
 def fresh_hook_probe() -> Iterator[None]:
-    lightning_skips_unset_hooks.cache_clear()
+    skipping_hook_loop.cache_clear()
     yield
-    lightning_skips_unset_hooks.cache_clear()
+    skipping_hook_loop.cache_clear()
 
 
 def test_a_lightning_that_calls_every_hook_gets_every_hook(
@@ -592,11 +631,11 @@ def test_a_lightning_that_calls_every_hook_gets_every_hook(
 def test_a_lightning_release_newer_than_tested_gets_every_hook(
     monkeypatch: pytest.MonkeyPatch, fresh_hook_probe: None
 ) -> None:
-    assert lightning_skips_unset_hooks()  # the installed release
-    lightning_skips_unset_hooks.cache_clear()
+    assert skipping_hook_loop() is not None  # the installed release
+    skipping_hook_loop.cache_clear()
     major, minor = _HOOK_SKIP_TESTED_UP_TO
     monkeypatch.setattr(pl, "__version__", f"{major}.{minor + 1}.0")
-    assert not lightning_skips_unset_hooks()
+    assert skipping_hook_loop() is None
 
 
 class Explodes(MLPClassifier):
