@@ -18,7 +18,11 @@ Two reference lines measure the floor under any logger at that rate: "no-op logg
 logger that discards what Lightning hands it (Lightning's own per-step logging path, which
 every logger pays), and "no-op + norms" adds a callback computing the same per-parameter
 norms runwatch computes, the same way, and discarding them (torch's arithmetic on the
-training thread). What runwatch adds to a step is its distance from that floor.
+training thread). What runwatch adds to a step is its distance from that floor. With
+``--bounds``, more lines bound what any change to runwatch's recorder could reach (``BOUNDS``):
+runwatch with its drain free (the flusher writes a constant line per point) and with its
+recording calls free (``record``, ``record_series`` and ``record_later`` return at once; its
+hooks, its gradient norms and Lightning's dispatch of them remain).
 
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
@@ -30,7 +34,7 @@ Targets (issue 15): every step with gradient norms <= 1.05x and below CSVLogger 
 run; every step without gradient norms <= 1.03x; runwatch code on the training thread <= 60 µs
 per step at every-step logging. Needs the ``bench`` extra (tensorboard, mlflow-skinny).
 
-    python benchmarks/bench_lightning.py [--rounds 25] [--steps 400]
+    python benchmarks/bench_lightning.py [--rounds 25] [--steps 400] [--bounds]
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from lightning.pytorch.utilities import grad_norm  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from collector import recorder as recorder_module  # noqa: E402
 from collector.config import load_settings  # noqa: E402
 from collector.lightning import runwatch_telemetry  # noqa: E402
 
@@ -148,6 +153,71 @@ def runwatch(sample_every: int | None, gradients: bool = True) -> Factory:
         return telemetry.logger, list(telemetry.callbacks)
 
     return build
+
+
+class RecorderSwap(pl.Callback):
+    """Replaces methods of runwatch's ``Recorder`` from ``setup`` until ``restore()``, for the
+    ``--bounds`` reference lines (``runwatch_bounded`` restores them after the logger's
+    ``finalize``, which closes the recorder: its last flush runs with the replacements too)."""
+
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        self.methods = methods
+        self.saved: dict[str, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        recorder = recorder_module.Recorder
+        for name, method in self.methods.items():
+            self.saved.setdefault(name, vars(recorder)[name])
+            setattr(recorder, name, method)
+
+    def restore(self) -> None:
+        for name, method in self.saved.items():
+            setattr(recorder_module.Recorder, name, method)
+        self.saved.clear()
+
+
+_CONSTANT_LINE = "batch,experiment=bench,run_id=bound loss=0.5,step=1.0 1733333333000000000\n"
+
+
+def _constant_lines(recorder: Any, queued: list[Any], observations: list[Any]) -> Any:
+    """The flusher's line building at no cost: one constant line per queued point (observers
+    see nothing)."""
+    points = 0
+    for entry in queued:
+        kind = type(entry)
+        if kind is recorder_module._Later:
+            points += entry.limit
+        elif kind is recorder_module._Series:
+            points += len(entry.values)
+        else:
+            points += 1
+    return [_CONSTANT_LINE * points], points
+
+
+def _recording_nothing(recorder: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def runwatch_bounded(gradients: bool, **methods: Callable[..., Any]) -> Factory:
+    """runwatch at every step, with the recorder's methods replaced."""
+    build = runwatch(1, gradients)
+
+    def bounded(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+        logger, callbacks = build(workdir, every)
+        swap = RecorderSwap(**methods)
+        assert isinstance(logger, Logger)
+        finalize = logger.finalize
+
+        def finalize_then_restore(status: str) -> None:
+            try:
+                finalize(status)
+            finally:
+                swap.restore()
+
+        logger.finalize = finalize_then_restore  # type: ignore[method-assign]
+        return logger, [*callbacks, swap]
+
+    return bounded
 
 
 def csv_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
@@ -254,6 +324,8 @@ def run_once(factory: Factory, every: int, steps: int, workdir: Path) -> tuple[f
     return clock.per_step()
 
 
+EVERY_STEP = "every step (log_every_n_steps=1, runwatch batch + gradient norms every step)"
+WITHOUT_NORMS = "every step without gradient norms (runwatch gradient_every_n=0)"
 GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": (
         50,
@@ -264,7 +336,7 @@ GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
             "MLFlowLogger": mlflow_logger,
         },
     ),
-    "every step (log_every_n_steps=1, runwatch batch + gradient norms every step)": (
+    EVERY_STEP: (
         1,
         {
             "runwatch": runwatch(1),
@@ -276,17 +348,32 @@ GROUPS: dict[str, tuple[int, dict[str, Factory]]] = {
             "no-op + norms": discarding_logger_with_norms,
         },
     ),
-    "every step without gradient norms (runwatch gradient_every_n=0)": (
+    WITHOUT_NORMS: (
         1,
         {"runwatch": runwatch(1, gradients=False), "CSVLogger": csv_logger},
     ),
 }
+_FREE_RECORDER = {
+    "record": _recording_nothing,
+    "record_series": _recording_nothing,
+    "record_later": _recording_nothing,
+}
+BOUNDS: dict[str, dict[str, Factory]] = {
+    EVERY_STEP: {
+        "rw, free drain": runwatch_bounded(True, _lines=_constant_lines),
+        "rw, free recorder": runwatch_bounded(True, **_FREE_RECORDER),
+    },
+    WITHOUT_NORMS: {"rw, free recorder": runwatch_bounded(False, **_FREE_RECORDER)},
+}
+"""Reference lines (``--bounds``): runwatch's every-step configurations with parts of its
+recorder free. "free drain": the flusher builds no lines (a constant text per point), the
+bound for any cheaper drain (compiled, or in a writer process); "free recorder": ``record``,
+``record_series`` and ``record_later`` return at once, leaving runwatch's hooks, its gradient
+norms and Lightning's dispatch of them: the bound for any recorder."""
 TARGETS = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": "within noise (<= 1.03x)",
-    "every step (log_every_n_steps=1, runwatch batch + gradient norms every step)": (
-        "runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step"
-    ),
-    "every step without gradient norms (runwatch gradient_every_n=0)": "runwatch <= 1.03x",
+    EVERY_STEP: ("runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step"),
+    WITHOUT_NORMS: "runwatch <= 1.03x",
 }
 
 
@@ -356,13 +443,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="add the every-step reference lines with runwatch's drain or whole recorder free",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
+    groups: dict[str, tuple[int, dict[str, Factory]]] = {
+        group: (every, dict(factories)) for group, (every, factories) in GROUPS.items()
+    }
+    if args.bounds:
+        for group, bounds in BOUNDS.items():
+            groups[group][1].update(bounds)
     configs: list[tuple[str, str, int, Factory]] = []
-    for group, (every, factories) in GROUPS.items():
+    for group, (every, factories) in groups.items():
         for label, factory in factories.items():
             configs.append((group, label, every, factory))
 
@@ -412,14 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         f"torch threads={args.threads}; ratio = step time / mean of the bare runs just before "
         "and after (median over rounds, range); best-of = fastest run / fastest bare run (CPU)"
     )
-    groups = list(GROUPS)
-    self_times = {groups[0]: "default", groups[1]: "every", groups[2]: "no gradients"}
+    names = list(groups)
+    self_times = {names[0]: "default", names[1]: "every", names[2]: "no gradients"}
 
     def code_figure(name: str) -> str:
         spent = code[name]
         return f"{statistics.median(spent) * 1e6:.1f} µs/step (fastest {min(spent) * 1e6:.1f})"
 
-    for group, (_, factories) in GROUPS.items():
+    for group, (_, factories) in groups.items():
         print(f"\n{group}")
         print(
             f"  {'':<18} {'CPU time':>9} {'(range)':<13} {'wall time':>9} {'(range)':<13} best-of"
@@ -436,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  runwatch code on the training thread: {code_figure(self_times[group])}, median "
             f"of {SELF_RUNS} instrumented runs ({spent / bare_wall:.1%} of the bare step)"
         )
-        if group == groups[1]:
+        if group == EVERY_STEP:
             print(
                 f"  the same instrumentation, interleaved: CSVLogger code {code_figure('csv')}, "
                 f"CSV + grad_norm code {code_figure('csv norms')}, "
