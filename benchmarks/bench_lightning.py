@@ -155,27 +155,6 @@ def runwatch(sample_every: int | None, gradients: bool = True) -> Factory:
     return build
 
 
-class RecorderSwap(pl.Callback):
-    """Replaces methods of runwatch's ``Recorder`` from ``setup`` until ``restore()``, for the
-    ``--bounds`` reference lines (``runwatch_bounded`` restores them after the logger's
-    ``finalize``, which closes the recorder: its last flush runs with the replacements too)."""
-
-    def __init__(self, **methods: Callable[..., Any]) -> None:
-        self.methods = methods
-        self.saved: dict[str, Any] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        recorder = recorder_module.Recorder
-        for name, method in self.methods.items():
-            self.saved.setdefault(name, vars(recorder)[name])
-            setattr(recorder, name, method)
-
-    def restore(self) -> None:
-        for name, method in self.saved.items():
-            setattr(recorder_module.Recorder, name, method)
-        self.saved.clear()
-
-
 _CONSTANT_LINE = "batch,experiment=bench,run_id=bound loss=0.5,step=1.0 1733333333000000000\n"
 
 
@@ -199,23 +178,30 @@ def _recording_nothing(recorder: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def runwatch_bounded(gradients: bool, **methods: Callable[..., Any]) -> Factory:
-    """runwatch at every step, with the recorder's methods replaced."""
+    """runwatch at every step, with methods of its ``Recorder`` replaced for the fit: from
+    the build until the logger's ``finalize`` has closed the recorder (its last flush runs
+    with them too). No callback is added: Lightning's dispatch of one would cost the step
+    more than some of what these lines measure."""
     build = runwatch(1, gradients)
 
     def bounded(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
         logger, callbacks = build(workdir, every)
-        swap = RecorderSwap(**methods)
         assert isinstance(logger, Logger)
+        recorder = recorder_module.Recorder
+        saved = {name: vars(recorder)[name] for name in methods}
+        for name, method in methods.items():
+            setattr(recorder, name, method)
         finalize = logger.finalize
 
         def finalize_then_restore(status: str) -> None:
             try:
                 finalize(status)
             finally:
-                swap.restore()
+                for name, method in saved.items():
+                    setattr(recorder, name, method)
 
         logger.finalize = finalize_then_restore  # type: ignore[method-assign]
-        return logger, [*callbacks, swap]
+        return logger, callbacks
 
     return bounded
 

@@ -16,8 +16,12 @@ the line of line protocol is built when the queue is appended to the run's spool
 ``float``/``int`` values are queued as they are; any other value (a tensor, a numpy scalar,
 text) makes ``record()`` build the line at once, so no tensor (and its autograd graph) is kept
 alive by the queue. ``record_series()`` queues several points of one measurement (a gradient
-norm per layer) as one entry; ``record_later()`` queues a function that makes points (their
-summary too) when the flush builds them. A shipper
+norm per layer) as one entry; ``record_later()`` queues a function that makes points when the
+flush builds them. Each entry of plain values is one object Python's cyclic collector
+tracks, nothing under it (dicts of numbers and tuples of them it does not track; lists it
+always does): objects tracked while they wait are promoted into the collector's oldest
+generation, and enough of them trigger its full collections, ~0.2 s each next to torch and
+Lightning. A ``record_later`` entry holds a function, tracked until the flush. A shipper
 thread (``collector.shipper``) posts the spool to InfluxDB; the training thread never waits
 on the network. With no ``INFLUXDB_V2_URL`` the spool is all there is: ``runwatch sync``
 ships it later. Every point carries the tags ``run_id``, ``experiment`` and ``mode``.
@@ -320,9 +324,9 @@ class Recorder:
             if measurement not in self._observed and not (common and field in common):
                 series = _Series(
                     (measurement, (field, *(common or ())), tag),
-                    list(values[:count]),
-                    list(tag_values[:count]),
-                    list(common.values()) if common else [],
+                    tuple(values[:count]),
+                    tuple(tag_values[:count]),
+                    tuple(common.values()) if common else (),
                     self._reserve_times(count),
                 )
                 self._queue_many(series, count)
@@ -494,7 +498,7 @@ class Recorder:
         hold, and what observers see of them, in order. Points of one measurement and field
         order are formatted together across the whole queue (``PointBuilder.plain_rows``):
         a step's ``batch``, ``gradient`` and per-layer points each join the other steps'
-        points of their kind (``record_series`` entries as lists: ``_series_lines``); each
+        points of their kind (``record_series`` entries as columns: ``_series_lines``); each
         run of consecutive points of one shape then goes in as one text. A point that turns
         out invalid is dropped and no longer counted as recorded."""
         groups: dict[_Shape | _SeriesShape, list[Any]] = {}
@@ -811,9 +815,9 @@ def _name_of(function: object) -> str:
 def _series_points(
     measurement: str,
     field: str,
-    values: list[float],
+    values: Sequence[float],
     tag: str,
-    tag_values: list[object],
+    tag_values: Sequence[object],
     common: dict[str, float] | None,
 ) -> Iterator[tuple[str, dict[str, object], dict[str, object]]]:
     """``record_series``' points, made when the flush builds them."""
@@ -896,13 +900,14 @@ class _GroupLines:
 
 
 class _Series(NamedTuple):
-    """``record_series``' points, queued as lists (no dict per point), stamped from
-    ``time_ns``."""
+    """``record_series``' points, queued as tuples of values (no dict per point; no list,
+    which Python's collector would keep tracking while the entry waits for the flush),
+    stamped from ``time_ns``."""
 
     shape: _SeriesShape
-    values: list[float]
-    tag_values: list[object]
-    common: list[float]
+    values: tuple[float, ...]
+    tag_values: tuple[object, ...]
+    common: tuple[float, ...]
     """The common fields' values, in the order of ``shape``'s names after the first."""
     time_ns: int
 

@@ -20,7 +20,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 from types import CodeType, SimpleNamespace
 from typing import Any
@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import dispatcher, guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_summary
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_fields
 from collector.lightning.logger import RunwatchLogger
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -482,10 +482,11 @@ class GradientMonitorCallback(SessionCallback):
         names, values = found
         layers = max(0, min(self.max_layers, len(values)))
         step = float(global_step)
-        # The summary is made on the recorder's flusher, not this thread; the per-layer
-        # points are queued as lists, formatted there.
+        # Plain values only (no function to call later, no list): the recorder's queue then
+        # holds nothing Python's collector keeps tracking, and a long fit never fills its
+        # oldest generation (a full collection takes ~0.2 s of the training thread).
         session = self.session
-        session.record_later(partial(gradient_summary, values, step), 1)
+        session.record("gradient", gradient_fields(values, step))
         if layers:
             session.record_series(
                 "gradient_layer", "norm", values[:layers], "layer", names[:layers], {"step": step}

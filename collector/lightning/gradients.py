@@ -147,7 +147,9 @@ def gradient_points(
 ) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
     """The ``gradient`` point (total, max and min norm) and a ``gradient_layer`` point for
     each of the first ``layers`` parameters, as (measurement, fields, tags)."""
-    points = gradient_summary(values, step)
+    points: list[tuple[str, dict[str, float], dict[str, str] | None]] = [
+        ("gradient", gradient_fields(values, step), None)
+    ]
     points.extend(
         ("gradient_layer", {"norm": value, "step": step}, {"layer": name})
         for name, value in zip(names[:layers], values[:layers], strict=False)
@@ -155,14 +157,10 @@ def gradient_points(
     return points
 
 
-def gradient_summary(
-    values: list[float], step: float
-) -> list[tuple[str, dict[str, float], dict[str, str] | None]]:
-    """The ``gradient`` point of per-parameter norms (total, max and min norm), as
-    (measurement, fields, tags)."""
+def gradient_fields(values: list[float], step: float) -> dict[str, float]:
+    """The fields of the ``gradient`` point of per-parameter norms: total, max and min norm."""
     total, largest, smallest = summary(values)
-    fields = {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step}
-    return [("gradient", fields, None)]
+    return {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step}
 
 
 def _summary(names: list[str], values: list[float], max_layers: int) -> GradientNorms:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import re
@@ -41,6 +42,7 @@ from collector.lightning.callbacks import (
 from collector.run import ErrorLedger
 from collector.spool import list_streams
 from collector.store import Store
+from tests.collector.test_recorder import tracked_within
 from tests.servers._process import free_port
 from trainer.data import BreastCancerDataModule
 from trainer.model import MLPClassifier
@@ -387,6 +389,48 @@ def test_nan_loss_is_flagged_shown_as_nan_and_training_goes_on(tmp_path: Path) -
     )
     assert nonfinite is not None and nonfinite > 0
     assert telemetry.session.error_ledger.total == 0
+
+
+class QueuedEntries(pl.Callback):
+    """After runwatch's hooks of each training step: how many objects Python's collector
+    tracks in each entry waiting in runwatch's recorder queue (after two collections: held
+    here, the entries are those of a queue nobody drains)."""
+
+    def __init__(self, telemetry: Any) -> None:
+        self.telemetry = telemetry
+        self.tracked: dict[str, set[int]] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        waiting = list(self.telemetry.session._recorder._pending)  # before a flush takes them
+        gc.collect()
+        gc.collect()
+        for entry in waiting:
+            if isinstance(entry, str):
+                kind = "built line"  # an event's, built at the call
+            else:
+                kind = entry[0] if isinstance(entry[0], str) else type(entry).__name__
+            self.tracked.setdefault(kind, set()).add(tracked_within(entry))
+
+
+def test_a_fit_with_every_step_norms_queues_one_tracked_object_a_point(tmp_path: Path) -> None:
+    """No list, function or partial waits in the queue for the flush: a long fit would have
+    them promoted into the collector's oldest generation and pay its full collections."""
+    settings = make_settings(tmp_path / "home", prometheus_port=free_port())
+    telemetry = runwatch_telemetry("gc", settings=settings, batch_every_n=1, gradient_every_n=1)
+    probe = QueuedEntries(telemetry)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=16,
+        log_every_n_steps=1,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, probe],
+        enable_checkpointing=False,
+    )
+    model, data = mlp()
+    trainer.fit(model, datamodule=data)
+    assert {"batch", "gradient", "_Series"} <= set(probe.tracked)  # each kind waited
+    assert all(max(counts) <= 1 for counts in probe.tracked.values()), probe.tracked
+    assert of(read_points(settings, telemetry.run_id), "gradient_layer")
 
 
 # -- pieces alone ----------------------------------------------------------------------------------

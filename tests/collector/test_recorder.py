@@ -7,6 +7,7 @@ measurement, hostile values, refusals) is in test_influxdb2_write.py.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import math
@@ -453,6 +454,40 @@ def test_record_series_writes_the_points_of_as_many_record_calls(settings: Setti
     stamps = [int(line.rsplit(" ", 1)[1]) for line in written]
     assert stamps == sorted(set(stamps))  # each point its own, increasing timestamp
     assert "norm_nonfinite=1.0" in written[1]
+
+
+def tracked_within(entry: object) -> int:
+    """Objects Python's collector tracks in ``entry`` and the containers under it."""
+    found = int(gc.is_tracked(entry))
+    if isinstance(entry, tuple | list):
+        found += sum(tracked_within(item) for item in entry)
+    elif isinstance(entry, dict):
+        found += sum(tracked_within(item) for item in (*entry, *entry.values()))
+    return found
+
+
+def test_queued_points_and_series_are_one_tracked_object_each(
+    settings: Settings,
+) -> None:
+    """What waits for the flush gives Python's collector as little as possible to promote
+    into its oldest generation, whose full collections a long training pays for: each entry
+    is one tracked object, with nothing tracked under it (no list, no function)."""
+
+    tuning = RecorderTuning(flush_interval_s=3600)  # the entries wait
+    with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:
+        step = 3.0
+        rec.record("batch", {"loss": 0.5, "step": step})
+        rec.record("gradient", {"total_norm": 1.0, "max_norm": 0.9, "min_norm": 0.1, "step": 3})
+        norms = [0.5, 0.25]
+        rec.record_series("gradient_layer", "norm", norms, "layer", ["a", "b"], {"step": step})
+        norms.append(9.0)  # the caller's list is not what waits
+        gc.collect()
+        gc.collect()  # a tuple holding a tuple built after it is untracked at the next pass
+        entries = list(rec._pending)
+        assert len(entries) == 3
+        assert [tracked_within(entry) for entry in entries] == [1, 1, 1]
+        rec.flush()
+        assert sum("norm=9" in line for line in spool_lines(rec)) == 0
 
 
 def test_series_interleaved_with_other_points_spool_what_record_calls_would(
