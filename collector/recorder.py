@@ -218,8 +218,6 @@ class Recorder:
                 target_for(self.settings),
                 self.tuning.ship,
             )
-            shipper = self._shipper
-            self._writer.compress_once_shipped(lambda: shipper.acked)
         self._stop_flusher = threading.Event()
         self._flush_now = threading.Event()
         self._flusher = threading.Thread(

@@ -10,7 +10,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from collector.spool._reading import complete_end
@@ -38,10 +38,6 @@ DEFAULT_SEGMENT_BYTES = 8 * 1024 * 1024
 
 _COMPACTOR_NICENESS = 19
 """Compression waits for idle CPU: the training and the shipper come first."""
-UNSHIPPED_COMPRESSION_WAIT_S = 10.0
-"""With a shipper behind the writer: how long a finished segment waits to be acknowledged
-before it is compressed anyway (the server is down or behind)."""
-_SHIPPED_POLL_S = 0.05
 CLOSE_COMPRESSION_BUDGET_S = 0.5
 """What ``close()`` spends at most on segments compression has not reached yet (a training
 that kept both cores busy starved it), so closing a run stays fast; the rest stays plain
@@ -88,8 +84,6 @@ class SpoolWriter:
         self.segment_bytes = segment_bytes
         self._lock_fd = lock_fd
         self._compactor: _Compactor | None = None
-        self._shipped: Callable[[], int] | None = None
-        self._shipped_wait_s = UNSHIPPED_COMPRESSION_WAIT_S
         remove_stale_files(stream)
         segments = list_segments(stream)
         if segments[0].path != stream.path and os.fstat(lock_fd).st_size:
@@ -160,15 +154,6 @@ class SpoolWriter:
         if self.written - self._tail_start >= self.segment_bytes:
             self._roll()
 
-    def compress_once_shipped(
-        self, shipped: Callable[[], int], wait_s: float = UNSHIPPED_COMPRESSION_WAIT_S
-    ) -> None:
-        """Compress each segment finished from now on only once ``shipped()`` (the offset
-        the server acknowledged) is past its end, or it has waited ``wait_s``, or the writer
-        closes: the shipper reads the plain bytes it sends, not gzip it would have to
-        inflate again, and compressing does not take CPU from shipping a backlog."""
-        self._shipped, self._shipped_wait_s = shipped, wait_s
-
     def sync(self) -> None:
         if self._tail_fd is not None:
             os.fsync(self._tail_fd)
@@ -226,10 +211,7 @@ class SpoolWriter:
     def _compress_later(self, start: int, end: int, path: Path) -> None:
         if self._compactor is None:
             self._compactor = _Compactor(self.stream)
-        not_before = None
-        if self._shipped is not None:
-            not_before = (self._shipped, time.monotonic() + self._shipped_wait_s)
-        self._compactor.submit(start, end, path, not_before)
+        self._compactor.submit(start, end, path)
 
     def _repair_tail(self) -> int:
         """Move a torn last line of the tail segment to ``.rejected`` and truncate."""
@@ -257,27 +239,21 @@ class _Compactor:
 
     def __init__(self, stream: SpoolStream) -> None:
         self._stream = stream
-        self._queue: queue.SimpleQueue[_Finished | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[int, int, Path] | None] = queue.SimpleQueue()
         self._give_up_at: float | None = None
-        self._closing = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"runwatch-spool-compress-{stream.stem}", daemon=True
         )
         self._thread.start()
 
-    def submit(
-        self, start: int, end: int, path: Path, not_before: _ShippedBy | None = None
-    ) -> None:
-        """Compress ``[start, end)`` in ``path``; with ``not_before`` = (shipped, deadline),
-        once ``shipped()`` reaches ``end`` or at the deadline (monotonic), whichever first."""
-        self._queue.put((start, end, path, not_before))
+    def submit(self, start: int, end: int, path: Path) -> None:
+        self._queue.put((start, end, path))
 
     def finish(self, budget_s: float) -> None:
         """Compress what is queued for at most ``budget_s`` (plus the segment under way); what
         is left stays plain, correct for every reader, and the next writer of the stream
         compresses it."""
         self._give_up_at = time.monotonic() + budget_s
-        self._closing.set()
         self._queue.put(None)
         self._thread.join()
 
@@ -287,9 +263,7 @@ class _Compactor:
         while (item := self._queue.get()) is not None:
             if self._give_up_at is not None and time.monotonic() > self._give_up_at:
                 continue  # closing, out of time: the rest stays plain
-            start, end, path, not_before = item
-            if not_before is not None:
-                self._wait_until_shipped(end, *not_before)
+            start, end, path = item
             try:
                 compress_segment(self._stream, start, end, path)
             except Exception as exc:  # it stays plain: readers and sync still read it
@@ -299,17 +273,3 @@ class _Compactor:
                     type(exc).__name__,
                     exc,
                 )
-
-    def _wait_until_shipped(self, end: int, shipped: Callable[[], int], deadline: float) -> None:
-        while not self._closing.is_set() and time.monotonic() < deadline:
-            try:
-                if shipped() >= end:
-                    return
-            except Exception:  # the shipper's state cannot be read: compress now
-                return
-            self._closing.wait(_SHIPPED_POLL_S)
-
-
-_ShippedBy = tuple[Callable[[], int], float]
-"""What a finished segment waits for before compression: the shipped offset, a deadline."""
-_Finished = tuple[int, int, Path, _ShippedBy | None]

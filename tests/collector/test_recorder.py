@@ -651,29 +651,6 @@ def test_segment_bytes_sets_where_the_spool_rolls_and_compresses(settings: Setti
     ]
 
 
-def test_with_a_server_configured_finished_segments_wait_for_it_then_close_compresses(
-    tmp_path: Path,
-) -> None:
-    from collector.spool import SpoolStream, StreamReader, list_segments
-    from tests.servers._process import free_port
-
-    down = make_settings(tmp_path / "home", f"http://127.0.0.1:{free_port()}")  # nobody there
-    tuning = RecorderTuning(segment_bytes=8_192, flush_lines=20, queue_limit=20)
-    rec = Recorder(new_run_id(), experiment=EXPERIMENT, settings=down, tuning=tuning)
-    for step in range(400):
-        rec.record("batch", {"loss": 1.0 / (step + 1), "step": step})
-    rec.flush()
-    stream = SpoolStream.at(down.spool_dir, rec.run_id)
-    time.sleep(0.3)
-    segments = list_segments(stream)
-    assert len(segments) > 5 and not any(segment.compressed for segment in segments)
-    rec.close(timeout=1.0)
-    segments = list_segments(stream)
-    assert all(segment.compressed for segment in segments[:-1])
-    with StreamReader(stream) as reader:
-        assert len(reader.read(0, reader.extent()[0]).splitlines()) == 400
-
-
 def test_flush_lines_counts_the_points_of_a_series(settings: Settings) -> None:
     tuning = RecorderTuning(flush_lines=10, queue_limit=10, flush_interval_s=3600)
     with Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings, tuning=tuning) as rec:

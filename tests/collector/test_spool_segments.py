@@ -280,65 +280,6 @@ def test_export_reads_points_out_of_compressed_segments(tmp_path: Path) -> None:
     assert reading.skipped == 0
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def compressed_count(stream: SpoolStream) -> int:
-    return sum(segment.compressed for segment in list_segments(stream))
-
-
-def test_with_a_shipper_a_finished_segment_is_compressed_once_acknowledged(
-    tmp_path: Path,
-) -> None:
-    shipped = [0]
-    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=256)
-    writer.compress_once_shipped(lambda: shipped[0], wait_s=60)
-    writer.append(lines(10))
-    writer.append(lines(10, 10))  # the first segment is finished
-    first_end = len(lines(10))
-    time.sleep(0.3)
-    assert compressed_count(writer.stream) == 0  # the shipper has not sent it yet
-    shipped[0] = first_end - 1
-    time.sleep(0.3)
-    assert compressed_count(writer.stream) == 0  # one line of it is still unacknowledged
-    shipped[0] = first_end
-    assert wait_for(lambda: compressed_count(writer.stream) == 1)
-    writer.close()
-    assert read_all(writer.stream) == lines(20)
-
-
-def test_a_segment_the_shipper_does_not_acknowledge_is_compressed_after_the_wait(
-    tmp_path: Path,
-) -> None:
-    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=256)
-    writer.compress_once_shipped(lambda: 0, wait_s=0.2)  # the server is down
-    writer.append(lines(10))
-    writer.append(lines(10, 10))
-    assert wait_for(lambda: compressed_count(writer.stream) == 1)
-    writer.close()
-    assert read_all(writer.stream) == lines(20)
-
-
-@pytest.mark.parametrize("shipped", [lambda: 0, lambda: 1 // 0], ids=["unshipped", "raises"])
-def test_closing_compresses_what_waited_for_the_shipper(tmp_path: Path, shipped: Any) -> None:
-    writer = SpoolWriter.open(tmp_path, RUN, segment_bytes=256)
-    writer.compress_once_shipped(shipped, wait_s=60)
-    for start in range(0, 40, 10):
-        writer.append(lines(10, start))
-    started = time.monotonic()
-    writer.close()
-    assert time.monotonic() - started < 5  # not the 60 s wait
-    segments = list_segments(writer.stream)
-    assert len(segments) == 4 and all(segment.compressed for segment in segments)
-    assert read_all(writer.stream) == lines(40)
-
-
 def test_closing_stops_compressing_at_its_budget_and_the_next_writer_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
