@@ -482,9 +482,10 @@ class GradientMonitorCallback(SessionCallback):
         names, values = found
         layers = max(0, min(self.max_layers, len(values)))
         step = float(global_step)
-        # Plain values only (no function to call later, no list): the recorder's queue then
-        # holds nothing Python's collector keeps tracking, and a long fit never fills its
-        # oldest generation (a full collection takes ~0.2 s of the training thread).
+        # Plain values only (no function to call later, no list): each entry waiting in the
+        # recorder's queue is one object Python's collector tracks, nothing under it, so a
+        # long fit does not fill the collector's oldest generation (whose full collection
+        # takes ~0.2 s of the training thread).
         session = self.session
         session.record("gradient", gradient_fields(values, step))
         if layers:

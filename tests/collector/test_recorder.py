@@ -482,7 +482,7 @@ def test_queued_points_and_series_are_one_tracked_object_each(
         rec.record_series("gradient_layer", "norm", norms, "layer", ["a", "b"], {"step": step})
         norms.append(9.0)  # the caller's list is not what waits
         gc.collect()
-        gc.collect()  # a tuple holding a tuple built after it is untracked at the next pass
+        gc.collect()  # one pass may reach a tuple before the tuple inside it: untracked next
         entries = list(rec._pending)
         assert len(entries) == 3
         assert [tracked_within(entry) for entry in entries] == [1, 1, 1]
