@@ -43,20 +43,32 @@ CONFIGS: dict[str, bench.Factory] = {
 
 
 class Collections:
-    """Count and time of the collector's passes per generation, from ``gc.callbacks``."""
+    """Count and time of the collector's passes per generation, from ``gc.callbacks``, and
+    the objects each generation-1 pass promoted into the oldest generation (its size just
+    after the pass minus just before: nothing else enters it, and nothing leaves it while
+    the pass runs). Those promotions are what bring the next full collection: CPython runs
+    one once they exceed a quarter of the objects the oldest generation held after the last
+    full collection."""
 
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+        self.promoted = 0
         self._started = 0.0
+        self._oldest = 0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        generation = info["generation"]
         if phase == "start":
+            if generation == 1:  # sized outside the timed pass
+                self._oldest = len(gc.get_objects(generation=2))
             self._started = time.perf_counter()
             return
-        generation = info["generation"]
+        elapsed = time.perf_counter() - self._started
         self.count[generation] += 1
-        self.seconds[generation] += time.perf_counter() - self._started
+        self.seconds[generation] += elapsed
+        if generation == 1:
+            self.promoted += len(gc.get_objects(generation=2)) - self._oldest
 
 
 def measure(factory: bench.Factory, steps: int, workdir: Path) -> Collections:
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=60_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--only", help="comma-separated configurations (default: all)")
     args = parser.parse_args(argv)
     bench.torch.set_num_threads(args.threads)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -82,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gc-") as tmp:
         workdir = Path(tmp)
         bench.run_once(bench.runwatch(1), 1, 300, workdir / "warm-up")
-        names = list(CONFIGS)
+        names = args.only.split(",") if args.only else list(CONFIGS)
         print(
             f"{args.steps:,} steps a fit, every-step logging, torch threads={args.threads}; "
-            "collections during the fit (count, ms) per generation, their time per step"
+            "collections during the fit (count, ms) per generation, their time per step, "
+            "objects promoted into the oldest generation"
         )
         for round_index in range(args.rounds):
             order = names[round_index % len(names) :] + names[: round_index % len(names)]
@@ -95,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                 generations = "  ".join(
                     f"gen{g} {spent.count[g]:>5} {spent.seconds[g] * 1e3:7.1f} ms" for g in range(3)
                 )
-                print(f"  {name:<20} {generations}   {per_step:5.1f} µs/step", flush=True)
+                promoted = spent.promoted / args.steps * 1000
+                print(
+                    f"  {name:<20} {generations}   {per_step:5.1f} µs/step   "
+                    f"promoted {promoted:6.0f} per 1,000 steps",
+                    flush=True,
+                )
     return 0
 
 
