@@ -26,7 +26,6 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +71,13 @@ class Collections:
 
 
 def measure(factory: bench.Factory, steps: int, workdir: Path) -> Collections:
-    collections = Collections()
-    callback: Callable[[str, dict[str, Any]], None] = collections
-    gc.callbacks.append(callback)
+    passes = Collections()
+    gc.callbacks.append(passes)
     try:
         bench.run_once(factory, 1, steps, workdir)
     finally:
-        gc.callbacks.remove(callback)
-    return collections
+        gc.callbacks.remove(passes)
+    return passes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -358,7 +358,7 @@ bound for any cheaper drain (compiled, or in a writer process); "free recorder":
 norms and Lightning's dispatch of them: the bound for any recorder."""
 TARGETS = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": "within noise (<= 1.03x)",
-    EVERY_STEP: ("runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step"),
+    EVERY_STEP: "runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step",
     WITHOUT_NORMS: "runwatch <= 1.03x",
 }
 
