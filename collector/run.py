@@ -439,6 +439,11 @@ class Run:
         tags: Mapping[str, str] | None = None,
     ) -> None:
         """Record one point (starts the run if needed). Never raises."""
+        recorder = self._recorder
+        if recorder is not None and self.started:  # a running run: the every-step path
+            if fields:
+                recorder.record(measurement, fields, tags)
+            return
         if not fields or not self.start().started:
             return
         recorder = self._writer()

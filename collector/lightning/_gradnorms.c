@@ -186,6 +186,48 @@ done:
     return result;
 }
 
+/* (total, max, min) of per-parameter norms: the norm over all of them (scaled by the largest,
+ * so squares of large norms do not overflow), the largest and the smallest; all NaN when one
+ * is NaN. The same as gradients.summary() in Python, in one call instead of five. */
+static PyObject *norm_summary(PyObject *module, PyObject *values) {
+    if (!PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "norm_summary() takes a list of floats");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "norm_summary() of no norms");
+        return NULL;
+    }
+    double largest = -INFINITY, smallest = INFINITY;
+    int nan_seen = 0;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        PyObject *item = PyList_GET_ITEM(values, i);
+        if (!PyFloat_CheckExact(item)) {
+            PyErr_SetString(PyExc_TypeError, "norm_summary() takes a list of floats");
+            return NULL;
+        }
+        double value = PyFloat_AS_DOUBLE(item);
+        if (isnan(value)) nan_seen = 1;
+        if (value > largest) largest = value;
+        if (value < smallest) smallest = value;
+    }
+    if (nan_seen) return Py_BuildValue("(ddd)", (double)NAN, (double)NAN, (double)NAN);
+    double scale = fmax(fabs(largest), fabs(smallest));
+    double total;
+    if (isinf(scale) || scale == 0.0) {
+        total = scale;
+    } else {
+        double squares = 0.0;
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            double ratio = PyFloat_AS_DOUBLE(PyList_GET_ITEM(values, i)) / scale;
+            squares += ratio * ratio;
+        }
+        total = scale * sqrt(squares);
+    }
+    return Py_BuildValue("(ddd)", total, largest, smallest);
+}
+
 static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *types[4];
     if (!PyArg_ParseTuple(args, "OOOO:configure", &types[0], &types[1], &types[2], &types[3]))
@@ -204,6 +246,9 @@ static PyMethodDef methods[] = {
      "cpu_norms(parameters) -> list[float | None] | None: the L2 norm of each parameter's "
      "gradient (None: it has none), or None when one is not a contiguous float32/float64 CPU "
      "tensor"},
+    {"norm_summary", norm_summary, METH_O,
+     "norm_summary(values) -> (total, max, min): the norm over all of a list of per-parameter "
+     "norms, the largest and the smallest; all NaN when one is NaN"},
     {NULL, NULL, 0, NULL},
 };
 

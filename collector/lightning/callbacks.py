@@ -360,6 +360,8 @@ class BatchMetricsCallback(SessionCallback):
     @staticmethod
     def _output_loss(outputs: Any) -> torch.Tensor | None:
         """The training step's loss, when it is a one-element tensor (not read here)."""
+        if type(outputs) is torch.Tensor:  # skips the Mapping ABC's check: every step pays it
+            return outputs if outputs.numel() == 1 else None
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             return loss

@@ -28,13 +28,14 @@ DEFAULT_MAX_LAYERS = 16
 _vector_norm = torch.linalg.vector_norm
 
 _cpu_norms: Callable[[list[torch.nn.Parameter]], list[float | None] | None] | None
+_norm_summary: Callable[[list[float]], tuple[float, float, float]] | None
 try:
-    from collector.lightning._gradnorms import configure, cpu_norms
+    from collector.lightning._gradnorms import configure, cpu_norms, norm_summary
 except ImportError:  # installed without a C compiler: torch's path only
-    _cpu_norms = None
+    _cpu_norms = _norm_summary = None
 else:
     configure(torch.Tensor, torch.float32, torch.float64, torch.strided)
-    _cpu_norms = cpu_norms
+    _cpu_norms, _norm_summary = cpu_norms, norm_summary
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,18 @@ def fused_norms(grads: list[torch.Tensor]) -> list[float]:
 
 def summary(values: list[float]) -> tuple[float, float, float]:
     """(total, max, min) of per-parameter norms: the norm over all gradients, the largest and
-    the smallest; all NaN when one is NaN (max()/min() would depend on the order)."""
+    the smallest; all NaN when one is NaN (max()/min() would depend on the order). One
+    compiled call where the module is built (every step with norms pays this)."""
+    if _norm_summary is not None and type(values) is list:
+        try:
+            return _norm_summary(values)
+        except TypeError:  # not all floats (ints from a caller): Python's path
+            pass
+    return summary_in_python(values)
+
+
+def summary_in_python(values: list[float]) -> tuple[float, float, float]:
+    """``summary`` without the compiled module."""
     if math.isnan(sum(values)):
         return math.nan, math.nan, math.nan
     return math.hypot(*values), max(values), min(values)

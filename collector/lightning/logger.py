@@ -206,9 +206,11 @@ class RunwatchLogger(Logger):
 
     # -- Logger API --------------------------------------------------------------------
 
-    @rank_zero_only
     @guarded
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        # Lightning's @rank_zero_only, read here: every logged step would pay its wrapper's call
+        if getattr(rank_zero_only, "rank", 0) != 0:
+            return
         session = self.session
         values = self._numbers(metrics)
         epoch_value = values.pop("epoch", None)

@@ -216,6 +216,11 @@ class RunSession(Run):
         common: Mapping[str, float] | None = None,
     ) -> None:
         """One point per value in one call (``Recorder.record_series``). Never raises."""
+        recorder = self._recorder
+        if recorder is not None and self.started:  # a running run: the every-step path
+            if values:
+                recorder.record_series(measurement, field, values, tag, tag_values, common)
+            return
         if not values or not self.start().started:
             return
         recorder = self._writer()

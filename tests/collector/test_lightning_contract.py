@@ -228,6 +228,19 @@ def test_experiment_on_other_ranks_is_lightnings_dummy(
     logger.finalize("success")
 
 
+def test_log_metrics_on_other_ranks_records_nothing(
+    runwatch_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = RunwatchLogger("ranks")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger.log_metrics({"train_loss": 0.5}, step=7)
+    assert not logger.session.started and logger.session.last_step == 0
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    logger.log_metrics({"train_loss": 0.5}, step=7)
+    assert logger.session.started and logger.session.last_step == 7
+    logger.finalize("success")
+
+
 # -- directories ----------------------------------------------------------------------------
 
 

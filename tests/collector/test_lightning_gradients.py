@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from collector.lightning import gradients
@@ -26,6 +28,8 @@ from collector.lightning.gradients import (
     gradient_points,
     norm_values,
     norms_one_by_one,
+    summary,
+    summary_in_python,
 )
 
 
@@ -321,6 +325,51 @@ def test_compiled_norms_of_gradients_that_require_grad() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert compiled_norms([parameter_with(grad)]) == pytest.approx([math.sqrt(12)])
+
+
+@pytest.mark.usefixtures("compiled")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=0.0, max_value=1e300, allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_the_compiled_summary_is_python_s(values: list[float]) -> None:
+    total, largest, smallest = summary(values)
+    expected = summary_in_python(values)
+    assert (largest, smallest) == expected[1:]
+    assert total == pytest.approx(expected[0], rel=1e-14, abs=0.0)
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0, 4.0], (5.0, 4.0, 3.0)),
+        ([0.0, 0.0], (0.0, 0.0, 0.0)),
+        ([math.inf, 1.0], (math.inf, math.inf, 1.0)),
+        ([1e300, 1e300], (math.sqrt(2) * 1e300, 1e300, 1e300)),
+    ],
+)
+def test_the_compiled_summary_at_its_edges(
+    values: list[float], expected: tuple[float, float, float]
+) -> None:
+    assert summary(values) == pytest.approx(expected)
+    assert gradients._norm_summary is not None
+    assert gradients._norm_summary(values) == pytest.approx(expected)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_the_compiled_summary_of_a_nan_is_all_nan_and_other_input_takes_python_s_path() -> None:
+    assert gradients._norm_summary is not None
+    assert all(math.isnan(x) for x in gradients._norm_summary([1.0, math.nan, 2.0]))
+    assert summary([3, 4]) == (5.0, 4, 3)  # ints: the compiled call refuses, Python answers
+    with pytest.raises(TypeError):
+        gradients._norm_summary((3.0, 4.0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        gradients._norm_summary([])
 
 
 def test_without_the_compiled_module_torch_s_path_gives_the_norms(
