@@ -22,7 +22,9 @@ training thread). What runwatch adds to a step is its distance from that floor. 
 ``--bounds``, more lines bound what any change to runwatch's recorder could reach (``BOUNDS``):
 runwatch with its drain free (the flusher writes a constant line per point) and with its
 recording calls free (``record``, ``record_series`` and ``record_later`` return at once; its
-hooks, its gradient norms and Lightning's dispatch of them remain).
+hooks, its gradient norms and Lightning's dispatch of them remain), and a floor for any
+telemetry of the same points written in Python: a callback computing the same compiled
+norms and their summary and a logger, both appending each step's values to a list.
 
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
@@ -65,6 +67,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from collector import recorder as recorder_module  # noqa: E402
 from collector.config import load_settings  # noqa: E402
 from collector.lightning import runwatch_telemetry  # noqa: E402
+from collector.lightning.gradients import ParameterNorms, summary  # noqa: E402
 
 WARMUP_STEPS = 50
 SELF_RUNS = 5
@@ -273,6 +276,54 @@ def discarding_logger_with_norms(
     return DiscardingLogger(), [TorchNormsOnly()]
 
 
+class MinimalTelemetry(pl.Callback):
+    """What any telemetry of runwatch's every-step points must do on the training thread, and
+    nothing more: the compiled gradient norms and their summary (``gradients``), each step's
+    values appended to a list as they come. No checks, no queue, no lines, no file, no live
+    gauges: a floor, not a logger anyone could use."""
+
+    def __init__(self, kept: list[tuple[Any, ...]], gradients: bool) -> None:
+        self.kept = kept
+        self.gradients = gradients
+        self.norms: ParameterNorms | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.gradients:
+            named = pl_module.named_parameters()
+            self.norms = ParameterNorms((n, p) for n, p in named if p.requires_grad)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        found = self.norms.values() if self.norms is not None else None
+        if found is not None:
+            self.kept.append((summary(found[1]), tuple(found[1])))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self.kept.append((time.perf_counter(), outputs))
+
+
+class KeepingLogger(DiscardingLogger):
+    """A logger that appends what Lightning hands it to a list."""
+
+    def __init__(self, kept: list[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.kept = kept
+
+    def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+        self.kept.append((step, dict(metrics)))
+
+
+def minimal_telemetry(gradients: bool) -> Factory:
+    def build(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
+        kept: list[tuple[Any, ...]] = []
+        return KeepingLogger(kept), [MinimalTelemetry(kept, gradients)]
+
+    return build
+
+
 def tensorboard_logger(workdir: Path, every: int) -> tuple[Logger | bool, list[pl.Callback]]:
     return TensorBoardLogger(save_dir=str(workdir / "tb")), []
 
@@ -348,14 +399,21 @@ BOUNDS: dict[str, dict[str, Factory]] = {
     EVERY_STEP: {
         "rw, free drain": runwatch_bounded(True, _lines=_constant_lines),
         "rw, free recorder": runwatch_bounded(True, **_FREE_RECORDER),
+        "floor: appends": minimal_telemetry(gradients=True),
     },
-    WITHOUT_NORMS: {"rw, free recorder": runwatch_bounded(False, **_FREE_RECORDER)},
+    WITHOUT_NORMS: {
+        "rw, free recorder": runwatch_bounded(False, **_FREE_RECORDER),
+        "floor: appends": minimal_telemetry(gradients=False),
+    },
 }
 """Reference lines (``--bounds``): runwatch's every-step configurations with parts of its
 recorder free. "free drain": the flusher builds no lines (a constant text per point), the
 bound for any cheaper drain (compiled, or in a writer process); "free recorder": ``record``,
 ``record_series`` and ``record_later`` return at once, leaving runwatch's hooks, its gradient
-norms and Lightning's dispatch of them: the bound for any recorder."""
+norms and Lightning's dispatch of them: the bound for any recorder. "floor: appends": one
+callback and a logger that compute the compiled norms and their summary and append each
+step's values to a list (``MinimalTelemetry``): the bound for any telemetry of these points
+written in Python, before it stores or shows anything."""
 TARGETS = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": "within noise (<= 1.03x)",
     EVERY_STEP: "runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step",
@@ -432,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bounds",
         action="store_true",
-        help="add the every-step reference lines with runwatch's drain or whole recorder free",
+        help="add the every-step reference lines: runwatch with its drain or whole recorder "
+        "free, and the floor of any Python telemetry of the same points",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
