@@ -12,12 +12,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml setup.py collector/lightning/_gradnorms.c | $(PY)
+$(VENV)/.installed: pyproject.toml setup.py collector/lightning/_gradnorms.c collector/_lines.c | $(PY)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[lightning,flower]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml setup.py collector/lightning/_gradnorms.c | $(PY)
+$(VENV)/.installed-dev: pyproject.toml setup.py collector/lightning/_gradnorms.c collector/_lines.c | $(PY)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(VENV)/.installed $@
@@ -54,4 +54,4 @@ bench: $(VENV)/.installed-dev
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build collector/lightning/_gradnorms*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build collector/lightning/_gradnorms*.so collector/_lines*.so

@@ -20,7 +20,8 @@ every logger pays), and "no-op + norms" adds a callback computing the same per-p
 norms runwatch computes, the same way, and discarding them (torch's arithmetic on the
 training thread). What runwatch adds to a step is its distance from that floor. With
 ``--bounds``, more lines bound what any change to runwatch's recorder could reach (``BOUNDS``):
-runwatch with its drain free (the flusher writes a constant line per point) and with its
+runwatch with its flush in Python (the compiled one, ``collector._lines``, declining every
+queue), with its drain free (the flusher writes a constant line per point) and with its
 recording calls free (``record``, ``record_series`` and ``record_later`` return at once; its
 hooks, its gradient norms and Lightning's dispatch of them remain), and a floor for any
 telemetry of the same points written in Python: a callback computing the same compiled
@@ -177,6 +178,11 @@ def _constant_lines(recorder: Any, queued: list[Any], observations: list[Any]) -
 
 
 def _recording_nothing(recorder: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _compiling_nothing(recorder: Any, queued: list[Any]) -> None:
+    """The compiled flush declining every queue: the Python path (``_lines``) writes it."""
     return None
 
 
@@ -397,18 +403,23 @@ _FREE_RECORDER = {
 }
 BOUNDS: dict[str, dict[str, Factory]] = {
     EVERY_STEP: {
-        "rw, free drain": runwatch_bounded(True, _lines=_constant_lines),
+        "rw, Python flush": runwatch_bounded(True, _compiled_lines=_compiling_nothing),
+        "rw, free drain": runwatch_bounded(
+            True, _lines=_constant_lines, _compiled_lines=_compiling_nothing
+        ),
         "rw, free recorder": runwatch_bounded(True, **_FREE_RECORDER),
         "floor: appends": minimal_telemetry(gradients=True),
     },
     WITHOUT_NORMS: {
+        "rw, Python flush": runwatch_bounded(False, _compiled_lines=_compiling_nothing),
         "rw, free recorder": runwatch_bounded(False, **_FREE_RECORDER),
         "floor: appends": minimal_telemetry(gradients=False),
     },
 }
 """Reference lines (``--bounds``): runwatch's every-step configurations with parts of its
-recorder free. "free drain": the flusher builds no lines (a constant text per point), the
-bound for any cheaper drain (compiled, or in a writer process); "free recorder": ``record``,
+recorder in Python or free. "Python flush": the flusher builds every flush's lines in Python
+(what the compiled flush saves); "free drain": the flusher builds no lines (a constant text per point), the
+bound for any cheaper drain (in a writer process, or with observers and the spool free too); "free recorder": ``record``,
 ``record_series`` and ``record_later`` return at once, leaving runwatch's hooks, its gradient
 norms and Lightning's dispatch of them: the bound for any recorder. "floor: appends": one
 callback and a logger that compute the compiled norms and their summary and append each

@@ -202,6 +202,18 @@ class PlainRows(NamedTuple):
     tags: list[dict[str, str]] | None
 
 
+class LineCaches(NamedTuple):
+    """What a builder has resolved, as the compiled flush (``collector._lines``) reads it:
+    field specs by measurement and raw name, each measurement's untagged prefix, the prefixes
+    of points with one tag by (measurement, tag, value), the base tags. Only the builder
+    fills them."""
+
+    fields: dict[str, dict[object, _FieldSpec | None]]
+    prefixes: dict[str, str]
+    tag_prefixes: dict[tuple[object, ...], str]
+    base_tags: dict[str, str]
+
+
 class PointBuilder:
     """Turns ``record()`` arguments into one line of line protocol (with trailing newline).
 
@@ -232,6 +244,10 @@ class PointBuilder:
             name: {} for name in schema.MEASUREMENTS
         }
         self._tag_cache: dict[tuple[object, ...], _TagPiece | None] = {}
+
+    def line_caches(self) -> LineCaches:
+        """The caches, the same objects for the builder's life (cleared, never replaced)."""
+        return LineCaches(self._fields, self._prefixes, self._prefix_cache, self.base_tags)
 
     def plain_rows(
         self,
@@ -346,25 +362,30 @@ class PointBuilder:
     ) -> list[str] | None:
         """Each point's measurement and tags as ``build`` writes them; None when a tag value
         cannot be a dict key."""
-        cache = self._prefix_cache
+        untagged = self._prefixes[measurement]
         prefixes: list[str] = []
         for point_tags in tags:
-            if not point_tags:
-                prefixes.append(self._prefixes[measurement])
-                continue
-            if len(point_tags) == 1:  # the common case (a layer, a client): a cheaper key
-                ((tag_key, tag_value),) = point_tags.items()
-                key = _one_tag_cache_key(measurement, tag_key, tag_value)
-            else:
-                key = _tag_set_cache_key(measurement, point_tags)
-            try:
-                prefix = cache.get(key)
-            except TypeError:  # an unhashable tag value
+            prefix = self._cached_prefix(measurement, point_tags) if point_tags else untagged
+            if not prefix:
                 return None
-            if prefix is None:
-                prefix = self._remember_prefix(key, measurement, point_tags)
             prefixes.append(prefix)
         return prefixes
+
+    def _cached_prefix(self, measurement: str, tags: Mapping[str, object]) -> str:
+        """A tagged point's measurement and tags as ``build`` writes them, from the cache the
+        compiled flush reads too; "" when a tag value cannot be a dict key."""
+        if len(tags) == 1:  # the common case (a layer, a client): a cheaper key
+            ((tag_key, tag_value),) = tags.items()
+            key = _one_tag_cache_key(measurement, tag_key, tag_value)
+        else:
+            key = _tag_set_cache_key(measurement, tags)
+        try:
+            prefix = self._prefix_cache.get(key)
+        except TypeError:  # an unhashable tag value
+            return ""
+        if prefix is None:
+            prefix = self._remember_prefix(key, measurement, tags)
+        return prefix
 
     def _plain_format(
         self, measurement: str, names: tuple[object, ...], tagged: bool
@@ -458,8 +479,13 @@ class PointBuilder:
             self._drop_point("empty", measurement, f"point of {measurement!r} has no valid field")
             return None, None, None
         all_tags: dict[str, str] | None = None
-        if tags:
-            prefix, all_tags = self._tagged_prefix(measurement, tags, observe)
+        if tags and observe:
+            prefix, all_tags = self._tagged_prefix(measurement, tags, True)
+        elif tags:  # "" when unhashable: built without the cache
+            prefix = (
+                self._cached_prefix(measurement, tags)
+                or self._tagged_prefix(measurement, tags, False)[0]
+            )
         elif observe:
             all_tags = self.base_tags
         return f"{prefix} {','.join(parts)} {time_ns}\n", observed, all_tags

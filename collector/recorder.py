@@ -56,6 +56,8 @@ from operator import itemgetter
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
+from orjson import dumps as _json
+
 from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
@@ -172,6 +174,7 @@ class Recorder:
                 base[key] = value
         self._builder = PointBuilder(base, self._problems)
         self._build = self._builder.build
+        self._line_caches = self._builder.line_caches()
         self._flush_lines = self.tuning.flush_lines
         self._queue_limit = max(self.tuning.flush_lines, self.tuning.queue_limit)
         self.base_tags: Mapping[str, str] = self._builder.base_tags
@@ -468,27 +471,48 @@ class Recorder:
             if not count:
                 return
             self._queued_extra = 0
-            observations: list[_Observation] = []
-            texts, points = self._lines([pending.popleft() for _ in range(count)], observations)
-            self._append(texts, points)
+            queued = [pending.popleft() for _ in range(count)]
+            compiled = self._compiled_lines(queued)
+            if compiled is not None:
+                data, points, observations = compiled
+                self._append_bytes(data, points)
+            else:
+                observations = []
+                texts, points = self._lines(queued, observations)
+                self._append_bytes("".join(texts).encode("utf-8", "replace"), points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
             if observations:
                 self._notify(observations)
 
-    def _append(self, texts: list[str], count: int) -> None:
+    def _append_bytes(self, data: bytes, count: int) -> None:
         """Spool ``count`` points' lines."""
         writer = self._writer
         if writer is None:
             self._lost += count
             return
         try:
-            writer.append("".join(texts).encode("utf-8", "replace"))
+            writer.append(data)
         except OSError as exc:
             self._lost += count
             self._fail(f"spool write failed, {count} points lost: {exc}")
             return
         self._spooled += count
+
+    def _compiled_lines(
+        self, queued: list[_Pending]
+    ) -> tuple[bytes, int, list[_Observation]] | None:
+        """What ``_lines`` makes of the queue, as bytes, by the compiled module
+        (``collector._lines``): for a queue of plain points, series and built lines whose
+        fields and tags the builder has resolved before (a training loop's, after its first
+        flush). None when it is not built or an entry needs the Python path (which resolves
+        it for the next flush)."""
+        if _queued_lines is None:
+            return None
+        try:
+            return _queued_lines(queued, *self._line_caches, self._observed)
+        except Exception:  # a failure of its own (memory): the Python path writes the flush
+            return None
 
     def _lines(
         self, queued: list[_Pending], observations: list[_Observation]
@@ -959,6 +983,15 @@ class _Built(NamedTuple):
 _Pending = str | _QueuedPoint | _Later | _Built | _Series
 """A queue entry: a built line nobody observes, or what the next flush builds or observes."""
 _Observation = tuple[str, Mapping[str, float], Mapping[str, str]]
+
+
+try:  # compiled at install where a C compiler is (setup.py)
+    from collector import _lines as _compiled
+except ImportError:
+    _queued_lines = None
+else:
+    _compiled.configure(_Series, _Built, _json)
+    _queued_lines = _compiled.queued_lines
 
 
 def _flush_while_alive(recorder: Recorder) -> Callable[[], None]:
