@@ -19,8 +19,9 @@
  * for the next one. The numbers are formatted by orjson in one call, as the Python path does,
  * so both write the same digits.
  *
- * Holds the GIL throughout: every object read here belongs to the caller's queue or to the
- * builder's caches, which only the thread holding the recorder's write lock changes.
+ * Holds the GIL throughout, and a reference to every prefix and key it will write: looking up
+ * a tag set hashes the user's tag values, which may run Python code, and meanwhile another
+ * thread's `build()` may clear the builder's prefix cache.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -84,8 +85,8 @@ static int put_int(Buffer *buffer, long long value) {
 
 /* One line to write: a built text, or a prefix, `width` field keys and numbers, a time. */
 typedef struct {
-    PyObject *text;   /* a built line (prefix is NULL), borrowed */
-    PyObject *prefix; /* measurement and tags as written, borrowed */
+    PyObject *text;   /* a built line (prefix is NULL) */
+    PyObject *prefix; /* measurement and tags as written */
     Py_ssize_t keys;  /* offset of the first key in `Plan.keys` */
     Py_ssize_t width;
     long long time_ns;
@@ -95,7 +96,7 @@ typedef struct {
 typedef struct {
     Line *lines;
     Py_ssize_t count, capacity;
-    PyObject **keys; /* field keys (str), borrowed from the builder's specs */
+    PyObject **keys; /* field keys (str), from the builder's specs */
     Py_ssize_t key_count, key_capacity;
     PyObject *numbers;      /* every number, line after line (list of float) */
     PyObject *observations; /* list of (measurement, fields, tags) */
@@ -128,7 +129,7 @@ static int add_key(Plan *plan, PyObject *key) {
         plan->keys = grown;
         plan->key_capacity = capacity;
     }
-    plan->keys[plan->key_count++] = key;
+    plan->keys[plan->key_count++] = Py_NewRef(key);
     return 0;
 }
 
@@ -238,9 +239,9 @@ static int plan_point(Plan *plan, const Caches *caches, PyObject *point) {
     Line *line = add_line(plan);
     if (line == NULL) return FAILED;
     if (tags == Py_None || (PyDict_CheckExact(tags) && PyDict_GET_SIZE(tags) == 0)) {
-        line->prefix = PyDict_GetItemWithError(caches->prefixes, measurement);
+        line->prefix = Py_XNewRef(PyDict_GetItemWithError(caches->prefixes, measurement));
     } else if (PyDict_CheckExact(tags) && !observe) {
-        line->prefix = tags_prefix(caches->tag_prefixes, measurement, tags);
+        line->prefix = Py_XNewRef(tags_prefix(caches->tag_prefixes, measurement, tags));
     }
     if (line->prefix == NULL || !PyUnicode_CheckExact(line->prefix))
         return PyErr_Occurred() ? FAILED : NOT_PLAIN;
@@ -315,8 +316,8 @@ static int plan_series(Plan *plan, const Caches *caches, PyObject *series) {
     for (Py_ssize_t i = 0; i < count; ++i) {
         Line *line = add_line(plan);
         if (line == NULL) return FAILED;
-        line->prefix = one_tag_prefix(caches->tag_prefixes, measurement, tag,
-                                      PyTuple_GET_ITEM(tag_values, i));
+        line->prefix = Py_XNewRef(one_tag_prefix(caches->tag_prefixes, measurement, tag,
+                                                 PyTuple_GET_ITEM(tag_values, i)));
         if (line->prefix == NULL) return PyErr_Occurred() ? FAILED : NOT_PLAIN;
         line->keys = keys;
         line->width = width;
@@ -340,7 +341,7 @@ static int plan_built(Plan *plan, PyObject *built) {
         return NOT_PLAIN;
     Line *line = add_line(plan);
     if (line == NULL) return FAILED;
-    line->text = PyTuple_GET_ITEM(built, 0);
+    line->text = Py_NewRef(PyTuple_GET_ITEM(built, 0));
     PyObject *observation = PyTuple_Pack(3, PyTuple_GET_ITEM(built, 1),
                                          PyTuple_GET_ITEM(built, 2), PyTuple_GET_ITEM(built, 3));
     if (observation == NULL) return FAILED;
@@ -355,7 +356,7 @@ static int plan_entry(Plan *plan, const Caches *caches, PyObject *entry) {
     if (type == &PyUnicode_Type) {
         Line *line = add_line(plan);
         if (line == NULL) return FAILED;
-        line->text = entry;
+        line->text = Py_NewRef(entry);
         return PLANNED;
     }
     if ((PyObject *)type == series_type) return plan_series(plan, caches, entry);
@@ -447,6 +448,11 @@ done:
     Py_XDECREF(formatted);
     Py_XDECREF(plan.numbers);
     Py_XDECREF(plan.observations);
+    for (Py_ssize_t i = 0; i < plan.count; ++i) {
+        Py_XDECREF(plan.lines[i].text);
+        Py_XDECREF(plan.lines[i].prefix);
+    }
+    for (Py_ssize_t i = 0; i < plan.key_count; ++i) Py_DECREF(plan.keys[i]);
     PyMem_Free(plan.lines);
     PyMem_Free(plan.keys);
     PyMem_Free(out.data);

@@ -204,9 +204,9 @@ class PlainRows(NamedTuple):
 
 class LineCaches(NamedTuple):
     """What a builder has resolved, as the compiled flush (``collector._lines``) reads it:
-    field specs by measurement and raw name, each measurement's untagged prefix, the prefixes
-    of points with one tag by (measurement, tag, value), the base tags. Only the builder
-    fills them."""
+    field specs by measurement and raw name, each measurement's untagged prefix, tagged
+    points' prefixes by ``_one_tag_cache_key`` / ``_tag_set_cache_key``, the base tags. Only
+    the builder fills them (``tag_prefixes`` is cleared when full)."""
 
     fields: dict[str, dict[object, _FieldSpec | None]]
     prefixes: dict[str, str]

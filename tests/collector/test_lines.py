@@ -207,6 +207,30 @@ def test_times_before_1970_and_far_ahead_are_written_as_python_writes_them(
         assert compiled_lines(rec) is None
 
 
+def test_a_tag_value_whose_hash_clears_the_cache_leaves_the_flush_whole(tmp_path: Path) -> None:
+    """Hashing a user's tag value runs Python code, which may change the builder's caches
+    mid-flush: the compiled flush declines, holding what it had looked up, and the Python
+    flush writes every line."""
+    with warmed(tmp_path) as rec:
+
+        class Clearing:
+            def __hash__(self) -> int:
+                rec._line_caches.tag_prefixes.clear()
+                return 1
+
+            def __str__(self) -> str:
+                return "clearing"
+
+        training_steps(rec, range(2, 4))
+        rec.record("system", {"cpu_percent": 1.0}, {"host": Clearing(), "rank": "0"})
+        training_steps(rec, range(4, 5))
+        assert compiled_lines(rec) is None
+        rec.flush()
+        lines = spool_lines(rec)
+    assert len(lines) == 5 * 6 + 1 + 1  # two warm-up steps, an event at step 0, the system point
+    assert sum(",host=clearing," in line for line in lines) == 1
+
+
 _FINITE = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70)
 _SPECIAL = st.sampled_from([math.nan, -math.inf, 2**1100, True, "text"])
 _TAG_VALUES = st.sampled_from(["net.0.weight", "a,b=c d", "ends\\", "层", "", "x\ny"])
