@@ -219,7 +219,7 @@ done:
 typedef struct {
     PyObject *fields;       /* measurement -> {raw field name -> spec} */
     PyObject *prefixes;     /* measurement -> untagged prefix */
-    PyObject *tag_prefixes; /* (measurement, tag, value) -> prefix */
+    PyObject *tag_prefixes; /* the builder's tag-set keys (tags_prefix) -> prefix */
     PyObject *base_tags;
     PyObject *observed; /* measurements observers see */
 } Caches;
