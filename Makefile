@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # The CPU wheel of torch lies on this machine's disk; installing it first stops a later
 # `torch` requirement from pulling a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+# The optional C extensions setup.py builds (a change rebuilds the install).
+C_SOURCES := collector/lightning/_gradnorms.c collector/_lines.c
 
 .PHONY: demo test lint typecheck unit bench clean dashboards servers
 
@@ -12,12 +14,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml setup.py collector/lightning/_gradnorms.c collector/_lines.c | $(PY)
+$(VENV)/.installed: pyproject.toml setup.py $(C_SOURCES) | $(PY)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[lightning,flower]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml setup.py collector/lightning/_gradnorms.c collector/_lines.c | $(PY)
+$(VENV)/.installed-dev: pyproject.toml setup.py $(C_SOURCES) | $(PY)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(VENV)/.installed $@

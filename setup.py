@@ -8,19 +8,15 @@ flush the Python one.
 
 from setuptools import Extension, setup
 
+
+def optional_extension(name: str, source: str) -> Extension:
+    """A module the package works without: a failed compile leaves it out."""
+    return Extension(name, [source], extra_compile_args=["-O3"], optional=True)
+
+
 setup(
     ext_modules=[
-        Extension(
-            "collector.lightning._gradnorms",
-            ["collector/lightning/_gradnorms.c"],
-            extra_compile_args=["-O3"],
-            optional=True,
-        ),
-        Extension(
-            "collector._lines",
-            ["collector/_lines.c"],
-            extra_compile_args=["-O3"],
-            optional=True,
-        ),
+        optional_extension("collector.lightning._gradnorms", "collector/lightning/_gradnorms.c"),
+        optional_extension("collector._lines", "collector/_lines.c"),
     ]
 )

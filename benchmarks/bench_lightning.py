@@ -418,13 +418,14 @@ BOUNDS: dict[str, dict[str, Factory]] = {
 }
 """Reference lines (``--bounds``): runwatch's every-step configurations with parts of its
 recorder in Python or free. "Python flush": the flusher builds every flush's lines in Python
-(what the compiled flush saves); "free drain": the flusher builds no lines (a constant text per point), the
-bound for any cheaper drain (in a writer process, or with observers and the spool free too); "free recorder": ``record``,
-``record_series`` and ``record_later`` return at once, leaving runwatch's hooks, its gradient
-norms and Lightning's dispatch of them: the bound for any recorder. "floor: appends": one
-callback and a logger that compute the compiled norms and their summary and append each
-step's values to a list (``MinimalTelemetry``): the bound for any telemetry of these points
-written in Python, before it stores or shows anything."""
+(what the compiled flush saves); "free drain": the flusher builds no lines (a constant text
+per point), the bound for any cheaper drain (in a writer process, or with observers and the
+spool free too); "free recorder": ``record``, ``record_series`` and ``record_later`` return
+at once, leaving runwatch's hooks, its gradient norms and Lightning's dispatch of them: the
+bound for any recorder. "floor: appends": one callback and a logger that compute the
+compiled norms and their summary and append each step's values to a list
+(``MinimalTelemetry``): the bound for any telemetry of these points written in Python,
+before it stores or shows anything."""
 TARGETS = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": "within noise (<= 1.03x)",
     EVERY_STEP: "runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -311,16 +311,13 @@ def test_every_plain_flush_of_the_hypothesis_shapes_is_compiled(tmp_path: Path) 
     """The hypothesis test's shapes do reach the compiled path: a queue of them, all
     resolved and finite, is compiled."""
     with quiet_recorder(tmp_path, Collecting()) as rec:
-        operations: Iterator[tuple[Any, ...]] = iter(
-            [
-                ("point", "batch", {"loss": 0.5, "Train/Acc": 1, "step": 2**70}, None),
-                ("point", "gradient_layer", {"step": -0.0}, {"layer": "a,b=c d"}),
-                ("point", "epoch", {"loss": 1e-300}, {}),
-                ("series", [1e300, 0.1 + 0.2], ["层", "x\ny"], {"step": 3}),
-                ("event", '"quoted"\n'),
-            ]
-        )
-        recorded = list(operations)
+        recorded: list[tuple[Any, ...]] = [
+            ("point", "batch", {"loss": 0.5, "Train/Acc": 1, "step": 2**70}, None),
+            ("point", "gradient_layer", {"step": -0.0}, {"layer": "a,b=c d"}),
+            ("point", "epoch", {"loss": 1e-300}, {}),
+            ("series", [1e300, 0.1 + 0.2], ["层", "x\ny"], {"step": 3}),
+            ("event", '"quoted"\n'),
+        ]
         for _ in range(2):
             for operation in recorded:
                 apply(rec, operation)
