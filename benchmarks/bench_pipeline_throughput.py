@@ -1,6 +1,7 @@
 """Shipping throughput into a real InfluxDB 2, against influxdb-client in the same run.
 
-Per repeat, taking turns on one influxd (so machine noise falls on all alike), each into a
+Per repeat, taking turns on one influxd (so machine noise falls on all alike; the order
+rotates from one repeat to the next, so none always runs after the same one), each into a
 fresh bucket:
 
 - **runwatch end to end**: N points ``Recorder.record()``-ed as fast as one thread can, then
@@ -183,8 +184,12 @@ def main() -> None:
             server_cpu: dict[str, list[float]] = {name: [] for name in runs}
             own_cpu: dict[str, list[float]] = {name: [] for name in runs}
             influxd_process = psutil.Process(server.process.proc.pid)
-            for _ in range(args.repeats):
-                for name, run in runs.items():
+            names = list(runs)
+            for repeat in range(args.repeats):
+                # the order rotates each repeat, so no figure always follows the same one
+                shift = repeat % len(names)
+                for name in names[shift:] + names[:shift]:
+                    run = runs[name]
                     if name.startswith("runwatch sync"):
                         settings = fresh_settings(server, root)
                         if name.endswith("gzip on"):
