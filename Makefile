@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# The CPU wheel of torch lies on this machine's disk; installing it first stops a later
-# `torch` requirement from pulling a multi-GB CUDA build.
+# torch is pinned and installed first, once per venv (PyPI's build: a few GB with its CUDA
+# libraries; it runs on the CPU), so no later requirement picks another version of it.
 TORCH  ?= torch==2.13.0
 # The optional C extensions setup.py builds (a change rebuilds the install).
 C_SOURCES := collector/lightning/_gradnorms.c collector/_lines.c
