@@ -29,7 +29,9 @@ norms and their summary and a logger, both appending each step's values to a lis
 
 Configurations run interleaved in one process (order rotated each round); each one's step
 time is divided by the bare step time of the same round, and the medians of these paired
-ratios are reported (whole-run timings drift by ±30% on a shared machine). A run is 400
+ratios are reported (whole-run timings drift by ±30% on a shared machine), each with a 95%
+confidence interval of the median; a target counts as met or not met only when that interval
+lies wholly on one side of it, else it is within the run's noise (``_stats``). A run is 400
 steps, 350 timed, so that it spans a few of the recorder's flushes (one per ~125 steps at
 every-step logging with norms), not one or none.
 
@@ -69,6 +71,9 @@ from collector import recorder as recorder_module  # noqa: E402
 from collector.config import load_settings  # noqa: E402
 from collector.lightning import runwatch_telemetry  # noqa: E402
 from collector.lightning.gradients import ParameterNorms, summary  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import median_interval, paired_differences, verdict  # noqa: E402
 
 WARMUP_STEPS = 50
 SELF_RUNS = 5
@@ -426,11 +431,41 @@ bound for any recorder. "floor: appends": one callback and a logger that compute
 compiled norms and their summary and append each step's values to a list
 (``MinimalTelemetry``): the bound for any telemetry of these points written in Python,
 before it stores or shows anything."""
+RATIO_TARGETS = {
+    "default rate (log_every_n_steps=50, runwatch default sampling)": 1.03,
+    EVERY_STEP: 1.05,
+    WITHOUT_NORMS: 1.03,
+}
+"""runwatch's CPU ratio per group that ``verdicts`` holds its median to."""
 TARGETS = {
     "default rate (log_every_n_steps=50, runwatch default sampling)": "within noise (<= 1.03x)",
     EVERY_STEP: "runwatch <= 1.05x and below CSVLogger; runwatch code <= 60 µs/step",
     WITHOUT_NORMS: "runwatch <= 1.03x",
 }
+
+
+def verdicts(group: str, cpu: dict[tuple[str, str], list[float]]) -> list[str]:
+    """The group's targets against the 95% confidence interval of runwatch's median CPU
+    ratio (``_stats``): met, not met, or within this run's noise; below CSVLogger is judged
+    on the rounds' paired differences."""
+    limit = RATIO_TARGETS.get(group)
+    if limit is None:
+        return []
+    ours = cpu[(group, "runwatch")]
+    interval = median_interval(ours)
+    lines = [
+        f"runwatch <= {limit:.2f}x: {verdict(interval, limit)} "
+        f"(median {statistics.median(ours):.3f}x, 95% CI {interval.low:.3f}..{interval.high:.3f})"
+    ]
+    if group == EVERY_STEP:
+        differences = paired_differences(ours, cpu[(group, "CSVLogger")])
+        paired = median_interval(differences)
+        lines.append(
+            f"runwatch below CSVLogger: {verdict(paired, 0.0)} (runwatch - CSVLogger by round: "
+            f"median {statistics.median(differences):+.3f}, "
+            f"95% CI {paired.low:+.3f}..{paired.high:+.3f})"
+        )
+    return lines
 
 
 class SelfTime:
@@ -577,15 +612,20 @@ def main(argv: list[str] | None = None) -> int:
     for group, (_, factories) in groups.items():
         print(f"\n{group}")
         print(
-            f"  {'':<18} {'CPU time':>9} {'(range)':<13} {'wall time':>9} {'(range)':<13} best-of"
+            f"  {'':<18} {'CPU time':>9} {'(range)':<13} {'95% CI':<13} "
+            f"{'wall time':>9} {'(range)':<13} best-of"
         )
         for label in factories:
             c, w = cpu[(group, label)], wall[(group, label)]
+            low, high, _ = median_interval(c)
             print(
                 f"  {label:<18} {statistics.median(c):8.3f}x ({min(c):.2f}..{max(c):.2f})  "
+                f"{low:.3f}..{high:.3f}  "
                 f"{statistics.median(w):8.3f}x ({min(w):.2f}..{max(w):.2f})  "
                 f"{best[(group, label)] / bare_best:6.3f}x"
             )
+        for line in verdicts(group, cpu):
+            print(f"  {line}")
         spent = statistics.median(code[self_times[group]])
         print(
             f"  runwatch code on the training thread: {code_figure(self_times[group])}, median "
