@@ -23,7 +23,9 @@ snapshots, compactions) is not counted in the next.
 Besides points/s, each figure comes with the CPU seconds influxd and this process spent per
 1M points: on a 2-core machine the server's own share bounds what any client reaches.
 Targets (issue 15): end to end >= 1.0x the peer's synchronous write in the same wire format
-(gzip off, as runwatch posts to a loopback server), sync >= 300,000 points/s.
+(gzip off, as runwatch posts to a loopback server), sync >= 300,000 points/s; each judged
+met, not met or within the run's noise by the 95% confidence interval of its median
+(``_stats``; with under six repeats there are too few to tell).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ from collector.shipper import DEFAULT_BATCH_LINES
 from collector.spool import SpoolStream, StreamReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test suite's server helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import median_interval, verdict
+
 from tests.servers.influxdb2 import InfluxDB2, built_influxd
 
 PEER_BATCH_LINES = 5_000
@@ -232,6 +237,27 @@ def main() -> None:
     print(
         "  target: record()->ack >= 1.0x peer gzip off (the same wire format); sync >= 300,000 points/s"
     )
+    for line in verdicts(results):
+        print(f"  {line}")
+
+
+def verdicts(results: dict[str, list[float]]) -> list[str]:
+    """Both targets against the 95% confidence interval of the median (``_stats``): the
+    end-to-end figure as the ratio to the peer's run of the same repeat."""
+    ratios = [
+        ours / theirs
+        for ours, theirs in zip(
+            results["runwatch record()->ack"], results["peer gzip off"], strict=True
+        )
+    ]
+    ratio = median_interval(ratios)
+    sync_rate = median_interval(results["runwatch sync"])
+    return [
+        f"record()->ack >= 1.0x: {verdict(ratio, 1.0, at_most=False)} (by repeat: median "
+        f"{statistics.median(ratios):.2f}x, 95% CI {ratio.low:.2f}..{ratio.high:.2f})",
+        f"sync >= 300,000 points/s: {verdict(sync_rate, 300_000, at_most=False)} "
+        f"(95% CI {sync_rate.low:,.0f}..{sync_rate.high:,.0f})",
+    ]
 
 
 if __name__ == "__main__":
