@@ -134,7 +134,8 @@ def scalar_metrics(metrics: Mapping[str, Any], keep: Callable[[str], bool]) -> d
 def batch_size_of(batch: Any) -> int:
     """Samples in a batch, read from tensor shapes (never a device sync)."""
     if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() > 0 else 1
+        shape = batch.shape  # one call into torch: in a training step each costs microseconds
+        return int(shape[0]) if shape else 1
     if isinstance(batch, list | tuple) and batch:
         return batch_size_of(batch[0])
     if isinstance(batch, Mapping) and batch:
@@ -317,10 +318,12 @@ class BatchMetricsCallback(SessionCallback):
             if not steps.logs_this_step(trainer):
                 return
             step, epoch = steps.lightning_step(), self._epoch
-        loss = self._output_loss(outputs)
         fields: dict[str, float] = {}
-        if self._sink is None and loss is not None:
-            fields["loss"] = float(loss.item())  # the step's one sync (item() ignores autograd)
+        sink = self._sink
+        if sink is None:
+            loss = self._output_loss(outputs)
+            if loss is not None:
+                fields["loss"] = float(loss.item())  # the step's one sync (ignores autograd)
         now = time.perf_counter()
         elapsed = now - self._window_start
         if elapsed > 0 and self._samples_in_window:
@@ -329,11 +332,11 @@ class BatchMetricsCallback(SessionCallback):
         fields["batch_idx"] = float(batch_idx)
         fields["epoch"] = epoch
         fields["step"] = float(step)
-        sink = self._sink
         if sink is None:
             self.session.record("batch", fields)
-        else:  # Lightning logs next: the logger takes these into its point
-            sink.set_batch_context(fields, loss)  # read there only if no loss is logged
+        else:  # Lightning logs next: the logger takes these into its point, and the output's
+            # loss only if the step logged none (looked at there: most steps never need it)
+            sink.set_batch_context(fields, outputs)
             self._offered = True
 
     @guarded

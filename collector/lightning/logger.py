@@ -101,7 +101,7 @@ class RunwatchLogger(Logger):
         """Checkpoint files recorded as artifacts (their rows go when the files do)."""
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self._batch_context: dict[str, float] | None = None
-        self._output_loss: object = None
+        self._step_output: object = None
         self.metric_names: dict[str, str] = {}
         """Canonical metric name -> the name it was logged under, where they differ."""
         self.session = session or RunSession(
@@ -186,20 +186,20 @@ class RunwatchLogger(Logger):
         """Let the logger read where the trainer is (runwatch callbacks call this at setup)."""
         self._trainer = weakref.ref(trainer)
 
-    def set_batch_context(self, fields: Mapping[str, float], output_loss: object = None) -> None:
+    def set_batch_context(self, fields: Mapping[str, float], step_output: object = None) -> None:
         """Fields ``BatchMetricsCallback`` read for the current training step
-        (``samples_per_s``, ``batch_idx``), for the batch point of that step, and the step's
-        output loss (a one-element tensor), read only if the step's metrics log no loss."""
+        (``samples_per_s``, ``batch_idx``), for the batch point of that step, and what
+        ``training_step`` returned, whose loss is read only if the step's metrics log none."""
         self._batch_context = dict(fields)
-        self._output_loss = output_loss
+        self._step_output = step_output
 
     def take_batch_context(self, *, loss_logged: bool = False) -> dict[str, float] | None:
         """The fields set for the step and not yet written (the callback writes them then),
         with the output loss unless ``loss_logged``."""
         context, self._batch_context = self._batch_context, None
-        loss, self._output_loss = self._output_loss, None
-        if context is not None and loss is not None and not loss_logged:
-            value = _number(loss)  # the step's one host transfer, when nobody logged a loss
+        output, self._step_output = self._step_output, None
+        if context is not None and output is not None and not loss_logged:
+            value = _output_loss(output)  # the step's one host transfer, when none was logged
             if value is not None:
                 context["loss"] = value
         return context
@@ -443,6 +443,13 @@ def _number(value: object) -> float | None:
             return None
         return float(item) if isinstance(item, int | float) and not isinstance(item, bool) else None
     return None
+
+
+def _output_loss(step_output: object) -> float | None:
+    """The loss ``training_step`` returned (the output itself or its ``"loss"`` entry), when
+    it holds exactly one number."""
+    loss = step_output.get("loss") if isinstance(step_output, Mapping) else step_output
+    return _number(loss)
 
 
 def _finite(value: object) -> TypeGuard[float]:

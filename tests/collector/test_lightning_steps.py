@@ -188,3 +188,54 @@ def test_fit_steps_read_what_the_trainer_says(every: int, accumulate: int) -> No
     )
     trainer.fit(BoringModel())
     assert compare.checked >= 14
+
+
+class ReturnsItsLoss(BoringModel):
+    """Logs nothing; ``training_step`` returns ``kind`` of output, under manual optimization
+    (which lets it return anything), and keeps the loss of each step."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.kind = kind
+        self.losses: dict[int, float] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        optimizer = self.optimizers()
+        loss = super().training_step(batch, batch_idx)["loss"]
+        self.losses[self.global_step] = float(loss.detach())
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        optimizer.step()  # type: ignore[union-attr]
+        if self.kind == "tensor":
+            return loss.detach()
+        if self.kind == "mapping":
+            return {"loss": loss.detach()}
+        return {"loss": loss.detach().repeat(2)}  # two numbers: no loss to read
+
+
+@pytest.mark.parametrize("kind", ["tensor", "mapping", "two numbers"])
+def test_the_batch_point_takes_the_loss_the_step_returned(tmp_path: Path, kind: str) -> None:
+    settings = make_settings(tmp_path / "home")
+    telemetry = runwatch_telemetry(
+        "returned", settings=settings, gradient_every_n=0, system_interval_s=0, prometheus=False
+    )
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=6,
+        limit_val_batches=0,
+        log_every_n_steps=2,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    model = ReturnsItsLoss(kind)
+    trainer.fit(model)
+    batches = of(read_points(settings, telemetry.run_id), "batch")
+    assert [p.fields["batch_idx"] for p in batches] == [1.0, 3.0, 5.0]
+    if kind == "two numbers":
+        assert not any("loss" in p.fields for p in batches)
+    else:  # the step's own loss: the optimizer step after it counts in global_step
+        expected = [model.losses[int(p.fields["batch_idx"])] for p in batches]
+        assert [p.fields["loss"] for p in batches] == pytest.approx(expected, rel=1e-6)
+    assert telemetry.session.error_ledger.total == 0
