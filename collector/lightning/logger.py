@@ -211,6 +211,30 @@ class RunwatchLogger(Logger):
         # Lightning's @rank_zero_only, read here: every logged step would pay its wrapper's call
         if getattr(rank_zero_only, "rank", 0) != 0:
             return
+        if step is not None and self._in_training_step():
+            # The call of every logged training step, in one pass: Lightning's floats under
+            # names met before (their fields known) and its int epoch. Anything else, the
+            # first call included, takes the general path, which checks and warns.
+            known = self._batch_field_names
+            logged: dict[str, float] = {}
+            epoch: int | None = None
+            for name, value in metrics.items():
+                field = known.get(name)
+                if field and type(value) is float:
+                    logged[field] = value
+                elif name == "epoch" and type(value) is int:
+                    epoch = value
+                else:
+                    break
+            else:
+                if logged and epoch is not None:
+                    session = self.session
+                    session.last_step = max(session.last_step, int(step))
+                    self._write_batch(logged, epoch, step)
+                    return
+        self._log_any(metrics, step)
+
+    def _log_any(self, metrics: Mapping[str, Any], step: int | None) -> None:
         session = self.session
         values = self._numbers(metrics)
         epoch_value = values.pop("epoch", None)
@@ -235,8 +259,11 @@ class RunwatchLogger(Logger):
         if level == LEVEL_EVAL_STEP:
             self._warn_unfiled(values)
             return
-        logged = self._batch_fields(values)
-        # the callback's own dict for this step, taken over; a logged loss wins
+        self._write_batch(self._batch_fields(values), epoch, step)
+
+    def _write_batch(self, logged: dict[str, float], epoch: int, step: int | None) -> None:
+        """The step's batch point: the callback's own dict for this step, taken over, with
+        the logged fields (a logged loss wins)."""
         fields = self.take_batch_context(loss_logged="loss" in logged)
         if fields is None:
             fields = logged
@@ -247,7 +274,7 @@ class RunwatchLogger(Logger):
         fields["epoch"] = float(epoch)
         if step is not None:
             fields["step"] = float(step)
-        session.record("batch", fields)
+        self.session.record("batch", fields)
 
     def _numbers(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """The values that are numbers (a one-element tensor or array counts); each other one
@@ -317,6 +344,16 @@ class RunwatchLogger(Logger):
                 "training steps only: log it with on_epoch=True to record it",
                 canonical_name(split_level(name)[0]) or name,
             )
+
+    def _in_training_step(self) -> bool:
+        """Whether the trainer is known and logging a training step (``_level``'s answer
+        there, without the metrics)."""
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is None:
+            return False
+        connector = getattr(trainer, "_logger_connector", None)
+        first_iter = getattr(connector, "_first_loop_iter", None)
+        return first_iter is not None and trainer.state.stage == _TRAINING
 
     def _level(self, metrics: Mapping[str, float]) -> str:
         """Epoch-level, training-step or evaluation-step call: Lightning's own state when the

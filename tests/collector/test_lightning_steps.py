@@ -239,3 +239,49 @@ def test_the_batch_point_takes_the_loss_the_step_returned(tmp_path: Path, kind: 
         expected = [model.losses[int(p.fields["batch_idx"])] for p in batches]
         assert [p.fields["loss"] for p in batches] == pytest.approx(expected, rel=1e-6)
     assert telemetry.session.error_ledger.total == 0
+
+
+class ChangesWhatItLogs(BoringModel):
+    """Logs a loss every step, a second metric from step 5 on and, from step 8 on, an
+    evaluation metric per training step (which batch points do not hold)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        output = super().training_step(batch, batch_idx)
+        self.log("train_loss", output["loss"] + 1000.0, on_step=True, on_epoch=False)
+        if self.global_step >= 5:
+            self.log("train_late", 0.5 + self.global_step, on_step=True, on_epoch=False)
+        if self.global_step >= 8:
+            self.log("val_in_training", 7.0, on_step=True, on_epoch=False)
+        return output
+
+
+def test_metrics_that_appear_mid_fit_reach_the_steps_that_log_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The step path reads names met before in one pass; a name it has not met takes the
+    general one, from the step it first appears, and an unfiled name warns once."""
+    settings = make_settings(tmp_path / "home")
+    telemetry = runwatch_telemetry(
+        "changes", settings=settings, gradient_every_n=0, system_interval_s=0, prometheus=False
+    )
+    csv_logger = CSVLogger(tmp_path / "csv", name="changes")
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=12,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        logger=[telemetry.logger, csv_logger],
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    with caplog.at_level("WARNING", logger="collector.lightning"):
+        trainer.fit(ChangesWhatItLogs())
+    rows = [r for r in _csv_rows(tmp_path / "csv") if r.get("train_loss")]
+    batches = of(read_points(settings, telemetry.run_id), "batch")
+    assert [p.fields["step"] for p in batches] == [float(s) for s in range(12)]
+    assert [p.fields["loss"] for p in batches] == [float(r["train_loss"]) for r in rows]
+    assert [p.fields.get("late") for p in batches] == [None] * 5 + [0.5 + s for s in range(5, 12)]
+    assert not any("in_training" in name for p in batches for name in p.fields)
+    unfiled = [r for r in caplog.records if "val_in_training" in r.getMessage()]
+    assert len(unfiled) == 1
+    assert telemetry.session.error_ledger.total == 0
