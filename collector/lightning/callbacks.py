@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import dispatcher, guarded
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_fields
-from collector.lightning.logger import RunwatchLogger
+from collector.lightning.logger import RunwatchLogger, step_output_loss
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
 from collector.values import canonical_name
@@ -321,9 +321,9 @@ class BatchMetricsCallback(SessionCallback):
         fields: dict[str, float] = {}
         sink = self._sink
         if sink is None:
-            loss = self._output_loss(outputs)
+            loss = step_output_loss(outputs)  # the step's one host transfer
             if loss is not None:
-                fields["loss"] = float(loss.item())  # the step's one sync (ignores autograd)
+                fields["loss"] = loss
         now = time.perf_counter()
         elapsed = now - self._window_start
         if elapsed > 0 and self._samples_in_window:
@@ -359,16 +359,6 @@ class BatchMetricsCallback(SessionCallback):
 
     def _add_samples(self, batch: Any) -> None:
         self._samples_in_window += batch_size_of(batch)
-
-    @staticmethod
-    def _output_loss(outputs: Any) -> torch.Tensor | None:
-        """The training step's loss, when it is a one-element tensor (not read here)."""
-        if type(outputs) is torch.Tensor:  # skips the Mapping ABC's check: every step pays it
-            return outputs if outputs.numel() == 1 else None
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return loss
-        return None
 
 
 def lightning_step(trainer: pl.Trainer) -> int:

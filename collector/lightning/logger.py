@@ -199,7 +199,7 @@ class RunwatchLogger(Logger):
         context, self._batch_context = self._batch_context, None
         output, self._step_output = self._step_output, None
         if context is not None and output is not None and not loss_logged:
-            value = _output_loss(output)  # the step's one host transfer, when none was logged
+            value = step_output_loss(output)  # the step's one host transfer, if none was logged
             if value is not None:
                 context["loss"] = value
         return context
@@ -482,11 +482,12 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _output_loss(step_output: object) -> float | None:
+def step_output_loss(step_output: object) -> float | None:
     """The loss ``training_step`` returned (the output itself or its ``"loss"`` entry), when
-    it holds exactly one number."""
-    loss = step_output.get("loss") if isinstance(step_output, Mapping) else step_output
-    return _number(loss)
+    it holds exactly one number (a tensor's is read: on an accelerator, a host transfer)."""
+    if isinstance(step_output, Mapping):
+        step_output = step_output.get("loss")
+    return _number(step_output)
 
 
 def _finite(value: object) -> TypeGuard[float]:

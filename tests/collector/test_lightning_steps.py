@@ -214,8 +214,13 @@ class ReturnsItsLoss(BoringModel):
         return {"loss": loss.detach().repeat(2)}  # two numbers: no loss to read
 
 
+@pytest.mark.parametrize("with_logger", [True, False], ids=["logger", "callbacks only"])
 @pytest.mark.parametrize("kind", ["tensor", "mapping", "two numbers"])
-def test_the_batch_point_takes_the_loss_the_step_returned(tmp_path: Path, kind: str) -> None:
+def test_the_batch_point_takes_the_loss_the_step_returned(
+    tmp_path: Path, kind: str, with_logger: bool
+) -> None:
+    """Read by the logger on a step that logged no loss, or by the batch callback itself
+    when there is no runwatch logger."""
     settings = make_settings(tmp_path / "home")
     telemetry = runwatch_telemetry(
         "returned", settings=settings, gradient_every_n=0, system_interval_s=0, prometheus=False
@@ -225,7 +230,7 @@ def test_the_batch_point_takes_the_loss_the_step_returned(tmp_path: Path, kind: 
         limit_train_batches=6,
         limit_val_batches=0,
         log_every_n_steps=2,
-        logger=telemetry.logger,
+        logger=telemetry.logger if with_logger else False,
         callbacks=telemetry.callbacks,
         enable_checkpointing=False,
     )
