@@ -240,7 +240,7 @@ def test_the_batch_point_takes_the_loss_the_step_returned(
     assert [p.fields["batch_idx"] for p in batches] == [1.0, 3.0, 5.0]
     if kind == "two numbers":
         assert not any("loss" in p.fields for p in batches)
-    else:  # the step's own loss: the optimizer step after it counts in global_step
+    else:  # one optimizer step a batch: the loss kept at global_step i is batch i's
         expected = [model.losses[int(p.fields["batch_idx"])] for p in batches]
         assert [p.fields["loss"] for p in batches] == pytest.approx(expected, rel=1e-6)
     assert telemetry.session.error_ledger.total == 0
