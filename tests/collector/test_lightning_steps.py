@@ -10,15 +10,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.demos.boring_classes import BoringModel
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
-from collector.lightning import runwatch_telemetry
+from collector.config import Settings
+from collector.lightning import Telemetry, runwatch_telemetry
 from tests.collector.test_lightning import make_settings, of, quiet_trainer, read_points
 
 TRAIN_BATCHES = 13
@@ -43,6 +45,35 @@ class LogsEverything(BoringModel):
         self.log("val_loss", output["x"])
         self.log("val/acc@1", 0.25 + self.current_epoch / 10)
         return output
+
+
+def _fit_with_telemetry(
+    tmp_path: Path,
+    name: str,
+    *,
+    gradient_every_n: int,
+    with_logger: bool = True,
+    other_loggers: Sequence[Logger] = (),
+    **trainer_args: Any,
+) -> tuple[Settings, Telemetry, pl.Trainer]:
+    """A run's settings and telemetry (no Prometheus, no system samples) and a quiet trainer
+    with its callbacks, its logger unless not ``with_logger``, and ``other_loggers``."""
+    settings = make_settings(tmp_path / "home")
+    telemetry = runwatch_telemetry(
+        name,
+        settings=settings,
+        gradient_every_n=gradient_every_n,
+        system_interval_s=0,
+        prometheus=False,
+    )
+    loggers = [telemetry.logger] if with_logger else []
+    trainer = quiet_trainer(
+        logger=[*loggers, *other_loggers] or False,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+        **trainer_args,
+    )
+    return settings, telemetry, trainer
 
 
 def _csv_rows(directory: Path) -> list[dict[str, str]]:
@@ -122,18 +153,14 @@ def test_batch_points_are_lightnings_logged_steps_once_each(
 
 
 def test_without_logged_step_values_the_sampler_writes_the_step_point(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "home")
-    telemetry = runwatch_telemetry(
-        "quiet", settings=settings, gradient_every_n=3, system_interval_s=0, prometheus=False
-    )
-    trainer = quiet_trainer(
+    settings, telemetry, trainer = _fit_with_telemetry(
+        tmp_path,
+        "quiet",
+        gradient_every_n=3,
         max_epochs=2,
         limit_train_batches=6,
         limit_val_batches=1,
         log_every_n_steps=3,
-        logger=telemetry.logger,
-        callbacks=telemetry.callbacks,
-        enable_checkpointing=False,
     )
     trainer.fit(BoringModel())  # logs nothing with self.log
     points = read_points(settings, telemetry.run_id)
@@ -221,18 +248,15 @@ def test_the_batch_point_takes_the_loss_the_step_returned(
 ) -> None:
     """Read by the logger on a step that logged no loss, or by the batch callback itself
     when there is no runwatch logger."""
-    settings = make_settings(tmp_path / "home")
-    telemetry = runwatch_telemetry(
-        "returned", settings=settings, gradient_every_n=0, system_interval_s=0, prometheus=False
-    )
-    trainer = quiet_trainer(
+    settings, telemetry, trainer = _fit_with_telemetry(
+        tmp_path,
+        "returned",
+        gradient_every_n=0,
+        with_logger=with_logger,
         max_epochs=1,
         limit_train_batches=6,
         limit_val_batches=0,
         log_every_n_steps=2,
-        logger=telemetry.logger if with_logger else False,
-        callbacks=telemetry.callbacks,
-        enable_checkpointing=False,
     )
     model = ReturnsItsLoss(kind)
     trainer.fit(model)
@@ -265,19 +289,15 @@ def test_metrics_that_appear_mid_fit_reach_the_steps_that_log_them(
 ) -> None:
     """The step path reads names met before in one pass; a name it has not met takes the
     general one, from the step it first appears, and an unfiled name warns once."""
-    settings = make_settings(tmp_path / "home")
-    telemetry = runwatch_telemetry(
-        "changes", settings=settings, gradient_every_n=0, system_interval_s=0, prometheus=False
-    )
-    csv_logger = CSVLogger(tmp_path / "csv", name="changes")
-    trainer = quiet_trainer(
+    settings, telemetry, trainer = _fit_with_telemetry(
+        tmp_path,
+        "changes",
+        gradient_every_n=0,
+        other_loggers=[CSVLogger(tmp_path / "csv", name="changes")],
         max_epochs=1,
         limit_train_batches=12,
         limit_val_batches=0,
         log_every_n_steps=1,
-        logger=[telemetry.logger, csv_logger],
-        callbacks=telemetry.callbacks,
-        enable_checkpointing=False,
     )
     with caplog.at_level("WARNING", logger="collector.lightning"):
         trainer.fit(ChangesWhatItLogs())
