@@ -72,6 +72,11 @@ from collector.spool import DEFAULT_SEGMENT_BYTES, SpoolWriter
 
 log = logging.getLogger("collector.recorder")
 _time_ns = time.time_ns
+_NUMBERS = frozenset((float, int))
+"""Types of field values queued as they are, for the flush to build their lines (immutable, so
+the line holds the value at ``record()``; a bool is not one). Checked with
+``_NUMBERS.issuperset(map(type, values))``: one call, looping in C."""
+_FLOATS = frozenset((float,))
 
 
 @runtime_checkable
@@ -257,20 +262,16 @@ class Recorder:
                 self._last_ns = time_ns
             else:
                 time_ns = self._explicit_ns(time)
-            if measurement in self._measurements:
-                for value in fields.values():
-                    kind = type(value)
-                    if kind is not float and kind is not int:
-                        break
-                else:  # plain numbers: the flush builds the line, off this thread if it can
-                    pending = self._pending
-                    pending.append(
-                        (measurement, dict(fields), dict(tags) if tags else None, time_ns)
-                    )
-                    self._recorded += 1
-                    if len(pending) + self._queued_extra >= self._flush_lines:
-                        self._queue_full()
-                    return
+            if measurement in self._measurements and _NUMBERS.issuperset(
+                map(type, fields.values())
+            ):
+                # plain numbers: the flush builds the line, off this thread if it can
+                pending = self._pending
+                pending.append((measurement, dict(fields), dict(tags) if tags else None, time_ns))
+                self._recorded += 1
+                if len(pending) + self._queued_extra >= self._flush_lines:
+                    self._queue_full()
+                return
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, measurement in self._observed
             )
@@ -295,26 +296,32 @@ class Recorder:
         tag: str,
         tag_values: Sequence[str],
         common: Mapping[str, float] | None = None,
+        *,
+        head: tuple[str, Mapping[str, float]] | None = None,
     ) -> None:
         """One point per value, in one call: ``{field: value, **common}`` tagged
         ``tag=tag_value`` (a gradient norm per layer), with consecutive timestamps; the same
-        points as that many ``record()`` calls, at one call's cost on this thread. Never
-        raises."""
+        points as that many ``record()`` calls, at one call's cost on this thread. ``head``,
+        a (measurement, fields) point, is recorded just before them in the same call: what
+        sums them up (the ``gradient`` point before its layers'). Never raises."""
         try:
             count = min(len(values), len(tag_values))
-            plain = measurement in self._measurements and not self._closed
-            if plain:
-                for value in values:
-                    if type(value) is not float:
-                        plain = False
-                        break
-                if common is not None:
-                    for value in common.values():
-                        kind = type(value)
-                        if kind is not float and kind is not int:
-                            plain = False
-                            break
-            if not plain:
+            plain = (
+                measurement in self._measurements
+                and not self._closed
+                and _FLOATS.issuperset(map(type, values))
+                and (common is None or _NUMBERS.issuperset(map(type, common.values())))
+                and (
+                    head is None
+                    or (
+                        head[0] in self._measurements
+                        and _NUMBERS.issuperset(map(type, head[1].values()))
+                    )
+                )
+            )
+            if not plain or not count:
+                if head is not None:
+                    self.record(*head)
                 for index in range(count):
                     self.record(
                         measurement,
@@ -322,17 +329,33 @@ class Recorder:
                         {tag: tag_values[index]},
                     )
                 return
-            if not count:
-                return
+            # _reserve_times inlined: every step with gradient norms comes here
+            first_ns = _time_ns()
+            if first_ns <= self._last_ns:
+                first_ns = self._last_ns + 1
+            self._last_ns = first_ns + count - (head is None)
+            pending = self._pending
+            if head is not None:  # as record() queues a plain point
+                head_fields: dict[str, object] = dict(head[1])
+                pending.append((head[0], head_fields, None, first_ns))
+                self._recorded += 1
+                first_ns += 1
             if measurement not in self._observed and not (common and field in common):
-                series = _Series(
-                    (measurement, (field, *(common or ())), tag),
-                    tuple(values[:count]),
-                    tuple(tag_values[:count]),
-                    tuple(common.values()) if common else (),
-                    self._reserve_times(count),
+                pending.append(  # _queue_many inlined
+                    _new_series(
+                        (
+                            (measurement, (field, *(common or ())), tag),
+                            tuple(values[:count]),
+                            tuple(tag_values[:count]),
+                            tuple(common.values()) if common else (),
+                            first_ns,
+                        )
+                    )
                 )
-                self._queue_many(series, count)
+                self._recorded += count
+                self._queued_extra += count - 1
+                if len(pending) + self._queued_extra >= self._flush_lines:
+                    self._queue_full()
                 return
             points = partial(
                 _series_points,
@@ -343,7 +366,7 @@ class Recorder:
                 list(tag_values[:count]),
                 dict(common) if common else None,
             )
-            self._queue_many(_Later(points, count, self._reserve_times(count)), count)
+            self._queue_many(_Later(points, count, first_ns), count)
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
 
@@ -934,6 +957,10 @@ class _Series(NamedTuple):
     common: tuple[float, ...]
     """The common fields' values, in the order of ``shape``'s names after the first."""
     time_ns: int
+
+
+_new_series: Callable[[tuple[Any, ...]], _Series] = partial(tuple.__new__, _Series)
+"""``_Series(*fields)`` without the Python call namedtuple's constructor makes."""
 
 
 def _series_columns(

@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from collector.lightning._guard import dispatcher, guarded
-from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms, gradient_fields
+from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms
 from collector.lightning.logger import RunwatchLogger, step_output_loss
 from collector.lightning.session import RunSession
 from collector.store.values import storable_text
@@ -132,15 +132,23 @@ def scalar_metrics(metrics: Mapping[str, Any], keep: Callable[[str], bool]) -> d
 
 
 def batch_size_of(batch: Any) -> int:
-    """Samples in a batch, read from tensor shapes (never a device sync)."""
-    if isinstance(batch, torch.Tensor):
-        shape = batch.shape  # one call into torch: in a training step each costs microseconds
-        return int(shape[0]) if shape else 1
-    if isinstance(batch, list | tuple) and batch:
-        return batch_size_of(batch[0])
-    if isinstance(batch, Mapping) and batch:
-        return batch_size_of(next(iter(batch.values())))
+    """Samples in a batch, read from tensor shapes (never a device sync): the first tensor
+    found by taking the first item of sequences and mappings."""
+    item = batch
+    for _ in range(_MAX_BATCH_NESTING):  # a loop, not recursion: every step calls this
+        if isinstance(item, torch.Tensor):
+            shape = item.shape  # one call into torch: in a training step each costs microseconds
+            return int(shape[0]) if shape else 1
+        if isinstance(item, list | tuple) and item:
+            item = item[0]
+        elif isinstance(item, Mapping) and item:
+            item = next(iter(item.values()))
+        else:
+            return 0
     return 0
+
+
+_MAX_BATCH_NESTING = 16
 
 
 def best_epoch(
@@ -265,7 +273,6 @@ class BatchMetricsCallback(SessionCallback):
             raise ValueError("every_n_batches must be >= 1")
         self.every_n_batches = every_n_batches
         self._sink: RunwatchLogger | None = None
-        self._offered = False
         self._window_start = time.perf_counter()
         self._samples_in_window = 0
         self._steps: FitSteps | None = None
@@ -295,7 +302,9 @@ class BatchMetricsCallback(SessionCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._write_untaken()
+        sink = self._sink
+        if sink is not None and sink.batch_context is not None:  # Lightning logged nothing
+            self._write_untaken()
 
     @guarded
     def on_train_batch_end(
@@ -308,7 +317,7 @@ class BatchMetricsCallback(SessionCallback):
     ) -> None:
         if not self.enabled:
             return
-        self._add_samples(batch)
+        self._samples_in_window += batch_size_of(batch)
         steps = self._steps
         if steps is None:
             if not lightning_logs_this_step(trainer):
@@ -337,7 +346,6 @@ class BatchMetricsCallback(SessionCallback):
         else:  # Lightning logs next: the logger takes these into its point, and the output's
             # loss only if the step logged none (looked at there: most steps never need it)
             sink.set_batch_context(fields, outputs)
-            self._offered = True
 
     @guarded
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -350,15 +358,11 @@ class BatchMetricsCallback(SessionCallback):
 
     def _write_untaken(self) -> None:
         """The last offered fields, as the step's point, if the logger wrote none."""
-        if not self._offered or self._sink is None:
+        if self._sink is None:
             return
-        self._offered = False
         fields = self._sink.take_batch_context()
         if fields:
             self.session.record("batch", fields)
-
-    def _add_samples(self, batch: Any) -> None:
-        self._samples_in_window += batch_size_of(batch)
 
 
 def lightning_step(trainer: pl.Trainer) -> int:
@@ -462,7 +466,8 @@ class GradientMonitorCallback(SessionCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if not self.enabled:
+        session = self._session
+        if session is None or not self.enabled:
             return
         steps = self._steps
         global_step = trainer.global_step if steps is None else steps.global_step(trainer)
@@ -471,22 +476,27 @@ class GradientMonitorCallback(SessionCallback):
         norms = self._norms
         if norms is None:  # on_train_start did not run
             norms = ParameterNorms(pl_module.named_parameters())
-        found = norms.values()
+        found = norms.measure()
         if found is None:
             return
-        names, values = found
+        names, values, total, largest, smallest = found
         layers = max(0, min(self.max_layers, len(values)))
         step = float(global_step)
-        # Plain values only (no function to call later, no list): each entry waiting in the
-        # recorder's queue is one object Python's collector tracks, nothing under it, so a
-        # long fit promotes a third as many into the collector's oldest generation, whose
-        # full collections take ~0.25 s of the training thread (docs/design.md).
-        session = self.session
-        session.record("gradient", gradient_fields(values, step))
-        if layers:
-            session.record_series(
-                "gradient_layer", "norm", values[:layers], "layer", names[:layers], {"step": step}
-            )
+        # One call queues the step's points, as plain values (no function to call later, no
+        # list): each entry waiting in the recorder's queue is one object Python's collector
+        # tracks, nothing under it, so a long fit promotes a third as many into the
+        # collector's oldest generation, whose full collections take ~0.25 s of the training
+        # thread (docs/design.md). Python calls are what this hook costs beyond the norms.
+        summary = {"total_norm": total, "max_norm": largest, "min_norm": smallest, "step": step}
+        session.record_series(
+            "gradient_layer",
+            "norm",
+            values[:layers],
+            "layer",
+            names[:layers],
+            {"step": step},
+            head=("gradient", summary),
+        )
 
 
 # -- learning rate -------------------------------------------------------------------------

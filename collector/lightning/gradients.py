@@ -71,6 +71,21 @@ class ParameterNorms:
         self._names = [name for name, _ in self._named]
         self._parameters = [parameter for _, parameter in self._named]
 
+    def measure(self) -> tuple[list[str], list[float], float, float, float] | None:
+        """``values()`` and their ``summary()`` at once: (names, norms, total, max, min); None
+        when no parameter has a gradient. Every step with norms calls this: where the compiled
+        module reads every gradient, it is two compiled calls and no other Python call (each
+        costs ~1 µs inside a training step)."""
+        if _cpu_norms is not None and _norm_summary is not None and self._parameters:
+            norms = _cpu_norms(self._parameters)
+            if norms is not None and None not in norms:
+                return (self._names, norms, *_norm_summary(norms))  # type: ignore[arg-type,return-value]
+        found = self.values()
+        if found is None:
+            return None
+        names, values = found
+        return (names, values, *summary(values))
+
     def values(self) -> tuple[list[str], list[float]] | None:
         """(names, L2 norms) of the parameters that have a dense gradient, in their order;
         None when none has one. The lists may be shared between calls: read them only."""

@@ -100,7 +100,9 @@ class RunwatchLogger(Logger):
         self._checkpoints: set[str] = set()
         """Checkpoint files recorded as artifacts (their rows go when the files do)."""
         self._trainer: weakref.ref[pl.Trainer] | None = None
-        self._batch_context: dict[str, float] | None = None
+        self.batch_context: dict[str, float] | None = None
+        """The fields ``set_batch_context`` set for the current training step, while they wait
+        for its batch point (None once taken)."""
         self._step_output: object = None
         self.metric_names: dict[str, str] = {}
         """Canonical metric name -> the name it was logged under, where they differ."""
@@ -190,13 +192,13 @@ class RunwatchLogger(Logger):
         """Fields ``BatchMetricsCallback`` read for the current training step
         (``samples_per_s``, ``batch_idx``), for the batch point of that step, and what
         ``training_step`` returned, whose loss is read only if the step's metrics log none."""
-        self._batch_context = dict(fields)
+        self.batch_context = dict(fields)
         self._step_output = step_output
 
     def take_batch_context(self, *, loss_logged: bool = False) -> dict[str, float] | None:
         """The fields set for the step and not yet written (the callback writes them then),
         with the output loss unless ``loss_logged``."""
-        context, self._batch_context = self._batch_context, None
+        context, self.batch_context = self.batch_context, None
         output, self._step_output = self._step_output, None
         if context is not None and output is not None and not loss_logged:
             value = step_output_loss(output)  # the step's one host transfer, if none was logged
@@ -353,7 +355,8 @@ class RunwatchLogger(Logger):
             return False
         connector = getattr(trainer, "_logger_connector", None)
         first_iter = getattr(connector, "_first_loop_iter", None)
-        return first_iter is not None and trainer.state.stage == _TRAINING
+        # `is`: Lightning's enum compares with `==` in two Python calls, each ~1 µs in a step
+        return first_iter is not None and trainer.state.stage is _TRAINING
 
     def _level(self, metrics: Mapping[str, float]) -> str:
         """Epoch-level, training-step or evaluation-step call: Lightning's own state when the
@@ -364,7 +367,7 @@ class RunwatchLogger(Logger):
         if trainer is not None and first_iter is not _UNKNOWN:
             if first_iter is None:
                 return LEVEL_EPOCH
-            return LEVEL_TRAIN_STEP if trainer.state.stage == _TRAINING else LEVEL_EVAL_STEP
+            return LEVEL_TRAIN_STEP if trainer.state.stage is _TRAINING else LEVEL_EVAL_STEP
         # The trainer is unknown (the logger used alone): decide by name.
         levels = {split_level(name)[1] for name in metrics}
         if "epoch" in levels:

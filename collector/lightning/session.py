@@ -214,18 +214,23 @@ class RunSession(Run):
         tag: str,
         tag_values: Sequence[str],
         common: Mapping[str, float] | None = None,
+        *,
+        head: tuple[str, Mapping[str, float]] | None = None,
     ) -> None:
-        """One point per value in one call (``Recorder.record_series``). Never raises."""
+        """One point per value in one call, after the ``head`` point if one is given
+        (``Recorder.record_series``). Never raises."""
         recorder = self._recorder
         if recorder is not None and self.started:  # a running run: the every-step path
-            if values:
-                recorder.record_series(measurement, field, values, tag, tag_values, common)
+            if values or head is not None:
+                recorder.record_series(
+                    measurement, field, values, tag, tag_values, common, head=head
+                )
             return
-        if not values or not self.start().started:
+        if (not values and head is None) or not self.start().started:
             return
         recorder = self._writer()
         if recorder is not None:
-            recorder.record_series(measurement, field, values, tag, tag_values, common)
+            recorder.record_series(measurement, field, values, tag, tag_values, common, head=head)
 
     def record_later(self, make_points: MakePoints, count: int) -> None:
         """Up to ``count`` points made when the recorder builds lines

@@ -32,6 +32,7 @@ from collector.lightning import (
     gradients,
     runwatch_telemetry,
 )
+from collector.lightning import callbacks as lightning_callbacks
 from collector.lightning._guard import dispatcher, guarded
 from collector.lightning.callbacks import (
     _HOOK_SKIP_TESTED_UP_TO,
@@ -474,16 +475,35 @@ def test_a_callback_alone_opens_and_completes_its_own_run(
 # -- failures ----------------------------------------------------------------------------------------
 
 
-class BrokenBatchMetrics(BatchMetricsCallback):
-    def _add_samples(self, batch: Any) -> None:
+def test_the_batch_size_is_the_first_tensor_s_first_dimension() -> None:
+    tensor = torch.zeros(5, 3)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    assert lightning_callbacks.batch_size_of(tensor) == 5
+    assert lightning_callbacks.batch_size_of((tensor, torch.zeros(5))) == 5
+    assert lightning_callbacks.batch_size_of({"x": [tensor], "y": torch.zeros(2)}) == 5
+    assert lightning_callbacks.batch_size_of(torch.tensor(1.0)) == 1  # a scalar: one sample
+    assert lightning_callbacks.batch_size_of(["text", tensor]) == 0  # the first item decides
+    assert lightning_callbacks.batch_size_of([]) == 0
+    assert lightning_callbacks.batch_size_of(cyclic) == 0  # no endless loop
+
+
+@pytest.fixture
+def broken_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in BatchMetricsCallback's on_train_batch_end: reading the batch size raises."""
+
+    def broken(batch: Any) -> int:
         raise RuntimeError("telemetry bug")
 
+    monkeypatch.setattr(lightning_callbacks, "batch_size_of", broken)
 
+
+@pytest.mark.usefixtures("broken_batch_size")
 def test_hook_errors_are_counted_never_raised(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     logger = RunwatchLogger("broken", settings=settings, prometheus=False)
-    broken = BrokenBatchMetrics(logger.session, every_n_batches=1)
+    broken = BatchMetricsCallback(logger.session, every_n_batches=1)
     model, data = mlp()
     trainer = quiet_trainer(
         max_epochs=1, logger=logger, callbacks=[broken], enable_checkpointing=False
@@ -495,13 +515,14 @@ def test_hook_errors_are_counted_never_raised(
     assert len(warnings) == 1
 
 
+@pytest.mark.usefixtures("broken_batch_size")
 def test_a_bundled_part_that_raises_is_counted_and_the_next_parts_still_run(
     settings: Settings,
 ) -> None:
     """RunwatchCallback guards its parts in its own dispatch: each part's error is reported
     under the part's hook name, and the parts after it in the same hook still run."""
     logger = RunwatchLogger("bundled", settings=settings, prometheus=False)
-    broken = BrokenBatchMetrics(logger.session, every_n_batches=1)
+    broken = BatchMetricsCallback(logger.session, every_n_batches=1)
     counter = _CountingPart(logger.session)
     bundle = RunwatchCallback(logger.session, [broken, counter])
     model, data = mlp()

@@ -382,6 +382,31 @@ def test_without_the_compiled_module_torch_s_path_gives_the_norms(
     assert found == norm_values(model.named_parameters())
 
 
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+@pytest.mark.parametrize("missing", [(), ("0.bias",), ("0.weight", "0.bias", "2.weight", "2.bias")])
+def test_measure_is_the_values_and_their_summary(
+    monkeypatch: pytest.MonkeyPatch, path: str, missing: tuple[str, ...]
+) -> None:
+    """``measure()``, the every-step call, gives what ``values()`` and ``summary()`` give,
+    on either path and with parameters that have no gradient; None when none has one."""
+    if path == "torch":
+        monkeypatch.setattr(gradients, "_cpu_norms", None)
+    elif gradients._cpu_norms is None:
+        pytest.skip("the compiled module is not built")
+    model = model_with_grads()
+    for name, parameter in model.named_parameters():
+        if name in missing:
+            parameter.grad = None
+    norms = ParameterNorms(model.named_parameters())
+    found = norms.values()
+    if found is None:
+        assert norms.measure() is None
+        return
+    names, values = found
+    assert norms.measure() == (names, values, *summary(values))
+    assert names == [name for name, _ in model.named_parameters() if name not in missing]
+
+
 @pytest.mark.slow
 def test_without_a_c_compiler_the_package_still_builds(tmp_path: Path) -> None:
     """The compiled modules are optional: a wheel built where the C compiler fails holds the

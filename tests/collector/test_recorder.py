@@ -536,6 +536,82 @@ def test_series_interleaved_with_other_points_spool_what_record_calls_would(
     assert stamps == sorted(set(stamps))
 
 
+@pytest.mark.parametrize(
+    ("head", "values", "observed"),
+    [
+        ({"total_norm": 3.0, "max_norm": 2.0, "min_norm": 0.5, "step": 4.0}, [2.0, 0.5], False),
+        ({"total_norm": 3.0, "step": 4}, [2.0, 0.5], True),  # an int; the series observed
+        ({"total_norm": 1.0, "step": 4.0}, [], False),  # no series: the head alone
+        ({"total_norm": "tensor", "step": 4.0}, [2.0, 0.5], False),  # read now, not later
+        ({"total_norm": 3.0, "step": 4.0}, [2.0, "tensor"], False),  # the series point by point
+    ],
+)
+def test_record_series_head_writes_what_a_record_call_before_it_would(
+    settings: Settings, head: dict[str, Any], values: list[Any], observed: bool
+) -> None:
+    """``head`` is the point a ``record()`` call just before the series would write, stamped
+    before its points, whatever path the series takes; after ``close()`` all are dropped."""
+    torch = pytest.importorskip("torch")
+    tensors = []
+
+    def made(value: Any) -> Any:
+        if value != "tensor":
+            return value
+        tensors.append(torch.tensor(1.5))
+        return tensors[-1]
+
+    head = {name: made(value) for name, value in head.items()}
+    values = [made(value) for value in values]
+    layers = [f"layer {index}" for index in range(len(values))]
+
+    class Layers:
+        observed_measurements = ("gradient_layer",)
+
+        def observe(self, *_: Any) -> None:
+            pass
+
+    observers = [Layers()] if observed else []
+    with (
+        Recorder(new_run_id(), experiment=EXPERIMENT, settings=settings) as one_by_one,
+        Recorder(
+            new_run_id(), experiment=EXPERIMENT, settings=settings, observers=observers
+        ) as series,
+    ):
+        one_by_one.record("gradient", head)
+        for value, layer in zip(values, layers, strict=True):
+            one_by_one.record("gradient_layer", {"norm": value, "step": 4.0}, {"layer": layer})
+        series.record_series(
+            "gradient_layer",
+            "norm",
+            values,
+            "layer",
+            layers,
+            {"step": 4.0},
+            head=("gradient", head),
+        )
+        for tensor in tensors:
+            tensor.fill_(99.0)  # what the flush writes is what the values were at the call
+        one_by_one.flush()
+        series.flush()
+        expected, written = spool_lines(one_by_one), spool_lines(series)
+        assert series.stats.points_recorded == 1 + len(values) == series.stats.points_spooled
+    assert series.closed
+    series.record_series(
+        "gradient_layer", "norm", values, "layer", layers, {"step": 5.0}, head=("gradient", head)
+    )
+    assert series.stats.points_dropped == 1 + len(values)
+
+    def same_run(line: str, recorder: Recorder) -> str:  # the line without run id and time
+        return line.replace(recorder.run_id, "RUN").rsplit(" ", 1)[0]
+
+    assert [same_run(line, series) for line in written] == [
+        same_run(line, one_by_one) for line in expected
+    ]
+    assert written[0].startswith("gradient,") and "=99.0" not in "".join(written)
+    stamps = [int(line.rsplit(" ", 1)[1]) for line in written]
+    assert stamps == sorted(set(stamps))
+
+
 def test_record_series_of_non_plain_values_and_observed_series_go_point_by_point(
     settings: Settings,
 ) -> None:
