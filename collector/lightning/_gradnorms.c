@@ -35,6 +35,12 @@ static PyObject *s_grad, *s_dtype, *s_layout, *s_is_cpu, *s_is_contiguous, *s_da
  * them in vector registers (eight was latency-bound: 2 values a cycle). */
 #define LANES 32
 
+/* Read ahead by this many bytes: in a training step the gradients are not in the nearest
+ * caches, and a page's first touch waits for its address translation, which the hardware
+ * prefetcher does not start across a page boundary. 1 KiB ahead took the in-step sums of a
+ * 330 KB model ~11% faster than none (256-512 B and 2-4 KiB ahead were slower). */
+#define PREFETCH_BYTES 1024
+
 static double sum_lanes(const double *lanes, double rest) {
     double total = rest;
     for (int k = 0; k < LANES; ++k) total += lanes[k];
@@ -44,8 +50,10 @@ static double sum_lanes(const double *lanes, double rest) {
 VECTORIZED static double sum_squares_f32(const float *x, Py_ssize_t n) {
     double lanes[LANES] = {0};
     Py_ssize_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    for (; i + LANES <= n; i += LANES) {
+        __builtin_prefetch((const char *)(x + i) + PREFETCH_BYTES);
         for (int k = 0; k < LANES; ++k) lanes[k] += (double)x[i + k] * (double)x[i + k];
+    }
     double rest = 0;
     for (; i < n; ++i) rest += (double)x[i] * (double)x[i];
     return sum_lanes(lanes, rest);
@@ -54,8 +62,10 @@ VECTORIZED static double sum_squares_f32(const float *x, Py_ssize_t n) {
 VECTORIZED static double sum_squares_f64(const double *x, Py_ssize_t n) {
     double lanes[LANES] = {0};
     Py_ssize_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    for (; i + LANES <= n; i += LANES) {
+        __builtin_prefetch((const char *)(x + i) + PREFETCH_BYTES);
         for (int k = 0; k < LANES; ++k) lanes[k] += x[i + k] * x[i + k];
+    }
     double rest = 0;
     for (; i < n; ++i) rest += x[i] * x[i];
     return sum_lanes(lanes, rest);
