@@ -1,9 +1,10 @@
-"""Build configuration beyond pyproject.toml: runwatch's two compiled modules.
+"""Build configuration beyond pyproject.toml: runwatch's three compiled modules.
 
 ``collector.lightning._gradnorms`` computes CPU gradient norms in one call; ``collector._lines``
-writes a flush's queued points as line protocol in one call. Both are optional: where they
-cannot be compiled (no C compiler), the install goes on, the norms take torch's path and the
-flush the Python one.
+writes a flush's queued points as line protocol in one call; ``collector._pending`` queues
+``record()``'s common cases. All are optional: where they cannot be compiled (no C compiler),
+the install goes on, the norms take torch's path and the flush and ``record()`` the Python
+ones.
 """
 
 from setuptools import Extension, setup
@@ -18,5 +19,6 @@ setup(
     ext_modules=[
         optional_extension("collector.lightning._gradnorms", "collector/lightning/_gradnorms.c"),
         optional_extension("collector._lines", "collector/_lines.c"),
+        optional_extension("collector._pending", "collector/_pending.c"),
     ]
 )

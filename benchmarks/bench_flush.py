@@ -107,7 +107,7 @@ def main() -> None:
                 step += args.steps
                 record_steps(rec, step, args.steps)
                 made = recorder_module._queued_lines(
-                    list(rec._pending), *rec._line_caches, rec._observed
+                    list(rec._queue.entries), *rec._line_caches, rec._observed
                 )
                 assert made is not None, "a training loop's queue must be compiled"
                 observations = made[2]

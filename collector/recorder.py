@@ -45,7 +45,6 @@ import itertools
 import logging
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +60,7 @@ from orjson import dumps as _json
 from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
+from collector.pending import PendingPoints
 from collector.points import (
     PointBuilder,
     ProblemLog,
@@ -71,7 +71,6 @@ from collector.shipper import PARALLEL_TUNING, ShipperThread, ShipTuning, target
 from collector.spool import DEFAULT_SEGMENT_BYTES, SpoolWriter
 
 log = logging.getLogger("collector.recorder")
-_time_ns = time.time_ns
 _NUMBERS = frozenset((float, int))
 """Types of field values queued as they are, for the flush to build their lines (immutable, so
 the line holds the value at ``record()``; a bool is not one). Checked with
@@ -198,16 +197,19 @@ class Recorder:
             if measurements is not None and measurements >= self._observed:
                 measurements = None
             self._observer_filters.append((observer, measurements))
-        self._pending: deque[_Pending] = deque()
-        self._queued_extra = 0
-        """Points queued beyond one per entry (a series entry holds several)."""
         self._measurements = frozenset(schema.MEASUREMENTS)
+        self._queue = PendingPoints(
+            deque(),
+            self._measurements,
+            self._observed,
+            self._flush_lines,
+            self._queue_full,
+            _Series,
+        )
+        """The points waiting for the flusher, the last timestamp and the counts."""
         self._write_lock = threading.Lock()
-        self._last_ns = 0
-        self._recorded = 0
         self._spooled = 0
         self._lost = 0
-        self._closed = False
         self._close_lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -249,42 +251,31 @@ class Recorder:
     ) -> None:
         """Record one point. Never raises; bad input is dropped, counted and warned once."""
         try:
-            if self._closed:
+            queue = self._queue
+            if time is None and queue.put(measurement, fields, tags):
+                return  # plain numbers of a dict, queued by the compiled module
+            if queue.closed:
                 self._problems.dropped_points += 1
                 self._problems.warn_once(
                     "closed", self.run_id, f"recorder of run {self.run_id} is closed"
                 )
                 return
-            if time is None:  # inlined _now_ns: this is the hot path
-                time_ns = _time_ns()
-                if time_ns <= self._last_ns:
-                    time_ns = self._last_ns + 1
-                self._last_ns = time_ns
-            else:
-                time_ns = self._explicit_ns(time)
+            time_ns = queue.stamp() if time is None else self._explicit_ns(time)
             if measurement in self._measurements and _NUMBERS.issuperset(
                 map(type, fields.values())
             ):
                 # plain numbers: the flush builds the line, off this thread if it can
-                pending = self._pending
-                pending.append((measurement, dict(fields), dict(tags) if tags else None, time_ns))
-                self._recorded += 1
-                if len(pending) + self._queued_extra >= self._flush_lines:
-                    self._queue_full()
+                queue.add((measurement, dict(fields), dict(tags) if tags else None, time_ns))
                 return
             line, observed, all_tags = self._build(
                 measurement, fields, tags, time_ns, measurement in self._observed
             )
             if line is None:
                 return
-            pending = self._pending
             if observed is not None and all_tags is not None:
-                pending.append(_Built(line, measurement, observed, all_tags))
+                queue.add(_Built(line, measurement, observed, all_tags))
             else:
-                pending.append(line)
-            self._recorded += 1
-            if len(pending) + self._queued_extra >= self._flush_lines:
-                self._queue_full()
+                queue.add(line)
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
 
@@ -305,10 +296,12 @@ class Recorder:
         a (measurement, fields) point, is recorded just before them in the same call: what
         sums them up (the ``gradient`` point before its layers'). Never raises."""
         try:
+            if self._queue.put_series(measurement, field, values, tag, tag_values, common, head):
+                return  # plain numbers, queued by the compiled module
             count = min(len(values), len(tag_values))
             plain = (
                 measurement in self._measurements
-                and not self._closed
+                and not self._queue.closed
                 and _FLOATS.issuperset(map(type, values))
                 and (common is None or _NUMBERS.issuperset(map(type, common.values())))
                 and (
@@ -329,33 +322,20 @@ class Recorder:
                         {tag: tag_values[index]},
                     )
                 return
-            # _reserve_times inlined: every step with gradient norms comes here
-            first_ns = _time_ns()
-            if first_ns <= self._last_ns:
-                first_ns = self._last_ns + 1
-            self._last_ns = first_ns + count - (head is None)
-            pending = self._pending
+            first_ns = self._queue.stamp(count + 1 if head is not None else count)
             if head is not None:  # as record() queues a plain point
                 head_fields: dict[str, object] = dict(head[1])
-                pending.append((head[0], head_fields, None, first_ns))
-                self._recorded += 1
+                self._queue.add((head[0], head_fields, None, first_ns))
                 first_ns += 1
             if measurement not in self._observed and not (common and field in common):
-                pending.append(  # _queue_many inlined
-                    _new_series(
-                        (
-                            (measurement, (field, *(common or ())), tag),
-                            tuple(values[:count]),
-                            tuple(tag_values[:count]),
-                            tuple(common.values()) if common else (),
-                            first_ns,
-                        )
-                    )
+                series = _Series(
+                    (measurement, (field, *(common or ())), tag),
+                    tuple(values[:count]),
+                    tuple(tag_values[:count]),
+                    tuple(common.values()) if common else (),
+                    first_ns,
                 )
-                self._recorded += count
-                self._queued_extra += count - 1
-                if len(pending) + self._queued_extra >= self._flush_lines:
-                    self._queue_full()
+                self._queue.add(series, count)
                 return
             points = partial(
                 _series_points,
@@ -366,7 +346,7 @@ class Recorder:
                 list(tag_values[:count]),
                 dict(common) if common else None,
             )
-            self._queue_many(_Later(points, count, first_ns), count)
+            self._queue.add(_Later(points, count, first_ns), count)
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
 
@@ -380,31 +360,15 @@ class Recorder:
         try:
             if count < 1:
                 return
-            if self._closed:
+            if self._queue.closed:
                 self._problems.dropped_points += count
                 self._problems.warn_once(
                     "closed", self.run_id, f"recorder of run {self.run_id} is closed"
                 )
                 return
-            self._queue_many(_Later(make_points, count, self._reserve_times(count)), count)
+            self._queue.add(_Later(make_points, count, self._queue.stamp(count)), count)
         except Exception as exc:  # telemetry never raises into training
             self._internal_error(exc)
-
-    def _reserve_times(self, count: int) -> int:
-        """The first of ``count`` consecutive timestamps after every one handed out."""
-        time_ns = _time_ns()
-        if time_ns <= self._last_ns:
-            time_ns = self._last_ns + 1
-        self._last_ns = time_ns + count - 1
-        return time_ns
-
-    def _queue_many(self, entry: _Pending, count: int) -> None:
-        pending = self._pending
-        pending.append(entry)
-        self._recorded += count
-        self._queued_extra += count - 1
-        if len(pending) + self._queued_extra >= self._flush_lines:
-            self._queue_full()
 
     def event(
         self,
@@ -429,15 +393,6 @@ class Recorder:
             "internal", type(exc).__name__, f"recorder error {type(exc).__name__}: {exc}"
         )
 
-    def _now_ns(self) -> int:
-        # Strictly increasing, so two points of one series never share a timestamp
-        # (InfluxDB would keep only the last).
-        now = _time_ns()
-        if now <= self._last_ns:
-            now = self._last_ns + 1
-        self._last_ns = now
-        return now
-
     def _explicit_ns(self, value: object) -> int:
         converted = to_time_ns(value)
         if converted is None:
@@ -446,7 +401,7 @@ class Recorder:
                 type(value).__name__,
                 f"unusable time={value!r} (int ns, float s or datetime expected); used now",
             )
-            return self._now_ns()
+            return self._queue.stamp()
         return converted
 
     def _notify(self, observations: list[_Observation]) -> None:
@@ -489,11 +444,11 @@ class Recorder:
 
     def _drain(self) -> None:
         with self._write_lock:
-            pending = self._pending
+            pending = self._queue.entries
             count = len(pending)
             if not count:
                 return
-            self._queued_extra = 0
+            self._queue.extra = 0
             queued = [pending.popleft() for _ in range(count)]
             compiled = self._compiled_lines(queued)
             if compiled is not None:
@@ -682,7 +637,7 @@ class Recorder:
                 f"record_later: {_name_of(later.make)} raised {type(exc).__name__}: {exc}; "
                 f"its {later.limit} points are dropped",
             )
-        self._recorded -= later.limit - len(made)
+        self._queue.recorded -= later.limit - len(made)
         return made
 
     def _point_line(
@@ -702,7 +657,7 @@ class Recorder:
             line = observed = all_tags = None
             self._internal_error(exc)
         if line is None:
-            self._recorded -= 1
+            self._queue.recorded -= 1
             return None, None
         if observed is not None and all_tags is not None:
             return line, (measurement, observed, all_tags)
@@ -711,7 +666,7 @@ class Recorder:
     def _queue_full(self) -> None:
         """``flush_lines`` points wait: wake the flusher (building lines is its work, not the
         training thread's), or append them here once ``queue_limit`` wait."""
-        if len(self._pending) + self._queued_extra >= self._queue_limit:
+        if len(self._queue.entries) + self._queue.extra >= self._queue_limit:
             self._drain()
         elif not self._flush_now.is_set():
             self._flush_now.set()
@@ -749,9 +704,9 @@ class Recorder:
         """Flush, fsync, then ship for at most ``timeout`` seconds; what is left stays in the
         spool for ``runwatch sync``. Idempotent; never raises."""
         with self._close_lock:
-            if self._closed:
+            if self._queue.closed:
                 return
-            self._closed = True
+            self._queue.closed = True
         try:
             self._stop_flusher.set()
             self._flush_now.set()
@@ -781,7 +736,7 @@ class Recorder:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._queue.closed
 
     @property
     def spool_path(self) -> str | None:
@@ -791,7 +746,7 @@ class Recorder:
     def stats(self) -> RecorderStats:
         """Counts so far; appends queued points to the spool first, so every point recorded
         before is counted as spooled, dropped or flagged."""
-        if not self._closed:
+        if not self._queue.closed:
             self.flush()
         shipper = self._shipper
         spooled_offset = self._spooled_offset()
@@ -801,7 +756,7 @@ class Recorder:
             last_error = shipper.last_error
         problems = self._problems
         return RecorderStats(
-            points_recorded=self._recorded,
+            points_recorded=self._queue.recorded,
             points_dropped=problems.dropped_points + self._lost,
             fields_dropped=problems.dropped_fields,
             nonfinite_fields=problems.nonfinite_fields,
@@ -832,11 +787,11 @@ class Recorder:
     def _forget_after_fork(self) -> None:
         # A forked child (a DataLoader worker) shares the spool descriptor and lock; it must
         # neither write nor close them.
-        self._closed = True
+        self._queue.closed = True
         self._writer = None
         self._shipper = None
-        self._pending = deque()
-        self._queued_extra = 0
+        self._queue.entries = deque()
+        self._queue.extra = 0
 
 
 _QueuedPoint = tuple[str, dict[str, object], dict[str, object] | None, int]
@@ -957,10 +912,6 @@ class _Series(NamedTuple):
     common: tuple[float, ...]
     """The common fields' values, in the order of ``shape``'s names after the first."""
     time_ns: int
-
-
-_new_series: Callable[[tuple[Any, ...]], _Series] = partial(tuple.__new__, _Series)
-"""``_Series(*fields)`` without the Python call namedtuple's constructor makes."""
 
 
 def _series_columns(

@@ -402,7 +402,7 @@ class QueuedEntries(pl.Callback):
         self.tracked: dict[str, set[int]] = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        waiting = list(self.telemetry.session._recorder._pending)  # before a flush takes them
+        waiting = list(self.telemetry.session._recorder._queue.entries)  # before a flush takes them
         gc.collect()
         gc.collect()
         for entry in waiting:

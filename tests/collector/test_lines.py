@@ -57,14 +57,14 @@ def quiet_recorder(home: Path, observer: Collecting | None = None) -> Recorder:
 
 
 def compiled_lines(rec: Recorder) -> tuple[bytes, int, list[Any]] | None:
-    queued = list(rec._pending)
+    queued = list(rec._queue.entries)
     assert recorder_module._queued_lines is not None
     return recorder_module._queued_lines(queued, *rec._line_caches, rec._observed)
 
 
 def python_lines(rec: Recorder) -> tuple[bytes, int, list[Any]]:
     observations: list[Any] = []
-    texts, points = rec._lines(list(rec._pending), observations)
+    texts, points = rec._lines(list(rec._queue.entries), observations)
     return "".join(texts).encode("utf-8", "replace"), points, observations
 
 

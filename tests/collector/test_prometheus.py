@@ -314,10 +314,10 @@ def test_a_scrape_sees_every_point_recorded_before_it(tmp_path) -> None:  # type
         "run-scrape", experiment="e", settings=settings, observers=(exporter,), tuning=slow_flush
     ) as rec:
         rec.record("batch", {"loss": 0.75, "step": 9})
-        assert rec._pending  # queued, not observed yet
+        assert rec._queue.entries  # queued, not observed yet
         assert value(exporter, prom.TRAIN_LOSS) == 0.75
         assert value(exporter, prom.OPTIMIZER_STEPS) == 10.0
-        assert not rec._pending  # the scrape had it spooled and observed
+        assert not rec._queue.entries  # the scrape had it spooled and observed
         rec.record("batch", {"loss": 0.5, "step": 10})
         registry_value = exporter.registry.get_sample_value(
             prom.TRAIN_LOSS, {"run_id": "run-scrape"}

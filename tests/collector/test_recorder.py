@@ -357,7 +357,7 @@ def test_observers_see_points_when_they_are_spooled_not_on_the_recording_thread(
         rec.record("gradient", {"total_norm": 1.0, "step": 3})  # nobody observes gradients
         rec.record("client_round", {"train_loss": 0.4}, tags={"Round": 2, "step": 9, "x": ""})
         rec.record("batch", {"//": 1.0})  # nothing the line would hold: not observed
-        assert rec._pending and all(not isinstance(p, str) for p in rec._pending)
+        assert rec._queue.entries and all(not isinstance(p, str) for p in rec._queue.entries)
         assert seen == []  # record() only queued them
         rec.flush()
         base = {"run_id": run_id, "experiment": EXPERIMENT, "mode": "centralized"}
@@ -438,7 +438,7 @@ def test_record_series_writes_the_points_of_as_many_record_calls(settings: Setti
             one_by_one.record("gradient_layer", {"norm": norm, "step": 4.0}, {"layer": name})
         series.record_series("gradient_layer", "norm", norms, "layer", names, {"step": 4.0})
         series.record_series("gradient_layer", "norm", [], "layer", [], {"step": 5.0})
-        assert len(series._pending) == 1  # one entry on the training thread
+        assert len(series._queue.entries) == 1  # one entry on the training thread
         one_by_one.flush()
         series.flush()
         expected, written = spool_lines(one_by_one), spool_lines(series)
@@ -483,7 +483,7 @@ def test_queued_points_and_series_are_one_tracked_object_each(
         norms.append(9.0)  # the caller's list is not what waits
         gc.collect()
         gc.collect()  # one pass may reach a tuple before the tuple inside it: untracked next
-        entries = list(rec._pending)
+        entries = list(rec._queue.entries)
         assert len(entries) == 3
         assert [tracked_within(entry) for entry in entries] == [1, 1, 1]
         rec.flush()
@@ -661,7 +661,7 @@ def test_record_later_makes_its_points_at_the_flush_stamped_at_the_call(
         later.record("batch", {"step": 3.0})
         later.record_later(gradient_points, 3)
         later.record("batch", {"step": 5.0})
-        assert made_on == [] and len(later._pending) == 3  # one entry, nothing made yet
+        assert made_on == [] and len(later._queue.entries) == 3  # one entry, nothing made yet
         assert later.stats.points_recorded == 5
         one_by_one.flush()
         later.flush()
