@@ -490,7 +490,7 @@ def test_the_batch_size_is_the_first_tensor_s_first_dimension() -> None:
 
 @pytest.fixture
 def broken_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug in BatchMetricsCallback's on_train_batch_end: reading the batch size raises."""
+    """A bug in BatchMetricsCallback's on_train_batch_start: reading the batch size raises."""
 
     def broken(batch: Any) -> int:
         raise RuntimeError("telemetry bug")
@@ -523,17 +523,17 @@ def test_a_bundled_part_that_raises_is_counted_and_the_next_parts_still_run(
     under the part's hook name, and the parts after it in the same hook still run."""
     logger = RunwatchLogger("bundled", settings=settings, prometheus=False)
     broken = BatchMetricsCallback(logger.session, every_n_batches=1)
-    counter = _CountingPart(logger.session)
+    counter = _CountingStarts(logger.session)
     bundle = RunwatchCallback(logger.session, [broken, counter])
     model, data = mlp()
     trainer = quiet_trainer(
         max_epochs=1, logger=logger, callbacks=[bundle], enable_checkpointing=False
     )
     trainer.fit(model, datamodule=data)
-    assert trainer.global_step == 11 and counter.batch_ends == 11
+    assert trainer.global_step == 11 and counter.batch_starts == 11
     ledger = logger.session.error_ledger
     assert ledger.total == 11
-    assert dict(ledger.counts) == {"BatchMetricsCallback.on_train_batch_end": 11}
+    assert dict(ledger.counts) == {"BatchMetricsCallback.on_train_batch_start": 11}
 
 
 def test_the_bundle_dispatch_lets_a_refused_run_id_and_unguarded_errors_through() -> None:
@@ -569,6 +569,16 @@ class _CountingPart(SessionCallback):
     @guarded
     def on_train_batch_end(self, *args: Any) -> None:
         self.batch_ends += 1
+
+
+class _CountingStarts(SessionCallback):
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self.batch_starts = 0
+
+    @guarded
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.batch_starts += 1
 
 
 class _HookCalls(PassThroughProfiler):

@@ -65,10 +65,17 @@ def test_prometheus_scrapes_a_training_run(
         enable_model_summary=False,
         enable_checkpointing=False,
     )
+    data = BreastCancerDataModule()
     started = time.time()
-    trainer.fit(MLPClassifier(num_features=30), datamodule=BreastCancerDataModule())
+    trainer.fit(MLPClassifier(num_features=30), datamodule=data)
     ended = time.time()
     run = f'run_id="{telemetry.run_id}"'
+
+    # every sample of every epoch counted once, the last batch of each (a short one) too
+    train_samples = len(data.train_dataloader().dataset)
+    assert train_samples % data.batch_size  # the epoch's last batch is short
+    exporter = telemetry.session.exporter
+    assert exporter is not None and exporter.steps.samples == EPOCHS * train_samples
 
     # the live /metrics page passes promtool's lint
     assert slow.metrics_text
