@@ -53,7 +53,12 @@ STEP_HOOKS = (
     "on_before_zero_grad",
     "on_train_batch_end",
 )
-INSIDE = ("gradient norms (compiled)", "Recorder.record", "Recorder.record_series")
+INSIDE = (
+    "gradient norms (compiled)",
+    "norms and their points, queued (compiled)",
+    "Recorder.record",
+    "Recorder.record_series",
+)
 """Timed inside the hooks: their time is part of a hook's line."""
 
 
@@ -115,8 +120,9 @@ def timed_code() -> Iterator[None]:
         (logger_module.RunwatchLogger, "log_metrics", "RunwatchLogger.log_metrics"),
         (logger_module.RunwatchLogger, "save", "RunwatchLogger.save"),
         (gradients.ParameterNorms, "values", INSIDE[0]),
-        (recorder_module.Recorder, "record", INSIDE[1]),
-        (recorder_module.Recorder, "record_series", INSIDE[2]),
+        (gradients.ParameterNorms, "queue_points", INSIDE[1]),
+        (recorder_module.Recorder, "record", INSIDE[2]),
+        (recorder_module.Recorder, "record_series", INSIDE[3]),
         (
             bench.MinimalTelemetry,
             "on_before_optimizer_step",

@@ -61,6 +61,7 @@ from collector import schema
 from collector.config import Settings, load_settings
 from collector.ids import validate_run_id
 from collector.pending import PendingPoints
+from collector.pending import compiled as pending_compiled
 from collector.points import (
     PointBuilder,
     ProblemLog,
@@ -733,6 +734,16 @@ class Recorder:
                     self._writer.close()
                 except OSError as exc:
                     self._fail(f"spool close failed: {exc}")
+
+    @property
+    def compiled_put_series(self) -> Callable[..., bool] | None:
+        """The compiled queue's ``put_series(measurement, field, values, tag, tag_values,
+        common, head)`` (``collector.pending``), for a caller on the training thread that
+        hands a step's series over from C; None where the module is not built. It queues
+        what ``record_series`` would queue as it is and answers True, or queues nothing and
+        answers False (a closed recorder, values that are not plain, an observed series):
+        then call ``record_series``, which records, drops or counts them."""
+        return self._queue.put_series if pending_compiled else None
 
     @property
     def closed(self) -> bool:

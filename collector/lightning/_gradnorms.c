@@ -238,6 +238,68 @@ static PyObject *norm_summary(PyObject *module, PyObject *values) {
     return Py_BuildValue("(ddd)", total, largest, smallest);
 }
 
+/* The names of the points a sample of norms makes (collector/schema.py's gradient and
+ * gradient_layer measurements; a test holds this path to the Python one's points). */
+static PyObject *s_gradient, *s_gradient_layer, *s_norm, *s_layer, *s_total_norm, *s_max_norm,
+    *s_min_norm, *s_step;
+
+/* queue_norms(parameters, names, layers, step, put_series): the norms, their summary and the
+ * points they make, handed to the recorder's queue in one call from the training step: the
+ * `gradient` point (total, max and min norm, step) and a `gradient_layer` point per parameter
+ * of the first `layers`, as put_series(measurement, field, values, tag, tag_values, common,
+ * head) takes them. Returns what put_series returns (True: queued), or None before calling it
+ * when the norms need torch's path, a parameter has no gradient or no layer is wanted: the
+ * caller's Python path records those. */
+static PyObject *queue_norms(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyList_CheckExact(args[1]) || !PyFloat_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "queue_norms(parameters, names: list, layers: int, step: float, "
+                        "put_series)");
+        return NULL;
+    }
+    Py_ssize_t layers = PyLong_AsSsize_t(args[2]);
+    if (layers == -1 && PyErr_Occurred()) return NULL;
+    PyObject *names = args[1], *step = args[3], *put_series = args[4];
+    PyObject *norms = cpu_norms(module, args[0]);
+    if (norms == NULL || norms == Py_None) return norms;
+    Py_ssize_t count = PyList_GET_SIZE(norms);
+    if (layers > count) layers = count;
+    if (layers > PyList_GET_SIZE(names)) layers = PyList_GET_SIZE(names);
+    for (Py_ssize_t i = 0; i < count; ++i)
+        if (PyList_GET_ITEM(norms, i) == Py_None) layers = 0; /* a parameter without gradient */
+    PyObject *summary = NULL, *head_fields = NULL, *common = NULL, *values = NULL;
+    PyObject *tag_values = NULL, *head = NULL, *result = NULL;
+    if (layers <= 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    summary = norm_summary(module, norms);
+    if (summary == NULL) goto done;
+    head_fields = PyDict_New();
+    common = PyDict_New();
+    if (head_fields == NULL || common == NULL ||
+        PyDict_SetItem(head_fields, s_total_norm, PyTuple_GET_ITEM(summary, 0)) < 0 ||
+        PyDict_SetItem(head_fields, s_max_norm, PyTuple_GET_ITEM(summary, 1)) < 0 ||
+        PyDict_SetItem(head_fields, s_min_norm, PyTuple_GET_ITEM(summary, 2)) < 0 ||
+        PyDict_SetItem(head_fields, s_step, step) < 0 || PyDict_SetItem(common, s_step, step) < 0)
+        goto done;
+    values = PyList_GetSlice(norms, 0, layers);
+    tag_values = PyList_GetSlice(names, 0, layers);
+    head = PyTuple_Pack(2, s_gradient, head_fields);
+    if (values == NULL || tag_values == NULL || head == NULL) goto done;
+    PyObject *call[7] = {s_gradient_layer, s_norm, values, s_layer, tag_values, common, head};
+    result = PyObject_Vectorcall(put_series, call, 7, NULL);
+done:
+    Py_DECREF(norms);
+    Py_XDECREF(summary);
+    Py_XDECREF(head_fields);
+    Py_XDECREF(common);
+    Py_XDECREF(values);
+    Py_XDECREF(tag_values);
+    Py_XDECREF(head);
+    return result;
+}
+
 static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *types[4];
     if (!PyArg_ParseTuple(args, "OOOO:configure", &types[0], &types[1], &types[2], &types[3]))
@@ -256,6 +318,10 @@ static PyMethodDef methods[] = {
      "cpu_norms(parameters) -> list[float | None] | None: the L2 norm of each parameter's "
      "gradient (None: it has none), or None when one is not a contiguous float32/float64 CPU "
      "tensor"},
+    {"queue_norms", (PyCFunction)(void (*)(void))queue_norms, METH_FASTCALL,
+     "queue_norms(parameters, names, layers, step, put_series) -> bool | None: the norms' "
+     "gradient and gradient_layer points handed to put_series (its answer), or None where "
+     "the Python path must record them"},
     {"norm_summary", norm_summary, METH_O,
      "norm_summary(values) -> (total, max, min): the norm over all of a list of per-parameter "
      "norms, the largest and the smallest; all NaN when one is NaN"},
@@ -274,7 +340,15 @@ PyMODINIT_FUNC PyInit__gradnorms(void) {
         (s_is_cpu = PyUnicode_InternFromString("is_cpu")) == NULL ||
         (s_is_contiguous = PyUnicode_InternFromString("is_contiguous")) == NULL ||
         (s_data_ptr = PyUnicode_InternFromString("data_ptr")) == NULL ||
-        (s_numel = PyUnicode_InternFromString("numel")) == NULL)
+        (s_numel = PyUnicode_InternFromString("numel")) == NULL ||
+        (s_gradient = PyUnicode_InternFromString("gradient")) == NULL ||
+        (s_gradient_layer = PyUnicode_InternFromString("gradient_layer")) == NULL ||
+        (s_norm = PyUnicode_InternFromString("norm")) == NULL ||
+        (s_layer = PyUnicode_InternFromString("layer")) == NULL ||
+        (s_total_norm = PyUnicode_InternFromString("total_norm")) == NULL ||
+        (s_max_norm = PyUnicode_InternFromString("max_norm")) == NULL ||
+        (s_min_norm = PyUnicode_InternFromString("min_norm")) == NULL ||
+        (s_step = PyUnicode_InternFromString("step")) == NULL)
         return NULL;
     return PyModule_Create(&module_def);
 }

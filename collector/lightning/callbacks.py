@@ -450,6 +450,7 @@ class GradientMonitorCallback(SessionCallback):
         self.max_layers = max_layers
         self._norms: ParameterNorms | None = None
         self._steps: FitSteps | None = None
+        self._put_series: Callable[..., bool] | None = None
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -458,10 +459,13 @@ class GradientMonitorCallback(SessionCallback):
             (n, p) for n, p in pl_module.named_parameters() if p.requires_grad
         )
         self._steps = FitSteps(trainer)
+        recorder = self._session.recorder if self._session is not None else None
+        self._put_series = recorder.compiled_put_series if recorder is not None else None
 
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps = None
+        self._put_series = None
 
     @guarded
     def on_before_optimizer_step(
@@ -477,12 +481,15 @@ class GradientMonitorCallback(SessionCallback):
         norms = self._norms
         if norms is None:  # on_train_start did not run
             norms = ParameterNorms(pl_module.named_parameters())
+        step = float(global_step)
+        put_series = self._put_series
+        if put_series is not None and norms.queue_points(step, self.max_layers, put_series):
+            return  # norms, summary and points made in C: each Python step here costs ~1 µs
         found = norms.measure()
         if found is None:
             return
         names, values, total, largest, smallest = found
         layers = max(0, min(self.max_layers, len(values)))
-        step = float(global_step)
         # One call queues the step's points, as plain values (no function to call later, no
         # list): each entry waiting in the recorder's queue is one object Python's collector
         # tracks, nothing under it, so a long fit promotes a third as many into the

@@ -29,13 +29,14 @@ _vector_norm = torch.linalg.vector_norm
 
 _cpu_norms: Callable[[list[torch.nn.Parameter]], list[float | None] | None] | None
 _norm_summary: Callable[[list[float]], tuple[float, float, float]] | None
+_queue_norms: Callable[..., bool | None] | None
 try:
-    from collector.lightning._gradnorms import configure, cpu_norms, norm_summary
+    from collector.lightning._gradnorms import configure, cpu_norms, norm_summary, queue_norms
 except ImportError:  # installed without a C compiler: torch's path only
-    _cpu_norms = _norm_summary = None
+    _cpu_norms = _norm_summary = _queue_norms = None
 else:
     configure(torch.Tensor, torch.float32, torch.float64, torch.strided)
-    _cpu_norms, _norm_summary = cpu_norms, norm_summary
+    _cpu_norms, _norm_summary, _queue_norms = cpu_norms, norm_summary, queue_norms
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ class ParameterNorms:
         self._named = list(named_parameters)
         self._names = [name for name, _ in self._named]
         self._parameters = [parameter for _, parameter in self._named]
+
+    def queue_points(self, step: float, layers: int, put_series: Callable[..., bool]) -> bool:
+        """The norms' ``gradient`` point and the first ``layers`` parameters'
+        ``gradient_layer`` points (``gradient_points``), handed to a recorder's compiled
+        ``put_series`` (``Recorder.compiled_put_series``) in one compiled call, with no
+        Python object made on the way. True when queued; False where the caller records them
+        (``measure()``): the compiled modules are not built, a gradient is not readable from
+        C, a parameter has none, no layer is wanted, or the queue declined."""
+        if _queue_norms is None or not self._parameters:
+            return False
+        return _queue_norms(self._parameters, self._names, layers, step, put_series) is True
 
     def measure(self) -> tuple[list[str], list[float], float, float, float] | None:
         """``values()`` and their ``summary()`` at once: (names, norms, total, max, min); None

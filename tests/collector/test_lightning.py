@@ -851,8 +851,9 @@ def test_unsampled_steps_make_no_host_transfer(
     tensors too."""
     if norms == "compiled" and gradients._cpu_norms is None:
         pytest.skip("the compiled module is not built (covered by test_lightning_gradients)")
-    if norms != "compiled":
+    if norms != "compiled":  # as where the compiled module is not built
         monkeypatch.setattr(gradients, "_cpu_norms", None)
+        monkeypatch.setattr(gradients, "_queue_norms", None)
     if norms == "accelerator":
         monkeypatch.setattr(gradients, "norms_one_by_one", gradients.fused_norms)
     transfers = _HostTransfers()

@@ -407,6 +407,73 @@ def test_measure_is_the_values_and_their_summary(
     assert names == [name for name, _ in model.named_parameters() if name not in missing]
 
 
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("layers", [1, 3, 16])
+def test_queued_points_are_the_python_path_s(tmp_path: Path, layers: int) -> None:
+    """``queue_points`` (norms, summary and points made in C, handed to the recorder's
+    compiled queue) spools what ``measure()`` and ``record_series`` spool."""
+    from collector import Recorder, RecorderTuning, new_run_id
+    from tests.collector.test_recorder import make_settings, spool_lines
+
+    model = model_with_grads()
+    norms = ParameterNorms(model.named_parameters())
+    tuning = RecorderTuning(flush_interval_s=3600)
+    spooled = []
+    for path in ("compiled", "python"):
+        settings = make_settings(tmp_path / path)
+        with Recorder(new_run_id(), experiment="x", settings=settings, tuning=tuning) as rec:
+            put_series = rec.compiled_put_series
+            if put_series is None:
+                pytest.skip("collector._pending is not built")
+            if path == "compiled":
+                assert norms.queue_points(7.0, layers, put_series) is True
+            else:
+                found = norms.measure()
+                assert found is not None
+                names, values, total, largest, smallest = found
+                head = {"total_norm": total, "max_norm": largest, "min_norm": smallest}
+                rec.record_series(
+                    "gradient_layer",
+                    "norm",
+                    values[:layers],
+                    "layer",
+                    names[:layers],
+                    {"step": 7.0},
+                    head=("gradient", {**head, "step": 7.0}),
+                )
+            rec.flush()
+            assert rec.stats.points_recorded == 1 + min(layers, 4)
+            spooled.append(
+                [line.rsplit(" ", 1)[0].replace(rec.run_id, "RUN") for line in spool_lines(rec)]
+            )
+    assert spooled[0] == spooled[1]
+    assert spooled[0][0].startswith("gradient,") and len(spooled[0]) == 1 + min(layers, 4)
+
+
+@pytest.mark.usefixtures("compiled")
+def test_what_queue_points_does_not_queue_it_leaves_to_the_python_path(tmp_path: Path) -> None:
+    from collector import Recorder, RecorderTuning, new_run_id
+    from tests.collector.test_recorder import make_settings
+
+    model = model_with_grads()
+    norms = ParameterNorms(model.named_parameters())
+    settings = make_settings(tmp_path)
+    rec = Recorder(new_run_id(), experiment="x", settings=settings, tuning=RecorderTuning())
+    put_series = rec.compiled_put_series
+    if put_series is None:
+        pytest.skip("collector._pending is not built")
+    assert norms.queue_points(1.0, 0, put_series) is False  # no layer wanted: the head alone
+    model[0].bias.grad = None
+    assert norms.queue_points(1.0, 4, put_series) is False  # a parameter without a gradient
+    model[0].bias.grad = torch.ones(32)[::2]  # not contiguous: torch's path
+    assert norms.queue_points(1.0, 4, put_series) is False
+    model[0].bias.grad = torch.ones(16)
+    assert rec.stats.points_recorded == 0
+    rec.close()
+    assert norms.queue_points(1.0, 4, put_series) is False  # closed: record_series drops them
+    assert rec.stats.points_recorded == 0
+
+
 @pytest.mark.slow
 def test_without_a_c_compiler_the_package_still_builds(tmp_path: Path) -> None:
     """The compiled modules are optional: a wheel built where the C compiler fails holds the
