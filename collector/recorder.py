@@ -736,6 +736,14 @@ class Recorder:
                     self._fail(f"spool close failed: {exc}")
 
     @property
+    def compiled_put(self) -> Callable[[str, dict[str, float], None], bool] | None:
+        """The compiled queue's ``put(measurement, fields, tags)`` (``collector.pending``),
+        for a caller on the training thread with a dict of plain numbers; None where the
+        module is not built. True: queued, as ``record`` would; False: nothing queued (a
+        closed recorder, a value that is not a plain number): then call ``record``."""
+        return self._queue.put if pending_compiled else None
+
+    @property
     def compiled_put_series(self) -> Callable[..., bool] | None:
         """The compiled queue's ``put_series(measurement, field, values, tag, tag_values,
         common, head)`` (``collector.pending``), for a caller on the training thread that
