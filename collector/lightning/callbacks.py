@@ -325,9 +325,10 @@ class BatchMetricsCallback(SessionCallback):
                 return
             step, epoch = lightning_step(trainer), float(trainer.current_epoch)
         else:
-            if not steps.logs_this_step(trainer):
+            logged = steps.logged_step(trainer)
+            if logged is None:
                 return
-            step, epoch = steps.lightning_step(), self._epoch
+            step, epoch = logged, self._epoch
         fields: dict[str, float] = {}
         sink = self._sink
         if sink is None:
@@ -415,18 +416,16 @@ class FitSteps:
         tracker = self._tracker
         return int(tracker.completed) if tracker is not None else trainer.global_step
 
-    def logs_this_step(self, trainer: pl.Trainer) -> bool:
-        """``lightning_logs_this_step(trainer)``."""
+    def logged_step(self, trainer: pl.Trainer) -> int | None:
+        """``lightning_step(trainer)`` where ``lightning_logs_this_step(trainer)``, else None
+        (one call: the batch callback asks at every batch end)."""
+        stepped = self._epoch_loop._batches_that_stepped
         if not self._simple:
-            return lightning_logs_this_step(trainer)
+            return int(stepped) if lightning_logs_this_step(trainer) else None
         every = self._every
-        if every == 0:
-            return False
-        return (self._epoch_loop._batches_that_stepped + 1) % every == 0 or trainer.should_stop
-
-    def lightning_step(self) -> int:
-        """``lightning_step(trainer)``."""
-        return int(self._epoch_loop._batches_that_stepped)
+        if every and ((stepped + 1) % every == 0 or trainer.should_stop):
+            return int(stepped)
+        return None
 
 
 # -- gradients ---------------------------------------------------------------------------
