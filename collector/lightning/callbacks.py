@@ -131,6 +131,10 @@ def scalar_metrics(metrics: Mapping[str, Any], keep: Callable[[str], bool]) -> d
     return values
 
 
+_MAX_BATCH_NESTING = 16
+"""How deep ``batch_size_of`` looks for the first tensor (a batch that nests itself ends)."""
+
+
 def batch_size_of(batch: Any) -> int:
     """Samples in a batch, read from tensor shapes (never a device sync): the first tensor
     found by taking the first item of sequences and mappings."""
@@ -146,9 +150,6 @@ def batch_size_of(batch: Any) -> int:
         else:
             return 0
     return 0
-
-
-_MAX_BATCH_NESTING = 16
 
 
 def best_epoch(

@@ -85,9 +85,9 @@ class ParameterNorms:
 
     def measure(self) -> tuple[list[str], list[float], float, float, float] | None:
         """``values()`` and their ``summary()`` at once: (names, norms, total, max, min); None
-        when no parameter has a gradient. Every step with norms calls this: where the compiled
-        module reads every gradient, it is two compiled calls and no other Python call (each
-        costs ~1 µs inside a training step)."""
+        when no parameter has a gradient. The gradient hook's path where ``queue_points``
+        declines: where the compiled module reads every gradient, two compiled calls and no
+        other Python call (each costs ~1 µs inside a training step)."""
         if _cpu_norms is not None and _norm_summary is not None and self._parameters:
             norms = _cpu_norms(self._parameters)
             if norms is not None and None not in norms:
