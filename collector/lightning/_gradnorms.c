@@ -247,8 +247,9 @@ static PyObject *s_gradient, *s_gradient_layer, *s_norm, *s_layer, *s_total_norm
  * points they make, handed to the recorder's queue in one call from the training step: the
  * `gradient` point (total, max and min norm, step) and a `gradient_layer` point per parameter
  * of the first `layers`, as put_series(measurement, field, values, tag, tag_values, common,
- * head) takes them. Returns what put_series returns (True: queued), or None before calling it
- * when the norms need torch's path, a parameter has no gradient or no layer is wanted: the
+ * head) takes them; a parameter without a gradient is left out, as ParameterNorms.values()
+ * leaves it. Returns what put_series returns (True: queued), or None before calling it when
+ * the norms need torch's path, no parameter has a gradient or no layer is wanted: the
  * caller's Python path records those. */
 static PyObject *queue_norms(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyList_CheckExact(args[1]) || !PyFloat_CheckExact(args[3])) {
@@ -259,17 +260,36 @@ static PyObject *queue_norms(PyObject *module, PyObject *const *args, Py_ssize_t
     }
     Py_ssize_t layers = PyLong_AsSsize_t(args[2]);
     if (layers == -1 && PyErr_Occurred()) return NULL;
-    PyObject *names = args[1], *step = args[3], *put_series = args[4];
-    PyObject *norms = cpu_norms(module, args[0]);
-    if (norms == NULL || norms == Py_None) return norms;
-    Py_ssize_t count = PyList_GET_SIZE(norms);
-    if (layers > count) layers = count;
-    if (layers > PyList_GET_SIZE(names)) layers = PyList_GET_SIZE(names);
-    for (Py_ssize_t i = 0; i < count; ++i)
-        if (PyList_GET_ITEM(norms, i) == Py_None) layers = 0; /* a parameter without gradient */
+    PyObject *step = args[3], *put_series = args[4];
+    PyObject *all_norms = cpu_norms(module, args[0]);
+    if (all_norms == NULL || all_norms == Py_None) return all_norms;
+    if (PyList_GET_SIZE(args[1]) != PyList_GET_SIZE(all_norms)) {
+        Py_DECREF(all_norms);
+        PyErr_SetString(PyExc_ValueError, "queue_norms(): one name per parameter");
+        return NULL;
+    }
+    PyObject *norms = Py_NewRef(all_norms);
     PyObject *summary = NULL, *head_fields = NULL, *common = NULL, *values = NULL;
     PyObject *tag_values = NULL, *head = NULL, *result = NULL;
-    if (layers <= 0) {
+    /* the parameters with a gradient, in order, as ParameterNorms.values() keeps them */
+    Py_ssize_t count = PyList_GET_SIZE(norms), kept = 0;
+    for (Py_ssize_t i = 0; i < count; ++i) kept += PyList_GET_ITEM(norms, i) != Py_None;
+    PyObject *names = Py_NewRef(args[1]);
+    if (kept < count) {
+        PyObject *found = PyList_New(kept), *found_names = PyList_New(kept);
+        Py_SETREF(names, found_names);
+        Py_SETREF(norms, found);
+        if (found == NULL || found_names == NULL) goto done;
+        for (Py_ssize_t i = 0, j = 0; i < count; ++i) {
+            PyObject *norm = PyList_GET_ITEM(all_norms, i);
+            if (norm == Py_None) continue;
+            PyList_SET_ITEM(found, j, Py_NewRef(norm));
+            PyList_SET_ITEM(found_names, j, Py_NewRef(PyList_GET_ITEM(args[1], i)));
+            ++j;
+        }
+    }
+    if (layers > kept) layers = kept;
+    if (layers <= 0) { /* no gradient at all, or no layer wanted: the Python path's points */
         result = Py_NewRef(Py_None);
         goto done;
     }
@@ -290,7 +310,9 @@ static PyObject *queue_norms(PyObject *module, PyObject *const *args, Py_ssize_t
     PyObject *call[7] = {s_gradient_layer, s_norm, values, s_layer, tag_values, common, head};
     result = PyObject_Vectorcall(put_series, call, 7, NULL);
 done:
-    Py_DECREF(norms);
+    Py_DECREF(all_norms);
+    Py_XDECREF(norms);
+    Py_XDECREF(names);
     Py_XDECREF(summary);
     Py_XDECREF(head_fields);
     Py_XDECREF(common);

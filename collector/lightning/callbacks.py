@@ -483,7 +483,12 @@ class GradientMonitorCallback(SessionCallback):
             norms = ParameterNorms(pl_module.named_parameters())
         step = float(global_step)
         put_series = self._put_series
-        if put_series is not None and norms.queue_points(step, self.max_layers, put_series):
+        layers_wanted = self.max_layers > 0  # else the gradient point alone: the Python path
+        if (
+            put_series is not None
+            and layers_wanted
+            and norms.queue_points(step, self.max_layers, put_series)
+        ):
             return  # norms, summary and points made in C: each Python step here costs ~1 µs
         found = norms.measure()
         if found is None:

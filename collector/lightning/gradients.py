@@ -76,9 +76,10 @@ class ParameterNorms:
         """The norms' ``gradient`` point and the first ``layers`` parameters'
         ``gradient_layer`` points (``gradient_points``), handed to a recorder's compiled
         ``put_series`` (``Recorder.compiled_put_series``) in one compiled call, with no
-        Python object made on the way. True when queued; False where the caller records them
+        Python object made on the way; a parameter without a gradient is left out, as
+        ``values()`` leaves it. True when queued; False where the caller records them
         (``measure()``): the compiled modules are not built, a gradient is not readable from
-        C, a parameter has none, no layer is wanted, or the queue declined."""
+        C, no parameter has one, no layer is wanted, or the queue declined."""
         if _queue_norms is None or not self._parameters:
             return False
         return _queue_norms(self._parameters, self._names, layers, step, put_series) is True

@@ -408,14 +408,22 @@ def test_measure_is_the_values_and_their_summary(
 
 
 @pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("without_gradient", [(), ("0.bias",)])
 @pytest.mark.parametrize("layers", [1, 3, 16])
-def test_queued_points_are_the_python_path_s(tmp_path: Path, layers: int) -> None:
+def test_queued_points_are_the_python_path_s(
+    tmp_path: Path, layers: int, without_gradient: tuple[str, ...]
+) -> None:
     """``queue_points`` (norms, summary and points made in C, handed to the recorder's
-    compiled queue) spools what ``measure()`` and ``record_series`` spool."""
+    compiled queue) spools what ``measure()`` and ``record_series`` spool, leaving out a
+    parameter without a gradient as they do (its norms are not summed twice)."""
     from collector import Recorder, RecorderTuning, new_run_id
     from tests.collector.test_recorder import make_settings, spool_lines
 
     model = model_with_grads()
+    for name, parameter in model.named_parameters():
+        if name in without_gradient:
+            parameter.grad = None
+    with_gradient = 4 - len(without_gradient)
     norms = ParameterNorms(model.named_parameters())
     tuning = RecorderTuning(flush_interval_s=3600)
     spooled = []
@@ -442,12 +450,14 @@ def test_queued_points_are_the_python_path_s(tmp_path: Path, layers: int) -> Non
                     head=("gradient", {**head, "step": 7.0}),
                 )
             rec.flush()
-            assert rec.stats.points_recorded == 1 + min(layers, 4)
+            assert rec.stats.points_recorded == 1 + min(layers, with_gradient)
             spooled.append(
                 [line.rsplit(" ", 1)[0].replace(rec.run_id, "RUN") for line in spool_lines(rec)]
             )
     assert spooled[0] == spooled[1]
-    assert spooled[0][0].startswith("gradient,") and len(spooled[0]) == 1 + min(layers, 4)
+    assert spooled[0][0].startswith("gradient,")
+    assert len(spooled[0]) == 1 + min(layers, with_gradient)
+    assert not any("layer=0.bias" in line for line in spooled[0] if without_gradient)
 
 
 @pytest.mark.usefixtures("compiled")
@@ -463,8 +473,11 @@ def test_what_queue_points_does_not_queue_it_leaves_to_the_python_path(tmp_path:
     if put_series is None:
         pytest.skip("collector._pending is not built")
     assert norms.queue_points(1.0, 0, put_series) is False  # no layer wanted: the head alone
-    model[0].bias.grad = None
-    assert norms.queue_points(1.0, 4, put_series) is False  # a parameter without a gradient
+    for parameter in model.parameters():
+        parameter.grad = None
+    assert norms.queue_points(1.0, 4, put_series) is False  # no gradient at all
+    model = model_with_grads()
+    norms = ParameterNorms(model.named_parameters())
     model[0].bias.grad = torch.ones(32)[::2]  # not contiguous: torch's path
     assert norms.queue_points(1.0, 4, put_series) is False
     model[0].bias.grad = torch.ones(16)
