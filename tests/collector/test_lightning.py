@@ -472,6 +472,21 @@ def test_a_callback_alone_opens_and_completes_its_own_run(
         store.dispose()
 
 
+def test_without_layers_the_gradient_point_is_written_alone(runwatch_env: Path) -> None:
+    settings = load_settings()
+    callback = GradientMonitorCallback(every_n_steps=4, max_layers=0)
+    model, data = mlp()
+    trainer = quiet_trainer(
+        max_epochs=1, logger=False, callbacks=[callback], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=data)
+    points = read_points(settings, callback.session.run_id)
+    gradient = of(points, "gradient")
+    assert [p.fields["step"] for p in gradient] == [0.0, 4.0, 8.0]
+    assert all(p.fields["total_norm"] > 0 for p in gradient)
+    assert of(points, "gradient_layer") == []
+
+
 # -- failures ----------------------------------------------------------------------------------------
 
 
