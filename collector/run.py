@@ -95,19 +95,28 @@ class ErrorLedger:
 
 
 class Heartbeat(threading.Thread):
-    """Calls ``beat`` every ``interval_s`` seconds until stopped."""
+    """Calls ``beat`` every ``interval_s`` seconds until stopped (the first time after
+    ``first_after_s``, if given). ``beat`` must not raise."""
 
     def __init__(
-        self, beat: Callable[[], None], interval_s: float, name: str = "runwatch-heartbeat"
+        self,
+        beat: Callable[[], None],
+        interval_s: float,
+        name: str = "runwatch-heartbeat",
+        *,
+        first_after_s: float | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._beat = beat
         self._interval_s = interval_s
+        self._first_after_s = interval_s if first_after_s is None else first_after_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self._interval_s):
+        wait_s = self._first_after_s
+        while not self._stop_event.wait(wait_s):
             self._beat()
+            wait_s = self._interval_s
 
     def stop(self) -> None:
         self._stop_event.set()

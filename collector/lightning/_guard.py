@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 from collector.errors import RunIdInUseError
 from collector.run import ErrorLedger, ErrorSink
 
-__all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "dispatcher", "guarded"]
+__all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "dispatcher", "guarded", "report"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

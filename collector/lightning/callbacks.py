@@ -29,10 +29,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from collector.lightning._guard import dispatcher, guarded
+from collector.lightning._guard import dispatcher, guarded, report
 from collector.lightning.gradients import DEFAULT_MAX_LAYERS, ParameterNorms
 from collector.lightning.logger import RunwatchLogger, step_output_loss
 from collector.lightning.session import RunSession
+from collector.run import Heartbeat
 from collector.store.values import storable_text
 from collector.values import canonical_name
 
@@ -732,19 +733,29 @@ def _json_row(row: Mapping[str, float]) -> dict[str, float | int | None]:
 
 
 class SystemMetricsCallback(SessionCallback):
-    """Every ``interval_s`` (checked at batch ends): ``system`` point with cpu_percent,
-    rss_bytes and, on CUDA, gpu_mem_bytes and gpu_util (when NVML is available)."""
+    """Every ``interval_s`` while a fit trains (the first after at most 1 s): a ``system``
+    point with cpu_percent, rss_bytes and, on CUDA, gpu_mem_bytes and gpu_util (when NVML is
+    available).
+
+    Sampled on a thread of its own (``runwatch-system``), from ``on_train_start`` to
+    ``on_train_end``: a long step, a validation pass or a stalled loader gets its samples on
+    time, and the training thread pays nothing for them, not even a clock check per step.
+    """
 
     def __init__(
         self, session: RunSession | None = None, *, interval_s: float = DEFAULT_SYSTEM_INTERVAL_S
     ) -> None:
         super().__init__(session)
         self.interval_s = interval_s
-        self._next_at = 0.0
         self._process: Any = None
         self._tags: dict[str, str] = {}
         self._cuda_device: torch.device | None = None
         self._gpu_util_ok = True
+        self._sampler: Heartbeat | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (a pickled trainer) samples nothing until its own fit starts its own thread
+        return {**self.__dict__, "_sampler": None, "_process": None}
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import psutil
@@ -752,34 +763,57 @@ class SystemMetricsCallback(SessionCallback):
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first reading only primes the counter
         self._tags = {"host": socket.gethostname(), "rank": str(trainer.global_rank)}
-        self._next_at = time.monotonic() + min(self.interval_s, 1.0)
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = pl_module.device
         self._cuda_device = device if device.type == "cuda" else None
+        if self.enabled and self._process is not None and self._sampler is None:
+            self._sampler = Heartbeat(
+                self._sample_reporting_errors,
+                self.interval_s,
+                "runwatch-system",
+                first_after_s=min(self.interval_s, 1.0),
+            )
+            self._sampler.start()
 
     @guarded
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_sampling()
+
+    @guarded
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stop_sampling()  # before the run can finish: nothing is recorded after it
+        super().teardown(trainer, pl_module, stage)
+
+    @guarded
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self.enabled and time.monotonic() >= self._next_at:
-            self.sample()
+        self._stop_sampling()
+        super().on_exception(trainer, pl_module, exception)
 
-    @guarded
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.enabled and time.monotonic() >= self._next_at:
+    def _stop_sampling(self) -> None:
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
+
+    @property
+    def sampling(self) -> bool:
+        """Whether the sampling thread runs (between a fit's training start and end)."""
+        return self._sampler is not None
+
+    def _sample_reporting_errors(self) -> None:
+        try:
             self.sample()
+        except Exception as exc:  # reported as a hook's would be; the next sample still comes
+            report(self, "SystemMetricsCallback.sample", exc)
 
     def sample(self) -> None:
-        self._next_at = time.monotonic() + self.interval_s
+        """Record one ``system`` point now (the sampling thread calls this)."""
         process = self._process
-        if process is None:
+        session = self._session
+        if process is None or session is None or session.finished:
             return
         fields = {
             "cpu_percent": float(process.cpu_percent(None)),
@@ -793,7 +827,7 @@ class SystemMetricsCallback(SessionCallback):
                     fields["gpu_util"] = float(torch.cuda.utilization(device))
                 except Exception:  # no NVML: utilisation is simply not reported
                     self._gpu_util_ok = False
-        self.session.record("system", fields, self._tags)
+        session.record("system", fields, self._tags)
 
 
 # -- live step gauges ------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import gc
 import json
 import math
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -732,6 +734,86 @@ def test_a_lightning_release_newer_than_tested_gets_every_hook(
     assert skipping_hook_loop() is None
 
 
+class SlowSteps(BoringModel):
+    """Two long training steps, the time of several system samples each."""
+
+    STEP_S = 0.3
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        time.sleep(self.STEP_S)
+        return super().training_step(batch, batch_idx)
+
+
+def _system_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "runwatch-system"]
+
+
+def test_system_points_are_sampled_on_their_own_thread_through_long_steps(
+    settings: Settings,
+) -> None:
+    telemetry = runwatch_telemetry(
+        "slow", settings=settings, system_interval_s=0.05, gradient_every_n=0, prometheus=False
+    )
+    system_part = telemetry.callback.part(lightning_callbacks.SystemMetricsCallback)
+    assert isinstance(system_part, lightning_callbacks.SystemMetricsCallback)
+    seen_in_step: list[bool] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            seen_in_step.append(system_part.sampling and bool(_system_threads()))
+
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, Watch()],
+        enable_checkpointing=False,
+    )
+    trainer.fit(SlowSteps())
+    assert seen_in_step == [True, True]
+    assert not system_part.sampling and not _system_threads()  # stopped with the training
+    points = read_points(settings, telemetry.run_id)
+    system = of(points, "system")
+    # at batch ends alone there would be at most three (two batch ends and the epoch's end)
+    assert len(system) >= 6, len(system)
+    assert all(p.fields["rss_bytes"] > 0 and p.tags["rank"] == "0" for p in system)
+    started, ended = (
+        next(p.time_ns for p in of(points, "event") if p.tags["event"] == name)
+        for name in ("training_start", "training_end")
+    )
+    assert all(started < p.time_ns < ended for p in system)
+
+
+def test_a_failing_sample_is_counted_and_the_next_samples_still_come(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    sample = lightning_callbacks.SystemMetricsCallback.sample
+
+    def first_one_fails(self: lightning_callbacks.SystemMetricsCallback) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("no /proc")
+        sample(self)
+
+    monkeypatch.setattr(lightning_callbacks.SystemMetricsCallback, "sample", first_one_fails)
+    telemetry = runwatch_telemetry(
+        "sampling", settings=settings, system_interval_s=0.05, gradient_every_n=0
+    )
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=telemetry.logger,
+        callbacks=telemetry.callbacks,
+        enable_checkpointing=False,
+    )
+    trainer.fit(SlowSteps())
+    assert dict(telemetry.session.error_ledger.counts) == {"SystemMetricsCallback.sample": 1}
+    assert len(of(read_points(settings, telemetry.run_id), "system")) == len(calls) - 1 >= 3
+
+
 class Explodes(MLPClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.current_epoch == 1 and batch_idx == 3:
@@ -759,6 +841,7 @@ def test_training_exception_marks_the_run_failed(settings: Settings, store: Stor
     points = read_points(settings, telemetry.run_id)
     end = [p for p in of(points, "event") if p.tags["event"] == "training_end"]
     assert len(end) == 1 and "failed" in end[0].fields["text"] and "boom" in end[0].fields["text"]
+    assert not _system_threads()  # the sampler stopped before the run finished
 
 
 def test_early_stopping_event(settings: Settings) -> None:

@@ -18,7 +18,7 @@ from collector.config import Settings
 from collector.errors import RunIdInUseError
 from collector.flower import FederatedRun
 from collector.lightning import RunSession
-from collector.run import ErrorLedger
+from collector.run import ErrorLedger, Heartbeat
 from collector.store import Store
 from tests.collector.test_lightning import of, read_points
 from tests.servers.prometheus import PrometheusServer
@@ -211,3 +211,18 @@ def test_prometheus_sees_a_plain_loop_runs_final_status(
         f'last_over_time({prom.TRAIN_LOSS}{{run_id="{run.run_id}"}}[1m])', ended
     )
     assert loss and float(loss[0]["value"][1]) == 0.5
+
+
+def test_a_heartbeat_beats_first_after_its_own_delay_then_every_interval() -> None:
+    beats: list[float] = []
+    started = time.monotonic()
+    heartbeat = Heartbeat(lambda: beats.append(time.monotonic()), 1.0, first_after_s=0.01)
+    heartbeat.start()
+    deadline = started + 10
+    while len(beats) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    heartbeat.stop()
+    assert not heartbeat.is_alive()
+    assert len(beats) >= 2
+    assert beats[0] - started < 1.0  # without its own delay, the first beat waits the interval
+    assert beats[1] - beats[0] >= 0.99
