@@ -89,7 +89,7 @@ def _reporting(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
     return timed
 
 
-def _timed_method(owner: type, attribute: str, name: str) -> Any:
+def _timed_method(owner: Any, attribute: str, name: str) -> Any:
     """``owner.attribute`` timed under ``name``; a ``guarded`` hook stays guarded (its
     dispatcher unwraps it to the timed function)."""
     original = vars(owner)[attribute]
@@ -111,7 +111,7 @@ def _session_parts() -> Iterator[type]:
 def timed_code() -> Iterator[None]:
     """The per-step methods of runwatch's parts, its logger, the norms, the recorder and the
     floor's callback and logger, timed into ``CURRENT`` (restored afterwards)."""
-    targets: list[tuple[type, str, str]] = []
+    targets: list[tuple[Any, str, str]] = []
     for part in _session_parts():
         for hook in STEP_HOOKS:
             if hook in vars(part):
@@ -120,7 +120,7 @@ def timed_code() -> Iterator[None]:
         (logger_module.RunwatchLogger, "log_metrics", "RunwatchLogger.log_metrics"),
         (logger_module.RunwatchLogger, "save", "RunwatchLogger.save"),
         (gradients.ParameterNorms, "values", INSIDE[0]),
-        (gradients.ParameterNorms, "queue_points", INSIDE[1]),
+        (gradients, "_queue_norms", INSIDE[1]),  # bound per fit by ParameterNorms.point_queue
         (recorder_module.Recorder, "record", INSIDE[2]),
         (recorder_module.Recorder, "record_series", INSIDE[3]),
         (
@@ -131,6 +131,7 @@ def timed_code() -> Iterator[None]:
         (bench.MinimalTelemetry, "on_train_batch_end", "floor: batch end, append"),
         (bench.KeepingLogger, "log_metrics", "floor: log_metrics, append"),
     ]
+    targets = [target for target in targets if vars(target[0])[target[1]] is not None]
     saved = [(owner, attribute, vars(owner)[attribute]) for owner, attribute, _ in targets]
     try:
         for owner, attribute, name in targets:

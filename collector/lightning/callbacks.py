@@ -132,6 +132,8 @@ def scalar_metrics(metrics: Mapping[str, Any], keep: Callable[[str], bool]) -> d
     return values
 
 
+_SEQUENCES = (list, tuple)  # a tuple of types: ``list | tuple`` is a new object at each call
+
 _MAX_BATCH_NESTING = 16
 """How deep ``batch_size_of`` looks for the first tensor (a batch that nests itself ends)."""
 
@@ -144,7 +146,7 @@ def batch_size_of(batch: Any) -> int:
         if isinstance(item, torch.Tensor):
             shape = item.shape  # one call into torch: in a training step each costs microseconds
             return int(shape[0]) if shape else 1
-        if isinstance(item, list | tuple) and item:
+        if isinstance(item, _SEQUENCES) and item:
             item = item[0]
         elif isinstance(item, Mapping) and item:
             item = next(iter(item.values()))
@@ -451,6 +453,7 @@ class GradientMonitorCallback(SessionCallback):
         self.max_layers = max_layers
         self._norms: ParameterNorms | None = None
         self._steps: FitSteps | None = None
+        self._queue: Callable[[float, Callable[..., bool]], object] | None = None
         self._put_series: Callable[..., bool] | None = None
 
     @guarded
@@ -460,13 +463,19 @@ class GradientMonitorCallback(SessionCallback):
             (n, p) for n, p in pl_module.named_parameters() if p.requires_grad
         )
         self._steps = FitSteps(trainer)
-        recorder = self._session.recorder if self._session is not None else None
-        self._put_series = recorder.compiled_put_series if recorder is not None else None
+        self._queue = self._norms.point_queue(self.max_layers)
+        self._refresh_put_series()
 
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps = None
-        self._put_series = None
+        self._queue = self._put_series = None
+
+    def _refresh_put_series(self) -> None:
+        """The running recorder's compiled ``put_series`` (None where it has none): taken
+        again whenever it declines, as the run may have reopened its recorder."""
+        recorder = self._session.recorder if self._session is not None else None
+        self._put_series = recorder.compiled_put_series if recorder is not None else None
 
     @guarded
     def on_before_optimizer_step(
@@ -483,14 +492,11 @@ class GradientMonitorCallback(SessionCallback):
         if norms is None:  # on_train_start did not run
             norms = ParameterNorms(pl_module.named_parameters())
         step = float(global_step)
-        put_series = self._put_series
-        layers_wanted = self.max_layers > 0  # else the gradient point alone: the Python path
-        if (
-            put_series is not None
-            and layers_wanted
-            and norms.queue_points(step, self.max_layers, put_series)
-        ):
-            return  # norms, summary and points made in C: each Python step here costs ~1 µs
+        queue, put_series = self._queue, self._put_series
+        if queue is not None and put_series is not None:
+            if queue(step, put_series) is True:
+                return  # norms, summary and points made in C: each Python call costs ~1 µs
+            self._refresh_put_series()
         found = norms.measure()
         if found is None:
             return

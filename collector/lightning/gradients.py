@@ -17,6 +17,7 @@ path.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -72,21 +73,23 @@ class ParameterNorms:
         self._names = [name for name, _ in self._named]
         self._parameters = [parameter for _, parameter in self._named]
 
-    def queue_points(self, step: float, layers: int, put_series: Callable[..., bool]) -> bool:
+    def point_queue(self, layers: int) -> Callable[[float, Callable[..., bool]], object] | None:
         """The norms' ``gradient`` point and the first ``layers`` parameters'
-        ``gradient_layer`` points (``gradient_points``), handed to a recorder's compiled
-        ``put_series`` (``Recorder.compiled_put_series``) in one compiled call, with no
-        Python object made on the way; a parameter without a gradient is left out, as
-        ``values()`` leaves it. True when queued; False where the caller records them
-        (``measure()``): the compiled modules are not built, a gradient is not readable from
-        C, no parameter has one, no layer is wanted, or the queue declined."""
-        if _queue_norms is None or not self._parameters:
-            return False
-        return _queue_norms(self._parameters, self._names, layers, step, put_series) is True
+        ``gradient_layer`` points (``gradient_points``), made and handed to a recorder's
+        compiled ``put_series`` (``Recorder.compiled_put_series``) by one compiled callable
+        bound for a fit: ``queue(step, put_series) is True`` where queued, with no Python
+        object made on the way (nor a Python call, which costs ~1 µs in a training step).
+        A parameter without a gradient is left out, as ``values()`` leaves it. Anything
+        else is the caller's to record (``measure()``): where a gradient is not readable from
+        C, no parameter has one or the queue declines, the call returns anything but True. None where it could queue nothing: the compiled modules are not built, there is
+        no parameter, or no layer is wanted."""
+        if _queue_norms is None or not self._parameters or layers <= 0:
+            return None
+        return functools.partial(_queue_norms, self._parameters, self._names, layers)
 
     def measure(self) -> tuple[list[str], list[float], float, float, float] | None:
         """``values()`` and their ``summary()`` at once: (names, norms, total, max, min); None
-        when no parameter has a gradient. The gradient hook's path where ``queue_points``
+        when no parameter has a gradient. The gradient hook's path where ``point_queue``'s call
         declines: where the compiled module reads every gradient, two compiled calls and no
         other Python call (each costs ~1 µs inside a training step)."""
         if _cpu_norms is not None and _norm_summary is not None and self._parameters:

@@ -413,7 +413,7 @@ def test_measure_is_the_values_and_their_summary(
 def test_queued_points_are_the_python_path_s(
     tmp_path: Path, layers: int, without_gradient: tuple[str, ...]
 ) -> None:
-    """``queue_points`` (norms, summary and points made in C, handed to the recorder's
+    """``point_queue``'s callable (norms, summary and points made in C, handed to the recorder's
     compiled queue) spools what ``measure()`` and ``record_series`` spool, leaving out a
     parameter without a gradient as they do (its norms are not summed twice)."""
     from collector import Recorder, RecorderTuning, new_run_id
@@ -434,7 +434,8 @@ def test_queued_points_are_the_python_path_s(
             if put_series is None:
                 pytest.skip("collector._pending is not built")
             if path == "compiled":
-                assert norms.queue_points(7.0, layers, put_series) is True
+                queue = norms.point_queue(layers)
+                assert queue is not None and queue(7.0, put_series) is True
             else:
                 found = norms.measure()
                 assert found is not None
@@ -461,7 +462,9 @@ def test_queued_points_are_the_python_path_s(
 
 
 @pytest.mark.usefixtures("compiled")
-def test_what_queue_points_does_not_queue_it_leaves_to_the_python_path(tmp_path: Path) -> None:
+def test_what_the_point_queue_does_not_queue_it_leaves_to_the_python_path(
+    tmp_path: Path,
+) -> None:
     from collector import Recorder, RecorderTuning, new_run_id
     from tests.collector.test_recorder import make_settings
 
@@ -472,18 +475,22 @@ def test_what_queue_points_does_not_queue_it_leaves_to_the_python_path(tmp_path:
     put_series = rec.compiled_put_series
     if put_series is None:
         pytest.skip("collector._pending is not built")
-    assert norms.queue_points(1.0, 0, put_series) is False  # no layer wanted: the head alone
+    assert norms.point_queue(0) is None  # no layer wanted: the head alone
+    assert ParameterNorms([]).point_queue(4) is None  # nothing to measure
+    queue = norms.point_queue(4)
+    assert queue is not None
     for parameter in model.parameters():
         parameter.grad = None
-    assert norms.queue_points(1.0, 4, put_series) is False  # no gradient at all
+    assert queue(1.0, put_series) is not True  # no gradient at all
     model = model_with_grads()
-    norms = ParameterNorms(model.named_parameters())
+    queue = ParameterNorms(model.named_parameters()).point_queue(4)
+    assert queue is not None
     model[0].bias.grad = torch.ones(32)[::2]  # not contiguous: torch's path
-    assert norms.queue_points(1.0, 4, put_series) is False
+    assert queue(1.0, put_series) is not True
     model[0].bias.grad = torch.ones(16)
     assert rec.stats.points_recorded == 0
     rec.close()
-    assert norms.queue_points(1.0, 4, put_series) is False  # closed: record_series drops them
+    assert queue(1.0, put_series) is not True  # closed: record_series drops them
     assert rec.stats.points_recorded == 0
 
 
