@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # libraries; it runs on the CPU), so no later requirement picks another version of it.
 TORCH  ?= torch==2.13.0
 # The optional C extensions setup.py builds (a change rebuilds the install).
-C_SOURCES := collector/lightning/_gradnorms.c collector/_lines.c collector/_pending.c
+C_SOURCES := collector/lightning/_gradnorms.c collector/_lines.c collector/_pending.c collector/lightning/_dispatch.c
 
 .PHONY: demo test lint typecheck unit bench clean dashboards servers
 
@@ -56,4 +56,4 @@ bench: $(VENV)/.installed-dev
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build collector/lightning/_gradnorms*.so collector/_lines*.so collector/_pending*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build collector/lightning/_gradnorms*.so collector/lightning/_dispatch*.so collector/_lines*.so collector/_pending*.so

@@ -12,6 +12,11 @@ from typing import Any, TypeVar, cast
 from collector.errors import RunIdInUseError
 from collector.run import ErrorLedger, ErrorSink
 
+try:
+    from collector.lightning._dispatch import Dispatch as _Dispatch
+except ImportError:  # installed without a C compiler: the dispatch is Python's
+    _Dispatch = None  # type: ignore[assignment,misc]
+
 __all__ = ["GLOBAL_LEDGER", "ErrorLedger", "ErrorSink", "dispatcher", "guarded", "report"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,9 +56,10 @@ def report(owner: Any, where: str, exc: Exception) -> None:
 
 def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
     """One function calling ``hooks`` in order, each as it would be called alone. Bound
-    ``guarded`` methods are guarded here instead, in one frame: a hook that runs every
-    training step then pays one Python call per part, not two (a call costs ~1 µs with the
-    cold caches of a training step)."""
+    ``guarded`` methods are guarded here instead: a hook that runs every training step then
+    pays one Python call per part, not two (a call costs ~1 µs with the cold caches of a
+    training step). Where the compiled module was built, the dispatch itself is C
+    (``_dispatch.Dispatch``): no Python frame of its own either."""
     calls: list[tuple[Any, Callable[..., Any], str | None]] = []
     for hook in hooks:
         inner = getattr(getattr(hook, "__func__", None), "_guarded", None)
@@ -62,10 +68,19 @@ def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
             calls.append((None, hook, None))
         else:
             calls.append((owner, inner[0], inner[1]))
+    if _Dispatch is not None:
+        return _Dispatch(tuple(calls), report, RunIdInUseError)
+    return python_dispatcher(calls)
+
+
+def python_dispatcher(
+    calls: list[tuple[Any, Callable[..., Any], str | None]],
+) -> Callable[..., None]:
+    """``dispatcher``'s calls made in Python: where the compiled module is not built."""
 
     def dispatch(*args: Any, **kwargs: Any) -> None:
         for owner, function, where in calls:
-            if where is None:
+            if owner is None:
                 function(*args, **kwargs)
                 continue
             try:
@@ -73,6 +88,6 @@ def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
             except RunIdInUseError:
                 raise
             except Exception as exc:
-                report(owner, where, exc)
+                report(owner, where or "", exc)
 
     return dispatch

@@ -1054,8 +1054,6 @@ class RunwatchCallback(Callback):
             targets.append(self._finish_failed)
         if not targets:
             return None
-        if len(targets) == 1:
-            return targets[0]
         return dispatcher(targets)
 
     @guarded

@@ -498,7 +498,7 @@ def test_what_the_point_queue_does_not_queue_it_leaves_to_the_python_path(
 def test_without_a_c_compiler_the_package_still_builds(tmp_path: Path) -> None:
     """The compiled modules are optional: a wheel built where the C compiler fails holds the
     pure-Python package, without them (the norms then take torch's path, the queue and the
-    flush the Python ones)."""
+    flush and the hook dispatch the Python ones)."""
     repo = Path(__file__).resolve().parents[2]
     source = tmp_path / "source"
     for name in ("pyproject.toml", "setup.py", "README.md"):
@@ -527,4 +527,5 @@ def test_without_a_c_compiler_the_package_still_builds(tmp_path: Path) -> None:
     assert "collector/lightning/_gradnorms.pyi" in names
     assert "collector/_lines.pyi" in names
     assert "collector/_pending.pyi" in names and "collector/pending.py" in names
+    assert "collector/lightning/_dispatch.pyi" in names
     assert not [name for name in names if name.endswith(".so")]
