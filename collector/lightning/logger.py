@@ -46,7 +46,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from collector import schema
 from collector.config import Settings
-from collector.lightning._guard import guarded
+from collector.errors import RunIdInUseError
+from collector.lightning._guard import guarded, report
 from collector.lightning.session import RunSession
 from collector.run import params_mapping
 from collector.values import canonical_name
@@ -211,41 +212,47 @@ class RunwatchLogger(Logger):
 
     # -- Logger API --------------------------------------------------------------------
 
-    @guarded
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        # Lightning's @rank_zero_only, read here: every logged step would pay its wrapper's call
-        if getattr(rank_zero_only, "rank", 0) != 0:
-            return
-        trainer = self._trainer() if self._trainer is not None else None
-        if (
-            step is not None
-            and trainer is not None
-            and getattr(getattr(trainer, "_logger_connector", None), "_first_loop_iter", None)
-            is not None
-            and trainer.state.stage is _TRAINING
-        ):
-            # The call of every logged training step (what `_level` tells, inline: each
-            # Python call costs ~1 µs in a step), in one pass: Lightning's floats under names
-            # met before (their fields known) and its int epoch. Anything else, the first
-            # call included, takes the general path, which checks and warns.
-            known = self._batch_field_names
-            logged: dict[str, float] = {}
-            epoch: int | None = None
-            for name, value in metrics.items():
-                field = known.get(name)
-                if field and type(value) is float:
-                    logged[field] = value
-                elif name == "epoch" and type(value) is int:
-                    epoch = value
+        # Guarded as a hook is (``guarded``), inline: Lightning calls this at every logged
+        # step, where the wrapper's frame would cost about a microsecond.
+        try:
+            # Lightning's @rank_zero_only, read here: its wrapper's call costs as much
+            if getattr(rank_zero_only, "rank", 0) != 0:
+                return
+            trainer = self._trainer() if self._trainer is not None else None
+            if (
+                step is not None
+                and trainer is not None
+                and getattr(getattr(trainer, "_logger_connector", None), "_first_loop_iter", None)
+                is not None
+                and trainer.state.stage is _TRAINING
+            ):
+                # The call of every logged training step (what `_level` tells, inline), in one
+                # pass: Lightning's floats under names met before (their fields known) and its
+                # int epoch. Anything else, the first call included, takes the general path,
+                # which checks and warns.
+                known = self._batch_field_names
+                logged: dict[str, float] = {}
+                epoch: int | None = None
+                for name, value in metrics.items():
+                    field = known.get(name)
+                    if field and type(value) is float:
+                        logged[field] = value
+                    elif name == "epoch" and type(value) is int:
+                        epoch = value
+                    else:
+                        break
                 else:
-                    break
-            else:
-                if logged and epoch is not None:
-                    session = self.session
-                    session.last_step = max(session.last_step, int(step))
-                    self._write_batch(logged, epoch, step)
-                    return
-        self._log_any(metrics, step)
+                    if logged and epoch is not None:
+                        session = self.session
+                        session.last_step = max(session.last_step, int(step))
+                        self._write_batch(logged, epoch, step)
+                        return
+            self._log_any(metrics, step)
+        except RunIdInUseError:
+            raise
+        except Exception as exc:
+            report(self, _LOG_METRICS, exc)
 
     def _log_any(self, metrics: Mapping[str, Any], step: int | None) -> None:
         session = self.session
@@ -473,6 +480,7 @@ def _saved_checkpoint_path(callback: ModelCheckpoint) -> str:
 
 _UNKNOWN = object()
 _TRAINING = RunningStage.TRAINING
+_LOG_METRICS = "RunwatchLogger.log_metrics"  # where its errors are counted, as guarded's
 
 
 def _number(value: object) -> float | None:

@@ -610,6 +610,26 @@ def test_a_bundled_part_that_raises_is_counted_and_the_next_parts_still_run(
     assert dict(ledger.counts) == {"BatchMetricsCallback.on_train_batch_start": 11}
 
 
+def test_log_metrics_counts_its_errors_and_lets_a_refused_run_id_through(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = RunwatchLogger("guarded", settings=settings, prometheus=False)
+
+    def broken(*args: Any) -> None:
+        raise ValueError("bug")
+
+    monkeypatch.setattr(logger, "_log_any", broken)
+    assert logger.log_metrics({"val_loss": 0.5}, step=3) is None
+    assert dict(logger.session.error_ledger.counts) == {"RunwatchLogger.log_metrics": 1}
+
+    def refused(*args: Any) -> None:
+        raise RunIdInUseError("taken", "the store")
+
+    monkeypatch.setattr(logger, "_log_any", refused)
+    with pytest.raises(RunIdInUseError):
+        logger.log_metrics({"val_loss": 0.5}, step=3)
+
+
 def test_the_bundle_dispatch_lets_a_refused_run_id_and_unguarded_errors_through() -> None:
     class Part:
         error_ledger = ErrorLedger()
