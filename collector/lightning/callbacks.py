@@ -760,7 +760,8 @@ class SystemMetricsCallback(SessionCallback):
         self._sampler: Heartbeat | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # a copy (a pickled trainer) samples nothing until its own fit starts its own thread
+        # a copy (a pickled trainer) carries neither the thread nor the process handle: it
+        # samples nothing
         return {**self.__dict__, "_sampler": None, "_process": None}
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
