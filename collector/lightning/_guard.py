@@ -60,6 +60,17 @@ def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
     pays one Python call per part, not two (a call costs ~1 µs with the cold caches of a
     training step). Where the compiled module was built, the dispatch itself is C
     (``_dispatch.Dispatch``): no Python frame of its own either."""
+    calls = dispatch_calls(hooks)
+    if _Dispatch is not None:
+        return _Dispatch(tuple(calls), report, RunIdInUseError)
+    return python_dispatcher(calls)
+
+
+def dispatch_calls(
+    hooks: list[Callable[..., Any]],
+) -> list[tuple[Any, Callable[..., Any], str | None]]:
+    """(owner, inner function, where) of each bound ``guarded`` method, (None, hook, None) of
+    anything else: what a dispatcher calls."""
     calls: list[tuple[Any, Callable[..., Any], str | None]] = []
     for hook in hooks:
         inner = getattr(getattr(hook, "__func__", None), "_guarded", None)
@@ -68,9 +79,7 @@ def dispatcher(hooks: list[Callable[..., Any]]) -> Callable[..., None]:
             calls.append((None, hook, None))
         else:
             calls.append((owner, inner[0], inner[1]))
-    if _Dispatch is not None:
-        return _Dispatch(tuple(calls), report, RunIdInUseError)
-    return python_dispatcher(calls)
+    return calls
 
 
 def python_dispatcher(

@@ -498,9 +498,14 @@ def test_a_declining_queue_is_taken_again_and_no_gradient_point_is_lost(
     settings = load_settings()
     callback = GradientMonitorCallback(every_n_steps=1, max_layers=2)
     stale_steps: list[int] = []
+    taken: list[bool] = []
 
     class Staler(pl.Callback):
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            recorder = callback.session.recorder
+            compiled = recorder.compiled_put_series if recorder is not None else None
+            if trainer.global_step in (4, 6) and compiled is not None:
+                taken.append(callback._put_series == compiled)
             if trainer.global_step in (3, 5):
                 callback._put_series = lambda *args: False
                 stale_steps.append(trainer.global_step)
@@ -518,32 +523,8 @@ def test_a_declining_queue_is_taken_again_and_no_gradient_point_is_lost(
     points = read_points(settings, callback.session.run_id)
     assert [p.fields["step"] for p in of(points, "gradient")] == [float(s) for s in range(8)]
     assert len(of(points, "gradient_layer")) == 2 * 8
-
-
-def test_the_hook_takes_the_running_recorder_s_queue_after_a_decline(runwatch_env: Path) -> None:
-    callback = GradientMonitorCallback(every_n_steps=1, max_layers=2)
-    taken: list[bool] = []
-
-    class Check(pl.Callback):
-        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-            recorder = callback.session.recorder
-            if recorder is None or recorder.compiled_put_series is None:
-                pytest.skip("collector._pending is not built")
-            if trainer.global_step == 3:
-                callback._put_series = lambda *args: False
-            if trainer.global_step == 4:
-                taken.append(callback._put_series == recorder.compiled_put_series)
-
-    model, data = mlp()
-    trainer = quiet_trainer(
-        max_epochs=1,
-        limit_train_batches=6,
-        logger=False,
-        callbacks=[callback, Check()],
-        enable_checkpointing=False,
-    )
-    trainer.fit(model, datamodule=data)
-    assert taken == [True]
+    if gradients._queue_norms is not None:  # the compiled modules are built
+        assert taken == [True, True]
 
 
 # -- failures ----------------------------------------------------------------------------------------

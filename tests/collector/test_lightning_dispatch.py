@@ -14,7 +14,7 @@ import pytest
 
 from collector.errors import RunIdInUseError
 from collector.lightning import _guard
-from collector.lightning._guard import dispatcher, guarded, python_dispatcher
+from collector.lightning._guard import dispatch_calls, dispatcher, guarded, python_dispatcher
 from collector.run import ErrorLedger
 
 Calls = list[tuple[Any, Callable[..., Any], str | None]]
@@ -37,15 +37,7 @@ def make_dispatch(request: pytest.FixtureRequest) -> Callable[[list[Any]], Calla
     implementation = IMPLEMENTATIONS[request.param]
 
     def build(hooks: list[Any]) -> Callable[..., None]:
-        calls: Calls = []
-        for hook in hooks:
-            inner = getattr(getattr(hook, "__func__", None), "_guarded", None)
-            owner = getattr(hook, "__self__", None)
-            if inner is None or owner is None:
-                calls.append((None, hook, None))
-            else:
-                calls.append((owner, inner[0], inner[1]))
-        return implementation(calls)
+        return implementation(dispatch_calls(hooks))
 
     return build
 
