@@ -106,10 +106,11 @@ def main() -> None:
                     times[kind].append(flush_seconds(rec, step, args.steps, kind == "compiled"))
                 step += args.steps
                 record_steps(rec, step, args.steps)
-                made = recorder_module._queued_lines(
-                    list(rec._queue.entries), *rec._line_caches, rec._observed
+                queued = list(rec._queue.entries)
+                made = recorder_module._queued_lines(queued, 0, *rec._line_caches, rec._observed)
+                assert made is not None and made[3] == len(queued), (
+                    "a training loop's queue must be compiled"
                 )
-                assert made is not None, "a training loop's queue must be compiled"
                 observations = made[2]
                 rec.flush()
                 times["observers"].append(observe_seconds(exporter, observations))

@@ -189,7 +189,7 @@ def _recording_nothing(recorder: Any, *args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _compiling_nothing(recorder: Any, queued: list[Any]) -> None:
+def _compiling_nothing(recorder: Any, queued: list[Any], start: int) -> None:
     """The compiled flush declining every queue: the Python path (``_lines``) writes it."""
     return None
 

@@ -14,10 +14,11 @@
  *   - a line built at `record()` (str) or one observers see (`_Built`).
  *
  * Anything else (a `record_later()` entry, a NaN, an int past the float range, a field, tag
- * or prefix the builder has not resolved yet, an unhashable tag value) makes the whole call return None
- * before anything is written: the Python path then builds the flush, and fills the caches
- * for the next one. The numbers are formatted by orjson in one call, as the Python path does,
- * so both write the same digits.
+ * or prefix the builder has not resolved yet, an unhashable tag value) ends the call's run of
+ * entries: it writes the entries before it and says where it stopped. The Python path then
+ * builds that entry, filling the caches for the entries after it, and calls this again from
+ * the next one. The numbers are formatted by orjson in one call, as the Python path does, so
+ * both write the same digits.
  *
  * Holds the GIL throughout, and a reference to every prefix and key it will write: looking up
  * a tag set hashes the user's tag values, which may run Python code, and meanwhile another
@@ -101,6 +102,31 @@ typedef struct {
     PyObject *numbers;      /* every number, line after line (list of float) */
     PyObject *observations; /* list of (measurement, fields, tags) */
 } Plan;
+
+/* How far the plan went before an entry, to take back what a declined entry added. */
+typedef struct {
+    Py_ssize_t count, key_count, numbers, observations;
+} Mark;
+
+static Mark mark_of(const Plan *plan) {
+    Mark mark = {plan->count, plan->key_count, PyList_GET_SIZE(plan->numbers),
+                 PyList_GET_SIZE(plan->observations)};
+    return mark;
+}
+
+static int roll_back(Plan *plan, const Mark *mark) {
+    for (Py_ssize_t i = mark->count; i < plan->count; ++i) {
+        Py_CLEAR(plan->lines[i].text);
+        Py_CLEAR(plan->lines[i].prefix);
+    }
+    plan->count = mark->count;
+    for (Py_ssize_t i = mark->key_count; i < plan->key_count; ++i) Py_DECREF(plan->keys[i]);
+    plan->key_count = mark->key_count;
+    if (PyList_SetSlice(plan->numbers, mark->numbers, PyList_GET_SIZE(plan->numbers), NULL) < 0)
+        return -1;
+    return PyList_SetSlice(plan->observations, mark->observations,
+                           PyList_GET_SIZE(plan->observations), NULL);
+}
 
 static Line *add_line(Plan *plan) {
     if (plan->count == plan->capacity) {
@@ -398,14 +424,19 @@ static int write_lines(const Plan *plan, const char *formatted, Py_ssize_t forma
 
 static PyObject *queued_lines(PyObject *module, PyObject *args) {
     PyObject *queued;
+    Py_ssize_t start;
     Caches caches;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O:queued_lines", &PyList_Type, &queued, &PyDict_Type,
-                          &caches.fields, &PyDict_Type, &caches.prefixes, &PyDict_Type,
-                          &caches.tag_prefixes, &PyDict_Type, &caches.base_tags,
+    if (!PyArg_ParseTuple(args, "O!nO!O!O!O!O:queued_lines", &PyList_Type, &queued, &start,
+                          &PyDict_Type, &caches.fields, &PyDict_Type, &caches.prefixes,
+                          &PyDict_Type, &caches.tag_prefixes, &PyDict_Type, &caches.base_tags,
                           &caches.observed))
         return NULL;
     if (!PyAnySet_Check(caches.observed)) {
         PyErr_SetString(PyExc_TypeError, "queued_lines(): observed must be a set or frozenset");
+        return NULL;
+    }
+    if (start < 0 || start > PyList_GET_SIZE(queued)) {
+        PyErr_SetString(PyExc_IndexError, "queued_lines(): start out of range");
         return NULL;
     }
     if (series_type == NULL || built_type == NULL || dumps == NULL) {
@@ -418,13 +449,14 @@ static PyObject *queued_lines(PyObject *module, PyObject *args) {
     plan.numbers = PyList_New(0);
     plan.observations = PyList_New(0);
     if (plan.numbers == NULL || plan.observations == NULL) goto done;
-    Py_ssize_t size = PyList_GET_SIZE(queued);
-    for (Py_ssize_t i = 0; i < size; ++i) {
-        int planned = plan_entry(&plan, &caches, PyList_GET_ITEM(queued, i));
+    Py_ssize_t size = PyList_GET_SIZE(queued), stop = start;
+    for (; stop < size; ++stop) {
+        Mark mark = mark_of(&plan);
+        int planned = plan_entry(&plan, &caches, PyList_GET_ITEM(queued, stop));
         if (planned == FAILED) goto done;
         if (planned == NOT_PLAIN) {
-            result = Py_NewRef(Py_None);
-            goto done;
+            if (roll_back(&plan, &mark) < 0) goto done;
+            break;
         }
     }
     formatted = PyObject_CallOneArg(dumps, plan.numbers);
@@ -443,7 +475,7 @@ static PyObject *queued_lines(PyObject *module, PyObject *args) {
     }
     PyObject *text = PyBytes_FromStringAndSize(out.data, out.size);
     if (text == NULL) goto done;
-    result = Py_BuildValue("(NnO)", text, plan.count, plan.observations);
+    result = Py_BuildValue("(NnOn)", text, plan.count, plan.observations, stop);
 done:
     Py_XDECREF(formatted);
     Py_XDECREF(plan.numbers);
@@ -475,10 +507,11 @@ static PyMethodDef methods[] = {
      "configure(series_type, built_type, dumps): the recorder's queue entry types and the "
      "number formatter (orjson.dumps)"},
     {"queued_lines", queued_lines, METH_VARARGS,
-     "queued_lines(queued, fields, prefixes, tag_prefixes, base_tags, observed) -> "
-     "(bytes, points, observations) | None: the queue's lines, UTF-8, in order, how many "
-     "points they hold and what observers see of them; None when an entry needs the Python "
-     "path"},
+     "queued_lines(queued, start, fields, prefixes, tag_prefixes, base_tags, observed) -> "
+     "(bytes, points, observations, stop) | None: the lines of queued[start:stop], UTF-8, in "
+     "order, how many points they hold and what observers see of them, stop being the first "
+     "entry that needs the Python path (or the queue's end); None when a text cannot be "
+     "encoded (the Python path replaces it)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -451,14 +451,9 @@ class Recorder:
                 return
             self._queue.extra = 0
             queued = [pending.popleft() for _ in range(count)]
-            compiled = self._compiled_lines(queued)
-            if compiled is not None:
-                data, points, observations = compiled
-                self._append_bytes(data, points)
-            else:
-                observations = []
-                texts, points = self._lines(queued, observations)
-                self._append_bytes("".join(texts).encode("utf-8", "replace"), points)
+            observations: list[_Observation] = []
+            data, points = self._queued_bytes(queued, observations)
+            self._append_bytes(data, points)
             # Observers see the points in order, under the lock: a scrape that flushes first
             # and the flusher thread never interleave them.
             if observations:
@@ -478,19 +473,51 @@ class Recorder:
             return
         self._spooled += count
 
+    def _queued_bytes(
+        self, queued: list[_Pending], observations: list[_Observation]
+    ) -> tuple[bytes, int]:
+        """The queue's lines as UTF-8 in recording order and how many points they hold, what
+        observers see of them appended to ``observations``. The compiled builder
+        (``_compiled_lines``) writes each run of entries it takes; an entry it declines goes
+        through the Python path (``_lines``) with the ``record_later`` entries right after
+        it, and resolves the fields and tags of the entries after it: a new measurement or a
+        NaN costs the flush that entry's Python build, not the whole queue's."""
+        chunks: list[bytes] = []
+        points = 0
+        start, end = 0, len(queued)
+        while start < end:
+            compiled = self._compiled_lines(queued, start)
+            if compiled is None:
+                stop = end
+            else:
+                data, count, seen, start = compiled
+                chunks.append(data)
+                points += count
+                observations.extend(seen)
+                if start == end:
+                    break
+                stop = start + 1
+                while stop < end and type(queued[stop]) is _Later:
+                    stop += 1
+            texts, count = self._lines(queued[start:stop], observations)
+            chunks.append("".join(texts).encode("utf-8", "replace"))
+            points += count
+            start = stop
+        return b"".join(chunks), points
+
     def _compiled_lines(
-        self, queued: list[_Pending]
-    ) -> tuple[bytes, int, list[_Observation]] | None:
-        """What ``_lines`` makes of the queue, as bytes, by the compiled module
-        (``collector._lines``): for a queue of plain points, series and built lines whose
-        fields and tags the builder has resolved before (a training loop's, after its first
-        flush). None when it is not built or an entry needs the Python path (which resolves
-        it for the next flush)."""
+        self, queued: list[_Pending], start: int
+    ) -> tuple[bytes, int, list[_Observation], int] | None:
+        """What ``_lines`` makes of ``queued[start:stop]``, as bytes, by the compiled module
+        (``collector._lines``), and ``stop``: the first entry that needs the Python path
+        (``_queued_bytes``), or the queue's end. It takes plain points, series and built
+        lines whose fields and tags the builder has resolved before. None when it is not
+        built or it declines the rest of the queue (a text it cannot encode)."""
         if _queued_lines is None:
             return None
         try:
-            return _queued_lines(queued, *self._line_caches, self._observed)
-        except Exception:  # a failure of its own (memory): the Python path writes the flush
+            return _queued_lines(queued, start, *self._line_caches, self._observed)
+        except Exception:  # a failure of its own (memory): the Python path writes the rest
             return None
 
     def _lines(

@@ -1,5 +1,7 @@
 """The compiled flush (``collector._lines``): the bytes, point count and observations of the
-Python flush (``Recorder._lines``) for the queues it takes, None for every other."""
+Python flush (``Recorder._lines``) for each run of entries it takes, up to the first it does
+not; and the flush of a whole queue (``Recorder._queued_bytes``, the compiled runs and the
+Python path's entries between them) writes what the Python flush writes."""
 
 from __future__ import annotations
 
@@ -56,16 +58,25 @@ def quiet_recorder(home: Path, observer: Collecting | None = None) -> Recorder:
     )
 
 
-def compiled_lines(rec: Recorder) -> tuple[bytes, int, list[Any]] | None:
+def compiled_lines(rec: Recorder, start: int = 0) -> tuple[bytes, int, list[Any], int] | None:
+    """The compiled run of the queue from ``start``: bytes, points, observations and where it
+    stopped."""
     queued = list(rec._queue.entries)
     assert recorder_module._queued_lines is not None
-    return recorder_module._queued_lines(queued, *rec._line_caches, rec._observed)
+    return recorder_module._queued_lines(queued, start, *rec._line_caches, rec._observed)
 
 
-def python_lines(rec: Recorder) -> tuple[bytes, int, list[Any]]:
+def python_lines(rec: Recorder, stop: int | None = None) -> tuple[bytes, int, list[Any]]:
     observations: list[Any] = []
-    texts, points = rec._lines(list(rec._queue.entries), observations)
+    texts, points = rec._lines(list(rec._queue.entries)[:stop], observations)
     return "".join(texts).encode("utf-8", "replace"), points, observations
+
+
+def flushed_lines(rec: Recorder) -> tuple[bytes, int, list[Any]]:
+    """What a flush of the queue writes and observers see (compiled runs, Python between)."""
+    observations: list[Any] = []
+    data, points = rec._queued_bytes(list(rec._queue.entries), observations)
+    return data, points, observations
 
 
 def training_steps(rec: Recorder, steps: range) -> None:
@@ -84,29 +95,32 @@ def training_steps(rec: Recorder, steps: range) -> None:
             rec.event("checkpoint", text=f"step={step}")
 
 
-def test_a_training_loops_flushes_take_the_compiled_path_after_the_first(
+def test_a_training_loops_flushes_take_the_compiled_path_after_each_shapes_first_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first flush resolves the fields and tags (Python path); every later one is
-    compiled, and the spool holds each point's line as ``build`` writes it alone."""
-    outcomes: list[bool] = []
-    queued_lines = recorder_module._queued_lines
-    assert queued_lines is not None
+    """In the first flush the Python path builds the first entry of each shape (the batch
+    point, the gradient summary, the layers' series), which resolves their fields and tags;
+    every other entry, and every later flush, is compiled. The spool holds each point's line
+    as ``build`` writes it alone."""
+    built_by_python: list[int] = []
+    python_path = Recorder._lines
 
-    def spying(*args: Any) -> Any:
-        made = queued_lines(*args)
-        outcomes.append(made is not None)
-        return made
+    def spying(rec: Recorder, queued: list[Any], observations: list[Any]) -> Any:
+        built_by_python.append(len(queued))
+        return python_path(rec, queued, observations)
 
-    monkeypatch.setattr(recorder_module, "_queued_lines", spying)
+    monkeypatch.setattr(Recorder, "_lines", spying)
     observer = Collecting()
+    per_flush: list[list[int]] = []
     with quiet_recorder(tmp_path, observer) as rec:
         for first in range(0, 30, 10):
             training_steps(rec, range(first, first + 10))
             rec.flush()
+            per_flush.append(built_by_python[:])
+            built_by_python.clear()
         lines = spool_lines(rec)
         spooled = rec.stats.points_spooled
-    assert outcomes == [False, True, True]
+    assert per_flush == [[1, 1, 1], [], []]
     assert spooled == len(lines) == 30 * 6 + 5
     builder = PointBuilder(rec.base_tags)
     batch = [line for line in lines if line.startswith("batch,")]
@@ -129,7 +143,8 @@ def test_the_compiled_and_python_flush_agree_on_a_training_queue(tmp_path: Path)
         training_steps(rec, range(3, 40))
         made = compiled_lines(rec)
         assert made is not None
-        assert made == python_lines(rec)
+        assert made[3] == len(rec._queue.entries)
+        assert made[:3] == python_lines(rec)
         assert made[1] == 37 * 6 + 5
         assert made[2] and all(seen[0] in OBSERVED | {"event"} for seen in made[2])
 
@@ -176,21 +191,26 @@ def warmed(tmp_path: Path) -> Recorder:
         ),
     ],
 )
-def test_an_entry_it_does_not_take_hands_the_whole_flush_to_python(
+def test_an_entry_it_does_not_take_goes_to_python_and_the_entries_after_it_do_not(
     tmp_path: Path, record: Any
 ) -> None:
     with warmed(tmp_path) as rec:
         training_steps(rec, range(2, 4))
-        assert compiled_lines(rec) is not None
+        spoiler = len(rec._queue.entries)
         record(rec)
         training_steps(rec, range(4, 5))
-        assert compiled_lines(rec) is None
-        expected = python_lines(rec)
-        rec.flush()  # the Python path, then the compiled one with what it resolved
+        made = compiled_lines(rec)
+        assert made is not None and made[3] == spoiler  # the run stops before it
+        assert made[:3] == python_lines(rec, stop=spoiler)
+        after = compiled_lines(rec, spoiler + 1)
+        assert after is not None and after[3] == len(rec._queue.entries)
+        flushed = flushed_lines(rec)
+        assert flushed == python_lines(rec)
+        rec.flush()  # the Python path resolved what it could of the spoiler
         record(rec)
         again = compiled_lines(rec)
-        assert again is None or again == python_lines(rec)
-    assert expected[1] >= 14
+        assert again is not None and again[:3] == python_lines(rec, stop=again[3])
+    assert flushed[1] >= 14
 
 
 def test_times_before_1970_and_far_ahead_are_written_as_python_writes_them(
@@ -200,17 +220,19 @@ def test_times_before_1970_and_far_ahead_are_written_as_python_writes_them(
         for time in (2**62, datetime(1960, 1, 1, tzinfo=UTC), 2**63 - 1):
             rec.record("batch", {"loss": 0.5, "step": 1.0}, time=time)
         made = compiled_lines(rec)
-        assert made is not None and made == python_lines(rec)
+        assert made is not None and made[:3] == python_lines(rec)
         stamps = [line.rsplit(b" ", 1)[1] for line in made[0].splitlines()]
         assert stamps == [b"4611686018427387904", b"-315619200000000000", b"9223372036854775807"]
         rec.record("batch", {"loss": 0.5}, time=2**64)  # past 64 bits: the Python path
-        assert compiled_lines(rec) is None
+        made = compiled_lines(rec)
+        assert made is not None and made[3] == 3
+        assert flushed_lines(rec) == python_lines(rec)
 
 
 def test_a_tag_value_whose_hash_clears_the_cache_leaves_the_flush_whole(tmp_path: Path) -> None:
     """Hashing a user's tag value runs Python code, which may change the builder's caches
-    mid-flush: the compiled flush declines, holding what it had looked up, and the Python
-    flush writes every line."""
+    mid-flush: the compiled run stops there, holding what it had looked up, and the Python
+    path writes that entry and those whose cached tags went with it."""
     with warmed(tmp_path) as rec:
 
         class Clearing:
@@ -224,7 +246,8 @@ def test_a_tag_value_whose_hash_clears_the_cache_leaves_the_flush_whole(tmp_path
         training_steps(rec, range(2, 4))
         rec.record("system", {"cpu_percent": 1.0}, {"host": Clearing(), "rank": "0"})
         training_steps(rec, range(4, 5))
-        assert compiled_lines(rec) is None
+        made = compiled_lines(rec)
+        assert made is not None and made[3] == 6  # two steps of three entries before it
         rec.flush()
         lines = spool_lines(rec)
     assert len(lines) == 5 * 6 + 1 + 1  # two warm-up steps, an event at step 0, the system point
@@ -278,9 +301,10 @@ def test_whatever_it_writes_is_what_the_python_flush_writes(
     operations: list[tuple[Any, ...]],
     spoiler: tuple[int, tuple[Any, ...]] | None,
 ) -> None:
-    """The same operations twice: the first flush resolves what they need; of the second
-    queue the compiled flush writes the Python flush's bytes, count and observations, or
-    declines (None). Plain operations, now and then with one the compiled flush declines."""
+    """The same operations twice. Of each queue, the compiled run from its start writes the
+    Python flush's bytes, count and observations of the entries up to where it stops, and a
+    flush of the whole queue (compiled runs, the Python path between them) writes the Python
+    flush's. Plain operations, now and then with one the compiled flush declines."""
     if spoiler is not None:
         operations.insert(spoiler[0] % (len(operations) + 1), spoiler[1])
     with quiet_recorder(tmp_path_factory.mktemp("lines"), Collecting()) as rec:
@@ -288,10 +312,12 @@ def test_whatever_it_writes_is_what_the_python_flush_writes(
             for operation in operations:
                 apply(rec, operation)
             made = compiled_lines(rec)
+            assert made is not None
+            queued = len(rec._queue.entries)
             if round_index:
-                event("compiled" if made is not None else "python")
-            if made is not None:
-                assert made == python_lines(rec)
+                event("compiled" if made[3] == queued else "stopped")
+            assert made[:3] == python_lines(rec, stop=made[3])
+            assert flushed_lines(rec) == python_lines(rec)
             rec.flush()
 
 
@@ -323,4 +349,4 @@ def test_every_plain_flush_of_the_hypothesis_shapes_is_compiled(tmp_path: Path) 
                 apply(rec, operation)
             made = compiled_lines(rec)
             rec.flush()
-        assert made is not None and made[1] == 6
+        assert made is not None and made[1] == 6 and made[3] == len(recorded)
