@@ -99,9 +99,10 @@ def test_a_training_loops_flushes_take_the_compiled_path_after_each_shapes_first
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In the first flush the Python path builds the first entry of each shape (the batch
-    point, the gradient summary, the layers' series), which resolves their fields and tags;
-    every other entry, and every later flush, is compiled. The spool holds each point's line
-    as ``build`` writes it alone."""
+    point, then the gradient summary and the layers' series, which the compiled builder
+    declines in a row), which resolves their fields and tags; every other entry, and every
+    later flush, is compiled. The spool holds each point's line as ``build`` writes it
+    alone."""
     built_by_python: list[int] = []
     python_path = Recorder._lines
 
@@ -120,7 +121,7 @@ def test_a_training_loops_flushes_take_the_compiled_path_after_each_shapes_first
             built_by_python.clear()
         lines = spool_lines(rec)
         spooled = rec.stats.points_spooled
-    assert per_flush == [[1, 1, 1], [], []]
+    assert per_flush == [[1, 2], [], []]
     assert spooled == len(lines) == 30 * 6 + 5
     builder = PointBuilder(rec.base_tags)
     batch = [line for line in lines if line.startswith("batch,")]
@@ -211,6 +212,30 @@ def test_an_entry_it_does_not_take_goes_to_python_and_the_entries_after_it_do_no
         again = compiled_lines(rec)
         assert again is not None and again[:3] == python_lines(rec, stop=again[3])
     assert flushed[1] >= 14
+
+
+@pytest.mark.parametrize("nan_every", [1, 2])
+def test_a_queue_dense_with_entries_it_declines_goes_to_python_in_few_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nan_every: int
+) -> None:
+    """A NaN loss at every step (or every other): the Python path takes doubling runs of the
+    queue, not one call per entry, and the flush is the Python flush's."""
+    with warmed(tmp_path) as rec:
+        for step in range(1000):
+            loss = math.nan if step % nan_every == 0 else 0.5
+            rec.record("batch", {"loss": loss, "step": float(step)})
+        expected = python_lines(rec)
+        calls: list[int] = []
+        python_path = Recorder._lines
+
+        def counting(rec: Recorder, queued: list[Any], observations: list[Any]) -> Any:
+            calls.append(len(queued))
+            return python_path(rec, queued, observations)
+
+        monkeypatch.setattr(Recorder, "_lines", counting)
+        assert flushed_lines(rec) == expected
+    assert len(calls) <= 2 * math.log2(1000) + 2
+    assert sum(calls) >= 1000 // nan_every
 
 
 def test_times_before_1970_and_far_ahead_are_written_as_python_writes_them(
