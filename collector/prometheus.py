@@ -105,7 +105,11 @@ _ROUND_MEASUREMENTS = frozenset(("round", "client_round"))
 Setter = Callable[[float], None]
 
 
-_MAX_PENDING_DURATIONS = 4_096
+_MAX_PENDING_STEPS = 4_096
+
+EndedStep = tuple[float, float | None, int, float]
+"""A training step that ended: (steps taken so far, its duration in seconds or None, its
+samples, ``time.perf_counter()`` when it ended)."""
 
 #: When a run ends, its exporter waits at most this long for one more scrape, so Prometheus
 #: records the final status before the target disappears (the shipped scrape interval is 15 s).
@@ -145,23 +149,28 @@ class _LazyChild:
 
 
 class _StepCollector(Collector):
-    """Optimizer steps, samples, step durations and the last-step time, fed from the training
-    thread with plain attribute writes and turned into metric families only when scraped.
+    """Optimizer steps, samples, step durations and the last-step time: the training thread
+    appends each step that ends to ``ended`` (a deque's ``append``, no Python frame on its
+    way: ``StepTimerCallback`` calls it directly), and they are folded into the metric
+    families only when scraped.
 
     A step then costs the training thread well under a microsecond (a prometheus_client
     counter, histogram and gauge update cost tens of microseconds on a busy machine, right
     after a torch step has pushed the interpreter out of the CPU caches).
     """
 
+    max_backlog = _MAX_PENDING_STEPS
+    """Ended steps that wait unfolded before the appender folds them (``bound_backlog``)."""
+
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         # Two writers, each monotonic on its own (no lock on the training thread): the
-        # training thread's step hook and the recording thread's batch/gradient points.
+        # scrape folding the ended steps and the recording thread's batch/gradient points.
         self.trained_steps = 0.0
         self.recorded_steps = 0.0
         self.samples = 0.0
         self.last_step_time: float | None = None
-        self._durations: deque[float] = deque()  # append/popleft are thread-safe
+        self.ended: deque[EndedStep] = deque()  # append/popleft are thread-safe
         self._bucket_counts = [0] * (len(STEP_DURATION_BUCKETS) + 1)
         self._duration_sum = 0.0
         self._collect_lock = threading.Lock()
@@ -181,39 +190,45 @@ class _StepCollector(Collector):
 
     def step_completed(self, step: float, duration_s: float | None, samples: int) -> None:
         """A training step ended (training thread): ``step`` = steps taken so far."""
-        if step > self.trained_steps:
-            self.trained_steps = step
-        if samples > 0:
-            self.samples += samples
-        if duration_s is not None:
-            self._durations.append(duration_s)
-            # Nobody scraping: fold the backlog into the buckets now and then, so memory stays
-            # bounded (a busy collect() holds the lock: skip, it drains them anyway).
-            if len(self._durations) > _MAX_PENDING_DURATIONS and self._collect_lock.acquire(
-                blocking=False
-            ):
-                try:
-                    self._drain_durations()
-                finally:
-                    self._collect_lock.release()
-        self.last_step_time = time.time()
+        ended = self.ended
+        ended.append((step, duration_s, samples, time.perf_counter()))
+        if len(ended) > self.max_backlog:
+            self.bound_backlog()
 
-    def _drain_durations(self) -> None:
-        counts, bounds = self._bucket_counts, STEP_DURATION_BUCKETS
+    def bound_backlog(self) -> None:
+        """Nobody scraping: fold the ended steps now, so memory stays bounded (a busy
+        collect() holds the lock: skip, it folds them anyway). Whoever appends to ``ended``
+        calls this once more than ``max_backlog`` wait."""
+        if self._collect_lock.acquire(blocking=False):
+            try:
+                self._fold_ended()
+            finally:
+                self._collect_lock.release()
+
+    def _fold_ended(self) -> None:
+        counts, bounds, ended = self._bucket_counts, STEP_DURATION_BUCKETS, self.ended
+        last_ended: float | None = None
         while True:
             try:
-                duration = self._durations.popleft()
+                step, duration, samples, last_ended = ended.popleft()
             except IndexError:
-                return
-            counts[bisect.bisect_left(bounds, duration)] += 1
-            self._duration_sum += duration
+                break
+            if step > self.trained_steps:
+                self.trained_steps = step
+            if samples > 0:
+                self.samples += samples
+            if duration is not None:
+                counts[bisect.bisect_left(bounds, duration)] += 1
+                self._duration_sum += duration
+        if last_ended is not None:  # the performance counter's reading as Unix time
+            self.last_step_time = time.time() - (time.perf_counter() - last_ended)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         with self._collect_lock:
-            self._drain_durations()
+            self._fold_ended()
             return list(self._families())
 
     def _families(self) -> Iterator[Metric]:

@@ -406,7 +406,9 @@ class FitSteps:
             tracker = epoch_loop.automatic_optimization.optim_progress.optimizer.step.total
         else:
             tracker = epoch_loop.manual_optimization.optim_step_progress.total
-        self._tracker = tracker if tracker.completed == trainer.global_step else None
+        self.step_tracker: Any = tracker if tracker.completed == trainer.global_step else None
+        """Lightning's tracker whose ``completed`` is ``trainer.global_step``; None where
+        it does not match."""
         every = getattr(trainer, "log_every_n_steps", None)
         self._every = every if isinstance(every, int) else 0
         self._simple = (
@@ -417,7 +419,7 @@ class FitSteps:
 
     def global_step(self, trainer: pl.Trainer) -> int:
         """``trainer.global_step``."""
-        tracker = self._tracker
+        tracker = self.step_tracker
         return int(tracker.completed) if tracker is not None else trainer.global_step
 
     def logged_step(self, trainer: pl.Trainer) -> int | None:
@@ -850,7 +852,7 @@ class StepTimerCallback(SessionCallback):
         self._step_samples = 0
         self._exporter: Any = None
         self._steps: Any = None
-        self._fit: FitSteps | None = None
+        self._tracker: Any = None
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._exporter = self.session.exporter
@@ -877,20 +879,21 @@ class StepTimerCallback(SessionCallback):
     ) -> None:
         steps = self._steps
         if steps is not None and self.enabled:
-            fit = self._fit
-            steps.step_completed(
-                trainer.global_step if fit is None else fit.global_step(trainer),
-                time.perf_counter() - self._step_started,
-                self._step_samples,
-            )
+            # the exporter's `step_completed`, inline: its frame (and FitSteps') would cost
+            # the step about as much as the rest of this hook
+            tracker, ended, now = self._tracker, steps.ended, time.perf_counter()
+            taken = tracker.completed if tracker is not None else trainer.global_step
+            ended.append((taken, now - self._step_started, self._step_samples, now))
+            if len(ended) > steps.max_backlog:
+                steps.bound_backlog()
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit = FitSteps(trainer)
+        self._tracker = FitSteps(trainer).step_tracker
 
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit = None
+        self._tracker = None
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -400,7 +400,7 @@ def test_a_plain_loop_runs_exporter_serves_the_run_and_reports_failure(tmp_path)
 def test_unscraped_step_durations_stay_bounded(exporter: PrometheusExporter) -> None:
     for step in range(1, 20_001):
         exporter.step_completed(step, duration_s=0.001)
-    assert len(exporter.steps._durations) <= 4_097
+    assert len(exporter.steps.ended) <= 4_097
     assert value(exporter, prom.STEP_DURATION + "_count") == 20_000.0
 
 
