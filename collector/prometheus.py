@@ -164,8 +164,8 @@ class _StepCollector(Collector):
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        # Two writers, each monotonic on its own (no lock on the training thread): the
-        # scrape folding the ended steps and the recording thread's batch/gradient points.
+        # Two writers, each monotonic on its own: the fold of the ended steps (under the
+        # collect lock) and the recording thread's batch/gradient points.
         self.trained_steps = 0.0
         self.recorded_steps = 0.0
         self.samples = 0.0

@@ -327,6 +327,49 @@ def test_boring_model_trains_with_logger_and_callbacks(settings: Settings, store
     assert store.get_run(run_id).status == "completed"
 
 
+class BoundsTheStepBacklog(pl.Callback):
+    """Lowers the exporter's bound on unfolded steps once the run's exporter exists."""
+
+    def __init__(self, telemetry: Any, bound: int) -> None:
+        self.telemetry = telemetry
+        self.bound = bound
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.telemetry.session.exporter.steps.max_backlog = self.bound
+
+
+def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
+    tmp_path: Path,
+) -> None:
+    """The step timer appends each ended step for the exporter to fold at a scrape; with
+    nobody scraping, the training thread folds them once more than the bound wait. A scrape
+    then counts every step, and the last one's end as Unix time."""
+    settings = make_settings(tmp_path / "home", prometheus_port=free_port())
+    telemetry = runwatch_telemetry("steps", settings=settings)
+    trainer = quiet_trainer(
+        max_epochs=2,
+        limit_train_batches=10,
+        limit_val_batches=0,
+        logger=telemetry.logger,
+        callbacks=[*telemetry.callbacks, BoundsTheStepBacklog(telemetry, bound=3)],
+        enable_checkpointing=False,
+    )
+    started = time.time()
+    trainer.fit(BoringModel())
+    ended = time.time()
+    exporter = telemetry.session.exporter
+    assert exporter is not None
+    assert len(exporter.steps.ended) <= 4
+    label = {"run_id": telemetry.run_id}
+    registry = exporter.registry
+    assert trainer.global_step == 20
+    assert registry.get_sample_value(prom.STEP_DURATION + "_count", label) == 20
+    assert registry.get_sample_value(prom.OPTIMIZER_STEPS, label) == 20
+    assert registry.get_sample_value(prom.SAMPLES, label) == 20  # BoringModel: one a batch
+    last_step = registry.get_sample_value(prom.LAST_STEP_TIMESTAMP, label)
+    assert last_step is not None and started < last_step < ended
+
+
 class LogsItsOwnStepMetric(BoringModel):
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         output = super().training_step(batch, batch_idx)
