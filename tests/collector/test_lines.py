@@ -79,6 +79,19 @@ def flushed_lines(rec: Recorder) -> tuple[bytes, int, list[Any]]:
     return data, points, observations
 
 
+def count_python_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the number of entries of each call of the Python path, in order."""
+    calls: list[int] = []
+    python_path = Recorder._lines
+
+    def counting(rec: Recorder, queued: list[Any], observations: list[Any]) -> Any:
+        calls.append(len(queued))
+        return python_path(rec, queued, observations)
+
+    monkeypatch.setattr(Recorder, "_lines", counting)
+    return calls
+
+
 def training_steps(rec: Recorder, steps: range) -> None:
     """What the Lightning adapter records at every step: the batch point, the gradient
     summary and a norm per layer; an event now and then."""
@@ -103,14 +116,7 @@ def test_a_training_loops_flushes_take_the_compiled_path_after_each_shapes_first
     declines in a row), which resolves their fields and tags; every other entry, and every
     later flush, is compiled. The spool holds each point's line as ``build`` writes it
     alone."""
-    built_by_python: list[int] = []
-    python_path = Recorder._lines
-
-    def spying(rec: Recorder, queued: list[Any], observations: list[Any]) -> Any:
-        built_by_python.append(len(queued))
-        return python_path(rec, queued, observations)
-
-    monkeypatch.setattr(Recorder, "_lines", spying)
+    built_by_python = count_python_builds(monkeypatch)
     observer = Collecting()
     per_flush: list[list[int]] = []
     with quiet_recorder(tmp_path, observer) as rec:
@@ -225,14 +231,7 @@ def test_a_queue_dense_with_entries_it_declines_goes_to_python_in_few_calls(
             loss = math.nan if step % nan_every == 0 else 0.5
             rec.record("batch", {"loss": loss, "step": float(step)})
         expected = python_lines(rec)
-        calls: list[int] = []
-        python_path = Recorder._lines
-
-        def counting(rec: Recorder, queued: list[Any], observations: list[Any]) -> Any:
-            calls.append(len(queued))
-            return python_path(rec, queued, observations)
-
-        monkeypatch.setattr(Recorder, "_lines", counting)
+        calls = count_python_builds(monkeypatch)
         assert flushed_lines(rec) == expected
     assert len(calls) <= 2 * math.log2(1000) + 2
     assert sum(calls) >= 1000 // nan_every
