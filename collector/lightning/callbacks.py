@@ -267,20 +267,30 @@ class BatchMetricsCallback(SessionCallback):
     these fields into it; when nothing was logged at that step, or there is no
     ``RunwatchLogger``, this callback writes the point. ``every_n_batches`` is kept for
     compatibility; the rhythm is the trainer's ``log_every_n_steps``.
+
+    With ``step_timing``, it also does ``StepTimerCallback``'s work for the session's
+    Prometheus exporter, from the same readings of each batch (its size, its start and end):
+    the bundle's one part per batch hook instead of two, and one look at the batch.
     """
 
     def __init__(
-        self, session: RunSession | None = None, *, every_n_batches: int = DEFAULT_BATCH_EVERY_N
+        self,
+        session: RunSession | None = None,
+        *,
+        every_n_batches: int = DEFAULT_BATCH_EVERY_N,
+        step_timing: bool = False,
     ) -> None:
         super().__init__(session)
         if every_n_batches < 1:
             raise ValueError("every_n_batches must be >= 1")
         self.every_n_batches = every_n_batches
+        self.step_timing = step_timing
         self._sink: RunwatchLogger | None = None
         self._window_start = time.perf_counter()
         self._samples_in_window = 0
         self._steps: FitSteps | None = None
         self._epoch = 0.0
+        self._clock: _StepClock | None = None
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sink = next(
@@ -291,16 +301,29 @@ class BatchMetricsCallback(SessionCallback):
             ),
             None,
         )
+        if self.step_timing:
+            self._clock = _StepClock.of(self.session)
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._steps = FitSteps(trainer)
+        if self._clock is not None:
+            self._clock.tracker = self._steps.step_tracker
+
+    @guarded
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_untaken()
+        self._steps = None
+        if self._clock is not None:
+            self._clock.tracker = None
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._window_start = time.perf_counter()
         self._samples_in_window = 0
         self._epoch = float(trainer.current_epoch)
+        if self._clock is not None and self.enabled:
+            self._clock.epoch_started(trainer)
 
     @guarded
     def on_train_batch_start(
@@ -310,7 +333,12 @@ class BatchMetricsCallback(SessionCallback):
         if sink is not None and sink.batch_context is not None:  # Lightning logged nothing
             self._write_untaken()
         if self.enabled:  # read here, while the batch the loader just made is in the caches
-            self._samples_in_window += batch_size_of(batch)
+            samples = batch_size_of(batch)
+            self._samples_in_window += samples
+            clock = self._clock
+            if clock is not None:
+                clock.samples = samples
+                clock.started = time.perf_counter()
 
     @guarded
     def on_train_batch_end(
@@ -323,6 +351,13 @@ class BatchMetricsCallback(SessionCallback):
     ) -> None:
         if not self.enabled:
             return
+        clock = self._clock
+        if clock is not None:  # as StepTimerCallback's hook does (``_StepClock``)
+            tracker, ended, now = clock.tracker, clock.steps.ended, time.perf_counter()
+            taken = tracker.completed if tracker is not None else trainer.global_step
+            ended.append((taken, now - clock.started, clock.samples, now))
+            if len(ended) > clock.steps.max_backlog:
+                clock.steps.bound_backlog()
         steps = self._steps
         if steps is None:
             if not lightning_logs_this_step(trainer):
@@ -350,17 +385,13 @@ class BatchMetricsCallback(SessionCallback):
         if sink is None:
             self.session.record("batch", fields)
         else:  # Lightning logs next: the logger takes these into its point, and the output's
-            # loss only if the step logged none (looked at there: most steps never need it)
-            sink.set_batch_context(fields, outputs)
+            # loss only if the step logged none (looked at there: most steps never need it);
+            # ``set_batch_context``, inline: the dict is this call's own
+            sink.batch_context, sink.step_output = fields, outputs
 
     @guarded
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_untaken()
-
-    @guarded
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write_untaken()
-        self._steps = None
 
     def _write_untaken(self) -> None:
         """The last offered fields, as the step's point, if the logger wrote none."""
@@ -842,31 +873,54 @@ class SystemMetricsCallback(SessionCallback):
 # -- live step gauges ------------------------------------------------------------------------
 
 
+class _StepClock:
+    """A fit's training steps as the session's Prometheus exporter counts them: what a
+    batch's start leaves for its end (when it started, its samples), and the exporter's
+    ``_StepCollector``, to which each ended step is appended (``StepTimerCallback`` and
+    ``BatchMetricsCallback(step_timing=True)`` append inline: a method's frame would cost
+    the step about as much as the rest of the hook)."""
+
+    def __init__(self, exporter: Any) -> None:
+        self.exporter = exporter
+        self.steps = exporter.steps
+        self.tracker: Any = None
+        """``FitSteps.step_tracker`` during a fit: the steps taken, without a property chain."""
+        self.started = 0.0
+        self.samples = 0
+
+    @classmethod
+    def of(cls, session: RunSession) -> _StepClock | None:
+        """The session's clock; None when it has no exporter."""
+        exporter = session.exporter
+        return cls(exporter) if exporter is not None else None
+
+    def epoch_started(self, trainer: pl.Trainer) -> None:
+        self.exporter.epoch.set(trainer.current_epoch)
+
+
 class StepTimerCallback(SessionCallback):
     """Every step, for the Prometheus exporter only: step duration histogram, optimizer steps,
-    samples and last-step timestamp (a few microseconds; nothing when there is no exporter)."""
+    samples and last-step timestamp (a few microseconds; nothing when there is no exporter).
+    The bundle uses it where there are no batch points; ``BatchMetricsCallback`` does the same
+    with ``step_timing=True``."""
 
     def __init__(self, session: RunSession | None = None) -> None:
         super().__init__(session)
-        self._step_started = 0.0
-        self._step_samples = 0
-        self._exporter: Any = None
-        self._steps: Any = None
-        self._tracker: Any = None
+        self._clock: _StepClock | None = None
 
     def on_session_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._exporter = self.session.exporter
-        self._steps = self._exporter.steps if self._exporter is not None else None
+        self._clock = _StepClock.of(self.session)
 
     @guarded
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._steps is not None and self.enabled:
+        clock = self._clock
+        if clock is not None and self.enabled:
             # read here, while the batch is in the caches: at the batch's end, after the
             # forward and backward passes, one look at its shape costs ~6 µs
-            self._step_samples = batch_size_of(batch)
-        self._step_started = time.perf_counter()
+            clock.samples = batch_size_of(batch)
+            clock.started = time.perf_counter()
 
     @guarded
     def on_train_batch_end(
@@ -877,29 +931,28 @@ class StepTimerCallback(SessionCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        steps = self._steps
-        if steps is not None and self.enabled:
-            # the exporter's `step_completed`, inline: its frame (and FitSteps') would cost
-            # the step about as much as the rest of this hook
-            tracker, ended, now = self._tracker, steps.ended, time.perf_counter()
+        clock = self._clock
+        if clock is not None and self.enabled:
+            tracker, ended, now = clock.tracker, clock.steps.ended, time.perf_counter()
             taken = tracker.completed if tracker is not None else trainer.global_step
-            ended.append((taken, now - self._step_started, self._step_samples, now))
-            if len(ended) > steps.max_backlog:
-                steps.bound_backlog()
+            ended.append((taken, now - clock.started, clock.samples, now))
+            if len(ended) > clock.steps.max_backlog:
+                clock.steps.bound_backlog()
 
     @guarded
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._tracker = FitSteps(trainer).step_tracker
+        if self._clock is not None:
+            self._clock.tracker = FitSteps(trainer).step_tracker
 
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._tracker = None
+        if self._clock is not None:
+            self._clock.tracker = None
 
     @guarded
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        exporter = self._exporter
-        if exporter is not None and self.enabled:
-            exporter.epoch.set(trainer.current_epoch)
+        if self._clock is not None and self.enabled:
+            self._clock.epoch_started(trainer)
 
 
 # -- the bundle ------------------------------------------------------------------------------

@@ -103,8 +103,10 @@ class RunwatchLogger(Logger):
         self._trainer: weakref.ref[pl.Trainer] | None = None
         self.batch_context: dict[str, float] | None = None
         """The fields ``set_batch_context`` set for the current training step, while they wait
-        for its batch point (None once taken)."""
-        self._step_output: object = None
+        for its batch point (None once taken); ``BatchMetricsCallback`` sets it and
+        ``step_output`` directly, its own dict (a method's frame costs ~1 µs a step)."""
+        self.step_output: object = None
+        """What ``training_step`` returned for that step (its loss read only if none logged)."""
         self._put: Callable[[str, dict[str, float], None], bool] | None = None
         """The running recorder's compiled ``put``, once a batch point went through it."""
         self.metric_names: dict[str, str] = {}
@@ -197,13 +199,13 @@ class RunwatchLogger(Logger):
         (``samples_per_s``, ``batch_idx``), for the batch point of that step, and what
         ``training_step`` returned, whose loss is read only if the step's metrics log none."""
         self.batch_context = dict(fields)
-        self._step_output = step_output
+        self.step_output = step_output
 
     def take_batch_context(self, *, loss_logged: bool = False) -> dict[str, float] | None:
         """The fields set for the step and not yet written (the callback writes them then),
         with the output loss unless ``loss_logged``."""
         context, self.batch_context = self.batch_context, None
-        output, self._step_output = self._step_output, None
+        output, self.step_output = self.step_output, None
         if context is not None and output is not None and not loss_logged:
             value = step_output_loss(output)  # the step's one host transfer, if none was logged
             if value is not None:

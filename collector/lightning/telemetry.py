@@ -104,7 +104,9 @@ def runwatch_telemetry(
         LearningRateCallback(session),
     ]
     if batch_every_n > 0:
-        parts.append(BatchMetricsCallback(session, every_n_batches=batch_every_n))
+        parts.append(
+            BatchMetricsCallback(session, every_n_batches=batch_every_n, step_timing=prometheus)
+        )
     if gradient_every_n > 0:
         parts.append(
             GradientMonitorCallback(
@@ -113,7 +115,7 @@ def runwatch_telemetry(
         )
     if system_interval_s > 0:
         parts.append(SystemMetricsCallback(session, interval_s=system_interval_s))
-    if prometheus:
+    if prometheus and batch_every_n <= 0:  # else the batch callback times the steps
         parts.append(StepTimerCallback(session))
     if confusion_matrices is True:
         parts.append(ConfusionMatrixCallback(session))

@@ -31,6 +31,7 @@ from collector.lightning import (
     BatchMetricsCallback,
     GradientMonitorCallback,
     RunwatchLogger,
+    StepTimerCallback,
     gradients,
     runwatch_telemetry,
 )
@@ -338,14 +339,32 @@ class BoundsTheStepBacklog(pl.Callback):
         self.telemetry.session.exporter.steps.max_backlog = self.bound
 
 
+STEP_SLEEP_S = 0.004
+
+
+class SleepsInItsStep(BoringModel):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        time.sleep(STEP_SLEEP_S)
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("batch_every_n", "timer"),
+    [(10, BatchMetricsCallback), (0, StepTimerCallback)],
+    ids=["batch-callback-times", "step-timer"],
+)
 def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
-    tmp_path: Path,
+    tmp_path: Path, batch_every_n: int, timer: type[SessionCallback]
 ) -> None:
-    """The step timer appends each ended step for the exporter to fold at a scrape; with
-    nobody scraping, the training thread folds them once more than the bound wait. A scrape
-    then counts every step, and the last one's end as Unix time."""
+    """Each ended step is appended for the exporter to fold at a scrape (by the batch
+    callback, or by the step timer where there are no batch points); with nobody scraping,
+    the training thread folds them once more than the bound wait. A scrape then counts every
+    step with its duration and samples, and the last one's end as Unix time."""
     settings = make_settings(tmp_path / "home", prometheus_port=free_port())
-    telemetry = runwatch_telemetry("steps", settings=settings)
+    telemetry = runwatch_telemetry("steps", settings=settings, batch_every_n=batch_every_n)
+    parts = telemetry.callback.parts
+    timers = [p for p in parts if isinstance(p, (BatchMetricsCallback, StepTimerCallback))]
+    assert [type(p) for p in timers] == [timer]  # one part times the steps, never two
     trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=10,
@@ -355,7 +374,7 @@ def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
         enable_checkpointing=False,
     )
     started = time.time()
-    trainer.fit(BoringModel())
+    trainer.fit(SleepsInItsStep())
     ended = time.time()
     exporter = telemetry.session.exporter
     assert exporter is not None
@@ -364,6 +383,8 @@ def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
     registry = exporter.registry
     assert trainer.global_step == 20
     assert registry.get_sample_value(prom.STEP_DURATION + "_count", label) == 20
+    durations = registry.get_sample_value(prom.STEP_DURATION + "_sum", label)
+    assert durations is not None and 20 * STEP_SLEEP_S <= durations < ended - started
     assert registry.get_sample_value(prom.OPTIMIZER_STEPS, label) == 20
     assert registry.get_sample_value(prom.SAMPLES, label) == 20  # BoringModel: one a batch
     last_step = registry.get_sample_value(prom.LAST_STEP_TIMESTAMP, label)
