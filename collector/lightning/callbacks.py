@@ -485,7 +485,7 @@ class GradientMonitorCallback(SessionCallback):
         self.every_n_steps = every_n_steps
         self.max_layers = max_layers
         self._norms: ParameterNorms | None = None
-        self._steps: FitSteps | None = None
+        self._tracker: Any = None  # FitSteps.step_tracker during a fit
         self._queue: Callable[[float, Callable[..., bool]], object] | None = None
         self._put_series: Callable[..., bool] | None = None
 
@@ -495,13 +495,13 @@ class GradientMonitorCallback(SessionCallback):
         self._norms = ParameterNorms(
             (n, p) for n, p in pl_module.named_parameters() if p.requires_grad
         )
-        self._steps = FitSteps(trainer)
+        self._tracker = FitSteps(trainer).step_tracker
         self._queue = self._norms.point_queue(self.max_layers)
         self._refresh_put_series()
 
     @guarded
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._steps = None
+        self._tracker = None
         self._queue = self._put_series = None
 
     def _refresh_put_series(self) -> None:
@@ -517,8 +517,8 @@ class GradientMonitorCallback(SessionCallback):
         session = self._session
         if session is None or not self.enabled:
             return
-        steps = self._steps
-        global_step = trainer.global_step if steps is None else steps.global_step(trainer)
+        tracker = self._tracker  # FitSteps.global_step, inline
+        global_step = tracker.completed if tracker is not None else trainer.global_step
         if global_step % self.every_n_steps:
             return
         norms = self._norms
