@@ -39,9 +39,10 @@ Targets (issue 15): every step with gradient norms <= 1.05x and below CSVLogger 
 run; every step without gradient norms <= 1.03x; runwatch code on the training thread <= 60 µs
 per step at every-step logging. Needs the ``bench`` extra (tensorboard, mlflow-skinny).
 
-``--targets-only`` runs runwatch and CSVLogger alone (what the targets are judged on), so
-the same time buys about three times the rounds and narrower intervals; ``--code-runs`` sets
-the instrumented runs per code figure (more narrow its interval).
+``--targets-only`` runs runwatch and CSVLogger alone (what the targets are judged on): about
+twice the rounds of a default run in the same time (75 rounds took 23 minutes here, 30 with
+``--bounds`` 32), so narrower intervals; ``--code-runs`` sets the instrumented runs per code
+figure (six give the median's interval as their whole range; more, a narrower one).
 
     python benchmarks/bench_lightning.py [--rounds 25] [--steps 400] [--bounds | --targets-only]
         [--code-runs 6]
@@ -552,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         "--targets-only",
         action="store_true",
         help="run only what the targets are judged on (runwatch and CSVLogger in each group): "
-        "about three times the rounds in the same time, for narrower intervals",
+        "about twice the rounds in the same time, for narrower intervals",
     )
     parser.add_argument(
         "--code-runs",

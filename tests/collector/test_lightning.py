@@ -387,6 +387,7 @@ def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
     assert durations is not None and 20 * STEP_SLEEP_S <= durations < ended - started
     assert registry.get_sample_value(prom.OPTIMIZER_STEPS, label) == 20
     assert registry.get_sample_value(prom.SAMPLES, label) == 20  # BoringModel: one a batch
+    assert registry.get_sample_value(prom.EPOCH, label) == 1  # set as each epoch starts
     last_step = registry.get_sample_value(prom.LAST_STEP_TIMESTAMP, label)
     assert last_step is not None and started < last_step < ended
 
