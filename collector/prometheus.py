@@ -305,6 +305,7 @@ class PrometheusExporter:
         self.registry.register(self._pending)
         self._build_metrics(experiment, mode)
         self._advance_steps: Setter = self.steps.advance_to
+        self._epoch_now = -math.inf
         self._tables = self._point_tables()
 
     # -- metric definitions ------------------------------------------------------------
@@ -412,14 +413,14 @@ class PrometheusExporter:
         }
         return {
             "epoch": {
-                "epoch": self.epoch.set,
+                "epoch": self._advance_epoch,
                 "train_loss": self.train_loss.set,
                 "lr": self.learning_rate.set,
                 **val_metrics,
             },
             "batch": {
                 "loss": self.train_loss.set,
-                "epoch": self.epoch.set,
+                "epoch": self._advance_epoch,
                 "step": self._advance_steps,
                 "samples_per_s": self.samples_per_second.set,
             },
@@ -427,6 +428,19 @@ class PrometheusExporter:
             "round:server": server_eval,
             "round": {"duration_s": self.round_duration.set},
         }
+
+    def epoch_started(self, epoch: float) -> None:
+        """The trainer's current epoch, as it starts (training thread)."""
+        self._epoch_now = epoch
+        self.epoch.set(epoch)
+
+    def _advance_epoch(self, epoch: float) -> None:
+        """A point's ``epoch`` (recording thread): the gauge never goes back. An epoch's own
+        point is written once the next epoch has started (its validation is in it), after
+        ``epoch_started`` or that epoch's batch points said the next one."""
+        if epoch >= self._epoch_now:
+            self._epoch_now = epoch
+            self.epoch.set(epoch)
 
     # -- PointObserver -----------------------------------------------------------------
 

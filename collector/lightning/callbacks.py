@@ -895,7 +895,7 @@ class _StepClock:
         return cls(exporter) if exporter is not None else None
 
     def epoch_started(self, trainer: pl.Trainer) -> None:
-        self.exporter.epoch.set(trainer.current_epoch)
+        self.exporter.epoch_started(trainer.current_epoch)
 
 
 class StepTimerCallback(SessionCallback):

@@ -339,6 +339,20 @@ class BoundsTheStepBacklog(pl.Callback):
         self.telemetry.session.exporter.steps.max_backlog = self.bound
 
 
+class ReadsTheEpochGauge(pl.Callback):
+    """The exporter's epoch gauge as each epoch's first batch starts (after the bundle)."""
+
+    def __init__(self, telemetry: Any) -> None:
+        self.telemetry = telemetry
+        self.read: list[float | None] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if args[-1] == 0:
+            exporter = self.telemetry.session.exporter
+            label = {"run_id": self.telemetry.run_id}
+            self.read.append(exporter.registry.get_sample_value(prom.EPOCH, label))
+
+
 STEP_SLEEP_S = 0.004
 
 
@@ -365,12 +379,13 @@ def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
     parts = telemetry.callback.parts
     timers = [p for p in parts if isinstance(p, (BatchMetricsCallback, StepTimerCallback))]
     assert [type(p) for p in timers] == [timer]  # one part times the steps, never two
+    epochs = ReadsTheEpochGauge(telemetry)
     trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=10,
         limit_val_batches=0,
         logger=telemetry.logger,
-        callbacks=[*telemetry.callbacks, BoundsTheStepBacklog(telemetry, bound=3)],
+        callbacks=[*telemetry.callbacks, BoundsTheStepBacklog(telemetry, bound=3), epochs],
         enable_checkpointing=False,
     )
     started = time.time()
@@ -387,7 +402,7 @@ def test_unscraped_steps_stay_bounded_and_each_is_counted_with_its_end_time(
     assert durations is not None and 20 * STEP_SLEEP_S <= durations < ended - started
     assert registry.get_sample_value(prom.OPTIMIZER_STEPS, label) == 20
     assert registry.get_sample_value(prom.SAMPLES, label) == 20  # BoringModel: one a batch
-    assert registry.get_sample_value(prom.EPOCH, label) == 1  # set as each epoch starts
+    assert epochs.read == [0, 1]  # set as each epoch starts
     last_step = registry.get_sample_value(prom.LAST_STEP_TIMESTAMP, label)
     assert last_step is not None and started < last_step < ended
 

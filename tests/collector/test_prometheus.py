@@ -82,6 +82,32 @@ def test_values_never_set_are_absent_not_zero(exporter: PrometheusExporter) -> N
     assert value(exporter, prom.SAMPLES) == 0.0
 
 
+@pytest.mark.parametrize("at_once", [False, True], ids=["observe", "observe_many"])
+def test_the_epoch_gauge_never_goes_back_to_an_epoch_whose_point_comes_late(
+    exporter: PrometheusExporter, at_once: bool
+) -> None:
+    """An epoch's point is written after the next epoch started: observing it then leaves
+    the gauge at the epoch under way."""
+
+    def observe(*points: tuple[str, dict[str, float]]) -> None:
+        tagged = [(measurement, fields, {"run_id": "run-1"}) for measurement, fields in points]
+        if at_once:
+            exporter.observe_many(tagged)
+        else:
+            for point in tagged:
+                exporter.observe(*point)
+
+    observe(("batch", {"epoch": 0.0, "step": 0.0}))
+    exporter.epoch_started(1)
+    observe(("epoch", {"epoch": 0.0, "train_loss": 0.4}))
+    assert value(exporter, prom.EPOCH) == 1.0
+    assert value(exporter, prom.TRAIN_LOSS) == 0.4  # the rest of the late point still counts
+    observe(("epoch", {"epoch": 1.0}), ("batch", {"epoch": 2.0, "step": 9.0}))
+    assert value(exporter, prom.EPOCH) == 2.0
+    exporter.epoch_started(0)  # the trainer's word stands: a new fit from epoch 0
+    assert value(exporter, prom.EPOCH) == 0.0
+
+
 def test_epoch_point_maps_to_gauges(exporter: PrometheusExporter) -> None:
     exporter.observe(
         "epoch",
