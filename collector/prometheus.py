@@ -306,6 +306,9 @@ class PrometheusExporter:
         self._build_metrics(experiment, mode)
         self._advance_steps: Setter = self.steps.advance_to
         self._epoch_now = -math.inf
+        self._advance_epoch: Setter = self.advance_epoch
+        self._advancing = (self._advance_steps, self._advance_epoch)
+        """Setters that keep the highest value, not the last one."""
         self._tables = self._point_tables()
 
     # -- metric definitions ------------------------------------------------------------
@@ -434,7 +437,7 @@ class PrometheusExporter:
         self._epoch_now = epoch
         self.epoch.set(epoch)
 
-    def _advance_epoch(self, epoch: float) -> None:
+    def advance_epoch(self, epoch: float) -> None:
         """A point's ``epoch`` (recording thread): the gauge never goes back. An epoch's own
         point is written once the next epoch has started (its validation is in it), after
         ``epoch_started`` or that epoch's batch points said the next one."""
@@ -467,10 +470,10 @@ class PrometheusExporter:
         self, points: Sequence[tuple[str, Mapping[str, float], Mapping[str, str]]]
     ) -> None:
         """A flush's points, in recording order: what observing each in turn leaves (every
-        gauge at its last value, the step counter at the highest step, every non-finite value
-        counted), with one update per gauge instead of one per point."""
+        gauge at its last value, the step counter and the epoch at their highest, every
+        non-finite value counted), with one update per gauge instead of one per point."""
         latest: dict[Setter, float] = {}
-        advance_steps = self._advance_steps
+        advancing = self._advancing
         for measurement, fields, tags in points:
             table = None if measurement in _ROUND_MEASUREMENTS else self._tables.get(measurement)
             if table is None:
@@ -479,14 +482,14 @@ class PrometheusExporter:
                 continue
             for name, value in fields.items():
                 setter = table.get(name)
-                if setter is advance_steps:
-                    setter(value)  # the highest step, not the last: applied as it comes
+                if setter in advancing:
+                    setter(value)  # the highest step or epoch, not the last: applied as it comes
                 elif setter is not None:
                     latest[setter] = value
                 elif name.endswith(NONFINITE_SUFFIX) and value:
                     self.nonfinite.inc()
                     target = table.get(name[: -len(NONFINITE_SUFFIX)])
-                    if target is not None and target is not advance_steps:
+                    if target is not None and target not in advancing:
                         latest[target] = math.nan
         self._set_latest(latest)
 

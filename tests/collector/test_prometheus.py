@@ -190,7 +190,7 @@ def test_observing_a_flush_at_once_leaves_what_observing_each_point_leaves(
 ) -> None:
     """``observe_many`` (one update per gauge) ends where ``observe`` point by point ends:
     every gauge at its last value, NaN where the last was a non-finite flag, the step counter
-    at its highest, every non-finite value counted."""
+    and the epoch at their highest, every non-finite value counted."""
     one_by_one = PrometheusExporter("run-1", experiment="exp")
     at_once = PrometheusExporter("run-1", experiment="exp")
     for measurement, fields, tags in points:
