@@ -307,8 +307,6 @@ class PrometheusExporter:
         self._advance_steps: Setter = self.steps.advance_to
         self._epoch_now = -math.inf
         self._advance_epoch: Setter = self.advance_epoch
-        self._advancing = (self._advance_steps, self._advance_epoch)
-        """Setters that keep the highest value, not the last one."""
         self._tables = self._point_tables()
 
     # -- metric definitions ------------------------------------------------------------
@@ -441,7 +439,7 @@ class PrometheusExporter:
         """A point's ``epoch`` (recording thread): the gauge never goes back. An epoch's own
         point is written once the next epoch has started (its validation is in it), after
         ``epoch_started`` or that epoch's batch points said the next one."""
-        if epoch >= self._epoch_now:
+        if epoch > self._epoch_now:
             self._epoch_now = epoch
             self.epoch.set(epoch)
 
@@ -473,7 +471,8 @@ class PrometheusExporter:
         gauge at its last value, the step counter and the epoch at their highest, every
         non-finite value counted), with one update per gauge instead of one per point."""
         latest: dict[Setter, float] = {}
-        advancing = self._advancing
+        advance_steps, advance_epoch = self._advance_steps, self._advance_epoch
+        highest_epoch = -math.inf
         for measurement, fields, tags in points:
             table = None if measurement in _ROUND_MEASUREMENTS else self._tables.get(measurement)
             if table is None:
@@ -482,16 +481,21 @@ class PrometheusExporter:
                 continue
             for name, value in fields.items():
                 setter = table.get(name)
-                if setter in advancing:
-                    setter(value)  # the highest step or epoch, not the last: applied as it comes
+                if setter is advance_steps:
+                    setter(value)  # the highest step, not the last: applied as it comes
+                elif setter is advance_epoch:
+                    if value > highest_epoch:  # the highest epoch, not the last
+                        highest_epoch = value
                 elif setter is not None:
                     latest[setter] = value
                 elif name.endswith(NONFINITE_SUFFIX) and value:
                     self.nonfinite.inc()
                     target = table.get(name[: -len(NONFINITE_SUFFIX)])
-                    if target is not None and target not in advancing:
+                    if target is not None and target not in (advance_steps, advance_epoch):
                         latest[target] = math.nan
         self._set_latest(latest)
+        if highest_epoch > -math.inf:
+            advance_epoch(highest_epoch)
 
     @staticmethod
     def _set_latest(latest: dict[Setter, float]) -> None:

@@ -104,6 +104,8 @@ def test_the_epoch_gauge_never_goes_back_to_an_epoch_whose_point_comes_late(
     assert value(exporter, prom.TRAIN_LOSS) == 0.4  # the rest of the late point still counts
     observe(("epoch", {"epoch": 1.0}), ("batch", {"epoch": 2.0, "step": 9.0}))
     assert value(exporter, prom.EPOCH) == 2.0
+    observe(("batch", {"epoch": 3.0, "step": 12.0}), ("epoch", {"epoch": 2.0}))  # one flush
+    assert value(exporter, prom.EPOCH) == 3.0
     exporter.epoch_started(0)  # the trainer's word stands: a new fit from epoch 0
     assert value(exporter, prom.EPOCH) == 0.0
 
